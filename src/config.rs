@@ -1,0 +1,611 @@
+//! Layered configuration, read and validated before any port is bound.
+//!
+//! Layers, later wins: the defaults compiled in from `config/default.toml`,
+//! `config/default.toml` on disk (if present), `config/{SWITCHBOARD_ENV}.toml`
+//! (if present), the `--config FILE`, then `SWITCHBOARD__SECTION__KEY`
+//! environment variables. `.env` (or `.env.test` under `SWITCHBOARD_ENV=test`)
+//! is loaded into the environment first by the CLI.
+//!
+//! Every key is documented here and in `config/default.toml`; the README's
+//! config table lists them with units. Unknown keys are errors, so a typo never
+//! silently falls back to a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The defaults, compiled in so the binary runs from any directory.
+const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+
+/// Where the configuration came from, for reloads.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Directory holding `default.toml` and `{env}.toml`.
+    pub config_dir: PathBuf,
+    /// `SWITCHBOARD_ENV`, if set.
+    pub env_name: Option<String>,
+    /// The `--config FILE`, if given.
+    pub file: Option<PathBuf>,
+    /// Environment variables to overlay (`SWITCHBOARD__SECTION__KEY`).
+    /// Passed in explicitly so tests never touch the process environment.
+    pub env_vars: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// Sources as the CLI sees them: `./config`, the process environment.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Self {
+            config_dir: PathBuf::from("config"),
+            env_name: std::env::var("SWITCHBOARD_ENV").ok(),
+            file,
+            env_vars: std::env::vars()
+                .filter(|(k, _)| k.starts_with("SWITCHBOARD__"))
+                .collect(),
+        }
+    }
+
+    /// Every file a reload should watch.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.config_dir.join("default.toml")];
+        if let Some(env) = &self.env_name {
+            files.push(self.config_dir.join(format!("{env}.toml")));
+        }
+        files.extend(self.file.clone());
+        files
+    }
+}
+
+/// Every problem found in a configuration, one line each.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.problems.join("; "))
+    }
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub ledger: LedgerConfig,
+    pub forwarding: ForwardingConfig,
+    pub switches: Vec<SwitchConfig>,
+    /// `SWITCHBOARD_ENV`, e.g. `production`, `test`.
+    pub env_name: Option<String>,
+}
+
+/// `[server]`: the HTTPS listener and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTPS listener address.
+    pub listen: SocketAddr,
+    /// Ops listener (plain HTTP: metrics, health) address.
+    pub ops_listen: SocketAddr,
+    /// PEM file with the server certificate chain (leaf first).
+    pub tls_cert: PathBuf,
+    /// PEM file with the server private key.
+    pub tls_key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Largest accepted request body, bytes.
+    pub body_bytes_max: usize,
+    /// A client must send all request headers within this, ms.
+    pub header_read_timeout_ms: u64,
+    /// A client must finish the TLS handshake within this, ms.
+    pub tls_handshake_timeout_ms: u64,
+    /// Most connections open at once; past it the listener stops accepting.
+    pub connections_max: usize,
+    /// A connection with no request in flight and no traffic for this long is closed, ms.
+    pub keepalive_idle_timeout_ms: u64,
+    /// Every request is answered within this, ms.
+    pub request_deadline_ms: u64,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish, ms.
+    pub shutdown_grace_ms: u64,
+    /// Most HTTP/2 streams at once on one connection.
+    pub h2_streams_max: u32,
+}
+
+impl ServerConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_timeout_ms)
+    }
+    pub fn keepalive_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_idle_timeout_ms)
+    }
+    pub fn request_deadline(&self) -> Duration {
+        Duration::from_millis(self.request_deadline_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` for development, `json` for production.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `switchboard=debug,info`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// `[database]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…`, `sqlite://PATH` or `sqlite::memory:`. Secret: may hold a password.
+    pub url: SecretString,
+    /// Most pooled connections (SQLite in memory always uses one).
+    pub connections_max: u32,
+    /// Wait for a pooled connection at most this long, ms.
+    pub acquire_timeout_ms: u64,
+    /// Apply `migrations/` at start-up.
+    pub migrate_on_start: bool,
+    /// Retries of a transaction the database aborted (deadlock, serialization, busy).
+    pub conflict_retries_max: u32,
+}
+
+impl DatabaseConfig {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+
+    /// The URL with any password replaced, safe for logs.
+    pub fn url_redacted(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        let url = self.url.expose_secret();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url_redacted())
+            .field("connections_max", &self.connections_max)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .field("conflict_retries_max", &self.conflict_retries_max)
+            .finish()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // scheme://user:password@host → scheme://user:***@host
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Development HS256 secret. Refused when `SWITCHBOARD_ENV=production`.
+    pub dev_hs256_secret: Option<SecretString>,
+    /// Clock leeway for `exp` and `nbf`, seconds.
+    pub leeway_s: u64,
+    /// Default lifetime of tokens printed by `switchboard token`, seconds.
+    pub token_ttl_s: u64,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "dev_hs256_secret",
+                &self.dev_hs256_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("leeway_s", &self.leeway_s)
+            .field("token_ttl_s", &self.token_ttl_s)
+            .finish()
+    }
+}
+
+/// `[ledger]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Largest amount of one transaction, minor units.
+    pub amount_max: i64,
+    /// Largest opening balance of a new account, minor units.
+    pub opening_balance_max: i64,
+    /// `Retry-After` sent with `409 transaction_in_progress`, seconds.
+    pub in_progress_retry_after_s: u64,
+}
+
+/// `[forwarding]`: how transactions reach switches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingConfig {
+    /// TCP connect timeout to a switch, ms.
+    pub connect_timeout_ms: u64,
+    /// One attempt (request sent → answer read) times out after this, ms.
+    pub attempt_timeout_ms: u64,
+    /// Most switches tried for one transaction.
+    pub attempts_max: u32,
+    /// Idle keep-alive connections kept per switch.
+    pub pool_idle_per_switch_max: usize,
+    /// An idle pooled connection is closed after this, ms.
+    pub pool_idle_timeout_ms: u64,
+    /// Largest switch response body read, bytes.
+    pub response_bytes_max: usize,
+}
+
+impl ForwardingConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.attempt_timeout_ms)
+    }
+}
+
+/// One `[[switches]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// Unique name, used in metrics, logs and settlement account ids.
+    pub name: String,
+    /// Base URL, `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// Share of traffic relative to the others (smooth weighted round-robin).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Most switches in the list.
+pub const SWITCHES_MAX: usize = 64;
+
+impl Config {
+    /// Reads every layer and validates the result.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml));
+        let default_file = sources.config_dir.join("default.toml");
+        builder = builder.add_source(config::File::from(default_file).required(false));
+        if let Some(env) = &sources.env_name {
+            let env_file = sources.config_dir.join(format!("{env}.toml"));
+            builder = builder.add_source(config::File::from(env_file).required(false));
+        }
+        if let Some(file) = &sources.file {
+            if !file.is_file() {
+                return Err(ConfigError::one(format!(
+                    "--config {}: no such file",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file.as_path()).required(true));
+        }
+        let env_map: config::Map<String, String> = sources.env_vars.iter().cloned().collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("SWITCHBOARD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::one(e.to_string()))?;
+        Self::from_raw(raw, sources.env_name.clone())
+    }
+
+    /// Loads from one TOML text on top of the defaults (tests, `demo`).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml))
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::one(e.to_string()))?;
+        Self::from_raw(raw, None)
+    }
+
+    fn from_raw(raw: config::Config, env_name: Option<String>) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+
+        // Unknown top-level sections are typos.
+        const SECTIONS: [&str; 7] = [
+            "server",
+            "log",
+            "database",
+            "auth",
+            "ledger",
+            "forwarding",
+            "switches",
+        ];
+        if let Ok(table) = raw.clone().try_deserialize::<config::Map<String, config::Value>>() {
+            for key in table.keys() {
+                if !SECTIONS.contains(&key.as_str()) {
+                    problems.push(format!("{key}: unknown section"));
+                }
+            }
+        }
+
+        // Each section on its own, so one bad section does not hide another.
+        fn section<T: serde::de::DeserializeOwned>(
+            raw: &config::Config,
+            key: &str,
+            problems: &mut Vec<String>,
+        ) -> Option<T> {
+            match raw.get::<T>(key) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    problems.push(describe(key, &e));
+                    None
+                }
+            }
+        }
+        let server = section::<ServerConfig>(&raw, "server", &mut problems);
+        let log = section::<LogConfig>(&raw, "log", &mut problems);
+        let database = section::<DatabaseConfig>(&raw, "database", &mut problems);
+        let auth = section::<AuthConfig>(&raw, "auth", &mut problems);
+        let ledger = section::<LedgerConfig>(&raw, "ledger", &mut problems);
+        let forwarding = section::<ForwardingConfig>(&raw, "forwarding", &mut problems);
+        let switches = match raw.get::<Vec<SwitchConfig>>("switches") {
+            Ok(v) => Some(v),
+            Err(config::ConfigError::NotFound(_)) => Some(Vec::new()),
+            Err(e) => {
+                problems.push(describe("switches", &e));
+                None
+            }
+        };
+
+        let (
+            Some(server),
+            Some(log),
+            Some(database),
+            Some(auth),
+            Some(ledger),
+            Some(forwarding),
+            Some(switches),
+        ) = (server, log, database, auth, ledger, forwarding, switches)
+        else {
+            return Err(ConfigError { problems });
+        };
+        let config = Config {
+            server,
+            log,
+            database,
+            auth,
+            ledger,
+            forwarding,
+            switches,
+            env_name,
+        };
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Semantic checks: every one that fails is reported.
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut positive = |key: &str, value: u64| {
+            if value == 0 {
+                p.push(format!("{key}: must be greater than 0"));
+            }
+        };
+        let s = &self.server;
+        positive("server.body_bytes_max", s.body_bytes_max as u64);
+        positive("server.header_read_timeout_ms", s.header_read_timeout_ms);
+        positive("server.tls_handshake_timeout_ms", s.tls_handshake_timeout_ms);
+        positive("server.connections_max", s.connections_max as u64);
+        positive("server.keepalive_idle_timeout_ms", s.keepalive_idle_timeout_ms);
+        positive("server.request_deadline_ms", s.request_deadline_ms);
+        positive("server.h2_streams_max", s.h2_streams_max as u64);
+        let d = &self.database;
+        positive("database.connections_max", d.connections_max as u64);
+        positive("database.acquire_timeout_ms", d.acquire_timeout_ms);
+        let f = &self.forwarding;
+        positive("forwarding.connect_timeout_ms", f.connect_timeout_ms);
+        positive("forwarding.attempt_timeout_ms", f.attempt_timeout_ms);
+        positive("forwarding.attempts_max", f.attempts_max as u64);
+        positive("forwarding.response_bytes_max", f.response_bytes_max as u64);
+        positive("ledger.amount_max", self.ledger.amount_max.max(0) as u64);
+        positive("auth.token_ttl_s", self.auth.token_ttl_s);
+
+        if s.listen == s.ops_listen {
+            p.push("server.ops_listen: must differ from server.listen".into());
+        }
+        let url = d.url.expose_secret();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            p.push(format!(
+                "database.url: must start with postgres://, postgresql:// or sqlite: (got {})",
+                d.url_redacted()
+            ));
+        }
+        if self.ledger.opening_balance_max < 0 {
+            p.push("ledger.opening_balance_max: must not be negative".into());
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            p.push(format!(
+                "log.level: not a valid filter: {:?}",
+                self.log.level
+            ));
+        }
+        if let Some(secret) = &self.auth.dev_hs256_secret {
+            if self.env_name.as_deref() == Some("production") {
+                p.push(
+                    "auth.dev_hs256_secret: refused when SWITCHBOARD_ENV=production".into(),
+                );
+            } else if secret.expose_secret().len() < 32 {
+                p.push("auth.dev_hs256_secret: must be at least 32 bytes".into());
+            }
+        }
+        p.extend(switch_problems(&self.switches));
+        p
+    }
+
+    /// Paths in the config are relative to the working directory; this makes
+    /// them relative to `base` instead (used by tests and `demo`).
+    pub fn rebase_paths(&mut self, base: &Path) {
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut self.server.tls_cert);
+        rebase(&mut self.server.tls_key);
+        if let Some(ca) = &mut self.server.client_ca {
+            rebase(ca);
+        }
+    }
+}
+
+/// Checks a switch list: names unique and sane, URLs well formed, weights positive.
+pub fn switch_problems(switches: &[SwitchConfig]) -> Vec<String> {
+    let mut p = Vec::new();
+    if switches.len() > SWITCHES_MAX {
+        p.push(format!("switches: at most {SWITCHES_MAX} entries"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, sw) in switches.iter().enumerate() {
+        let key = format!("switches[{i}]");
+        let name_ok = !sw.name.is_empty()
+            && sw.name.len() <= 32
+            && sw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            p.push(format!(
+                "{key}.name: 1 to 32 letters, digits, - or _ (got {:?})",
+                sw.name
+            ));
+        }
+        if !seen.insert(sw.name.as_str()) {
+            p.push(format!("{key}.name: duplicate name {:?}", sw.name));
+        }
+        match sw.url.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some()
+                    && uri.path_and_query().is_none_or(|pq| pq.as_str() == "/") => {}
+            _ => p.push(format!(
+                "{key}.url: must be http://host:port or https://host:port (got {:?})",
+                sw.url
+            )),
+        }
+        if sw.weight == 0 || sw.weight > 1000 {
+            p.push(format!("{key}.weight: must be 1 to 1000"));
+        }
+    }
+    p
+}
+
+fn describe(section: &str, e: &config::ConfigError) -> String {
+    let text = e.to_string();
+    if text.contains(section) {
+        text
+    } else {
+        format!("{section}: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml("").expect("defaults must validate");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.server.ops_listen.to_string(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = Config::from_toml(
+            "[server]\nconnections_max = 0\nrequest_deadline_ms = 0\n[ledger]\nbogus = 1\n",
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("bogus"), "{all}");
+        // The ledger section failed to parse; server problems are still found
+        // once the sections parse, so check them on their own.
+        let err = Config::from_toml("[server]\nconnections_max = 0\nrequest_deadline_ms = 0\n")
+            .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = Config::from_toml(
+            "[database]\nurl = \"postgres://u:hunter2@db/x\"\n[auth]\ndev_hs256_secret = \"0123456789abcdef0123456789abcdef-very-secret\"\n",
+        )
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("very-secret"), "{text}");
+        assert!(text.contains("u:***@db"), "{text}");
+    }
+
+    #[test]
+    fn switch_list_is_checked() {
+        let p = switch_problems(&[
+            SwitchConfig {
+                name: "a".into(),
+                url: "http://127.0.0.1:1".into(),
+                weight: 1,
+            },
+            SwitchConfig {
+                name: "a".into(),
+                url: "ftp://x".into(),
+                weight: 0,
+            },
+        ]);
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+}

@@ -1,0 +1,400 @@
+//! Domain types, parsed once at the edge. Inner code takes only these.
+//!
+//! Each `parse` returns a [`FieldError`] naming what is wrong; the HTTP layer
+//! turns it into `400 invalid_request` with the field's name.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a field was refused at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+const ID_LEN_MAX: usize = 64;
+
+fn parse_id(field: &'static str, raw: &str) -> Result<String, FieldError> {
+    if raw.is_empty() || raw.len() > ID_LEN_MAX {
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {ID_LEN_MAX} characters"),
+        ));
+    }
+    let ok = raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if !ok {
+        return Err(FieldError::new(
+            field,
+            "may contain only letters, digits and . _ : -",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(raw: &str) -> Result<Self, FieldError> {
+                parse_id($field, raw).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The client's key for one transaction: 1–64 characters of `[A-Za-z0-9._:-]`.
+    TransactionId,
+    "transactionId"
+);
+id_type!(
+    /// A ledger account id: 1–64 characters of `[A-Za-z0-9._:-]`.
+    AccountId,
+    "accountId"
+);
+
+impl AccountId {
+    /// The settlement account of a switch for a currency: money outside the ledger.
+    pub fn settlement(switch: &str, currency: &Currency) -> Self {
+        Self(format!("settlement:{switch}:{currency}"))
+    }
+
+    /// Where opening balances come from, one per currency.
+    pub fn equity(currency: &Currency) -> Self {
+        Self(format!("equity:{currency}"))
+    }
+}
+
+/// The caller, from the JWT `sub` claim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ClientId(String);
+
+impl ClientId {
+    const LEN_MAX: usize = 128;
+
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if raw.is_empty() || raw.len() > Self::LEN_MAX || raw.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "sub",
+                format!("must be 1 to {} printable characters", Self::LEN_MAX),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A positive amount of integer minor units (cents), at most a configured maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Amount(i64);
+
+impl Amount {
+    pub fn parse(field: &'static str, raw: i64, max: i64) -> Result<Self, FieldError> {
+        if raw <= 0 {
+            return Err(FieldError::new(field, "must be a positive integer"));
+        }
+        if raw > max {
+            return Err(FieldError::new(field, format!("must be at most {max}")));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn minor_units(self) -> i64 {
+        self.0
+    }
+}
+
+/// An ISO 4217 currency code: three uppercase ASCII letters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Currency(String);
+
+impl Currency {
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if raw.len() != 3 || !raw.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(FieldError::new(
+                "currency",
+                "must be three uppercase letters (ISO 4217)",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a transaction does with money.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Movement {
+    /// Customer account → settlement account of the switch that approves it.
+    Debit { account: AccountId },
+    /// Settlement account of the switch → customer account.
+    Credit { account: AccountId },
+    /// Customer account → customer account.
+    Transfer { from: AccountId, to: AccountId },
+}
+
+impl Movement {
+    pub fn kind(&self) -> TxKind {
+        match self {
+            Movement::Debit { .. } => TxKind::Debit,
+            Movement::Credit { .. } => TxKind::Credit,
+            Movement::Transfer { .. } => TxKind::Transfer,
+        }
+    }
+
+    /// The customer account money leaves at `reserve`, if any. A credit takes
+    /// nothing from a customer: its source is a settlement account.
+    pub fn source(&self) -> Option<&AccountId> {
+        match self {
+            Movement::Debit { account } => Some(account),
+            Movement::Credit { .. } => None,
+            Movement::Transfer { from, .. } => Some(from),
+        }
+    }
+
+    /// The customer account money arrives in at `commit`, if any.
+    pub fn destination(&self) -> Option<&AccountId> {
+        match self {
+            Movement::Debit { .. } => None,
+            Movement::Credit { account } => Some(account),
+            Movement::Transfer { to, .. } => Some(to),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TxKind {
+    Debit,
+    Credit,
+    Transfer,
+}
+
+impl TxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxKind::Debit => "debit",
+            TxKind::Credit => "credit",
+            TxKind::Transfer => "transfer",
+        }
+    }
+
+    pub fn from_db(raw: &str) -> Option<Self> {
+        match raw {
+            "debit" => Some(TxKind::Debit),
+            "credit" => Some(TxKind::Credit),
+            "transfer" => Some(TxKind::Transfer),
+            _ => None,
+        }
+    }
+}
+
+/// A transaction request as the client sent it, fully parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransactionRequest {
+    pub id: TransactionId,
+    pub movement: Movement,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl TransactionRequest {
+    /// A stable digest of everything but the id: a replay with the same id and
+    /// a different payload is told apart by it.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let (kind, a, b) = match &self.movement {
+            Movement::Debit { account } => ("debit", account.as_str(), ""),
+            Movement::Credit { account } => ("credit", account.as_str(), ""),
+            Movement::Transfer { from, to } => ("transfer", from.as_str(), to.as_str()),
+        };
+        // serde_json writes object keys sorted (no `preserve_order`), so the
+        // metadata's text is canonical.
+        let metadata = self
+            .metadata
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let mut h = Sha256::new();
+        for part in [
+            kind,
+            a,
+            b,
+            &self.amount.minor_units().to_string(),
+            self.currency.as_str(),
+            &metadata,
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Where a transaction is in its life. `reserved` and `pending` are in flight;
+/// the other three are final and never change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TxStatus {
+    Reserved,
+    Pending,
+    Committed,
+    Declined,
+    Failed,
+}
+
+impl TxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxStatus::Reserved => "reserved",
+            TxStatus::Pending => "pending",
+            TxStatus::Committed => "committed",
+            TxStatus::Declined => "declined",
+            TxStatus::Failed => "failed",
+        }
+    }
+
+    pub fn from_db(raw: &str) -> Option<Self> {
+        match raw {
+            "reserved" => Some(TxStatus::Reserved),
+            "pending" => Some(TxStatus::Pending),
+            "committed" => Some(TxStatus::Committed),
+            "declined" => Some(TxStatus::Declined),
+            "failed" => Some(TxStatus::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TxStatus::Committed | TxStatus::Declined | TxStatus::Failed
+        )
+    }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Post transactions; read own accounts and transactions.
+    Transact,
+    /// Read every account and transaction.
+    Auditor,
+    /// Create accounts; see switches.
+    Operator,
+}
+
+impl Role {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "transact" => Some(Role::Transact),
+            "auditor" => Some(Role::Auditor),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Transact => "transact",
+            Role::Auditor => "auditor",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_id_accepts_the_documented_alphabet_only() {
+        assert!(TransactionId::parse("a.B_9:-z").is_ok());
+        assert!(TransactionId::parse(&"x".repeat(64)).is_ok());
+        assert!(TransactionId::parse(&"x".repeat(65)).is_err());
+        assert!(TransactionId::parse("").is_err());
+        assert!(TransactionId::parse("a b").is_err());
+        assert!(TransactionId::parse("é").is_err());
+    }
+
+    #[test]
+    fn amount_is_positive_and_bounded() {
+        assert!(Amount::parse("amount", 1, 10).is_ok());
+        assert!(Amount::parse("amount", 0, 10).is_err());
+        assert!(Amount::parse("amount", -1, 10).is_err());
+        assert!(Amount::parse("amount", 11, 10).is_err());
+    }
+
+    #[test]
+    fn currency_is_three_uppercase_letters() {
+        assert!(Currency::parse("EUR").is_ok());
+        assert!(Currency::parse("eur").is_err());
+        assert!(Currency::parse("EURO").is_err());
+    }
+
+    #[test]
+    fn fingerprint_changes_with_payload_not_with_metadata_key_order() {
+        let req = |amount, meta: serde_json::Value| TransactionRequest {
+            id: TransactionId::parse("t1").unwrap(),
+            movement: Movement::Debit {
+                account: AccountId::parse("a").unwrap(),
+            },
+            amount: Amount::parse("amount", amount, 100).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            metadata: Some(meta),
+        };
+        let a = req(5, serde_json::json!({"x": 1, "y": 2}));
+        let b: serde_json::Value = serde_json::from_str(r#"{"y": 2, "x": 1}"#).unwrap();
+        assert_eq!(a.fingerprint(), req(5, b).fingerprint());
+        assert_ne!(a.fingerprint(), req(6, serde_json::json!({"x": 1, "y": 2})).fingerprint());
+    }
+}

@@ -1,0 +1,1 @@
+//! The ledger (stub, being written).

@@ -1,0 +1,1 @@
+//! The simulated switch (stub, being written).
