@@ -336,13 +336,19 @@ impl Config {
         Self::from_raw(raw, sources.env_name.clone())
     }
 
-    /// Loads from one TOML text on top of the defaults (tests, `demo`).
+    /// Loads from one TOML text on top of the defaults (tests, tools).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml))
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .map_err(|e| ConfigError::one(e.to_string()))?;
+        Self::from_toml_layers(&[text])
+    }
+
+    /// Loads TOML texts layered over the defaults, later wins.
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml));
+        for text in layers {
+            builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+        }
+        let raw = builder.build().map_err(|e| ConfigError::one(e.to_string()))?;
         Self::from_raw(raw, None)
     }
 

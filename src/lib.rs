@@ -3,7 +3,20 @@
 //! See `ARCHITECTURE.md` for the bird's-eye view and the codemap.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod certs;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
+pub mod error;
+pub mod flow;
 pub mod ledger;
+pub mod metrics;
+pub mod server;
 pub mod sim;
+pub mod switch;
+pub mod telemetry;
+pub mod tls;

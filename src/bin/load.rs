@@ -1,1 +1,302 @@
-fn main() {}
+//! `switchboard-load`: drives `POST /v1/transactions` over HTTPS and checks
+//! every answer.
+//!
+//! It signs its own tokens with the development secret, can create the
+//! accounts it needs through the API, then runs a bounded number of requests
+//! at a fixed concurrency over keep-alive connections and prints throughput,
+//! latency percentiles and outcome counts. Exits 1 if any answer was not one
+//! the API may give.
+//!
+//! ```text
+//! # 10,000 withdrawals of 2 from one account holding 10,000:
+//! switchboard-load --accounts 1 --balance 10000 --requests 10000 --amount 2 --concurrency 256
+//! # sustained rate on 64 spread accounts:
+//! switchboard-load --accounts 64 --balance 1000000000 --requests 50000 --concurrency 64
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use secrecy::SecretString;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard-load", about = "Load and check POST /v1/transactions")]
+struct Args {
+    /// Gateway base URL (loopback only).
+    #[arg(long, default_value = "https://127.0.0.1:8443")]
+    url: String,
+    /// CA that signed the gateway's certificate.
+    #[arg(long, default_value = "certs/ca.pem")]
+    cacert: PathBuf,
+    /// HS256 development secret used to sign tokens (as the gateway's).
+    #[arg(long, env = "SWITCHBOARD__AUTH__DEV_HS256_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Total requests (bounded).
+    #[arg(long, default_value_t = 10_000)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Accounts to create and spread requests over (request i uses account i % N).
+    #[arg(long, default_value_t = 1)]
+    accounts: usize,
+    /// Opening balance of each account, minor units.
+    #[arg(long, default_value_t = 10_000)]
+    balance: i64,
+    /// Amount of each debit, minor units.
+    #[arg(long, default_value_t = 2)]
+    amount: i64,
+    #[arg(long, default_value = "EUR")]
+    currency: String,
+    /// Prefix of transaction and account ids; default: a fresh random one.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Stop issuing new requests after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    max_duration_s: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    outcomes: BTreeMap<String, usize>,
+    bad: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("switchboard-load: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let host = args
+        .url
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split([':', '/']).next())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
+        "--url must point at loopback (got {})",
+        args.url
+    );
+    switchboard::tls::install_crypto_provider();
+    let roots = switchboard::tls::root_store(&args.cacert)?;
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: HttpsClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.concurrency)
+        .build(https);
+
+    let auth_cfg = switchboard::config::Config::from_toml("")
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?
+        .auth;
+    let auth = switchboard::auth::Authenticator::new(&switchboard::config::AuthConfig {
+        dev_hs256_secret: Some(SecretString::from(args.secret.clone())),
+        ..auth_cfg
+    });
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let client_id = format!("{run_id}-client");
+    let operator = auth.sign("load-operator", &["operator", "auditor"], 3600)?;
+    let token = auth.sign(&client_id, &["transact"], 3600)?;
+
+    let accounts: Vec<String> = (0..args.accounts.max(1))
+        .map(|i| format!("{run_id}-acct-{i}"))
+        .collect();
+    for account in &accounts {
+        let body = serde_json::json!({
+            "accountId": account, "owner": client_id,
+            "currency": args.currency, "openingBalance": args.balance,
+        });
+        let (status, text, _) = post(&client, &args.url, "/v1/accounts", &operator, &body).await?;
+        anyhow::ensure!(status == StatusCode::CREATED, "creating {account}: {status} {text}");
+    }
+    eprintln!(
+        "run {run_id}: {} requests, concurrency {}, {} account(s) of {} {}, amount {}",
+        args.requests, args.concurrency, accounts.len(), args.balance, args.currency, args.amount
+    );
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.max_duration_s);
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (client, next, accounts, token, url, run_id) = (
+            client.clone(),
+            next.clone(),
+            accounts.clone(),
+            token.clone(),
+            args.url.clone(),
+            run_id.clone(),
+        );
+        let (requests, amount, currency) = (args.requests, args.amount, args.currency.clone());
+        workers.spawn(async move {
+            let mut tally = Tally::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests || Instant::now() >= deadline {
+                    break;
+                }
+                let id = format!("{run_id}-tx-{i}");
+                let body = serde_json::json!({
+                    "transactionId": id, "type": "debit",
+                    "accountId": accounts[i % accounts.len()],
+                    "amount": amount, "currency": currency,
+                });
+                let t0 = Instant::now();
+                let result = post(&client, &url, "/v1/transactions", &token, &body).await;
+                tally.latencies_us.push(t0.elapsed().as_micros() as u64);
+                let outcome = match result {
+                    Ok((status, text, json)) => check(status, &text, json.as_ref(), &id),
+                    Err(e) => Err(format!("transport: {e}")),
+                };
+                match outcome {
+                    Ok(label) => *tally.outcomes.entry(label).or_default() += 1,
+                    Err(bad) => {
+                        *tally.outcomes.entry("unexpected".into()).or_default() += 1;
+                        if tally.bad.len() < 5 {
+                            tally.bad.push(bad);
+                        }
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut all = Tally::default();
+    while let Some(t) = workers.join_next().await {
+        let t = t?;
+        all.latencies_us.extend(t.latencies_us);
+        for (k, v) in t.outcomes {
+            *all.outcomes.entry(k).or_default() += v;
+        }
+        all.bad.extend(t.bad);
+    }
+    let elapsed = started.elapsed();
+    all.latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let idx = ((all.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        all.latencies_us[idx] as f64 / 1000.0
+    };
+    let done = all.latencies_us.len();
+    println!("requests      {done}");
+    println!("wall time     {:.2} s", elapsed.as_secs_f64());
+    println!("throughput    {:.0} req/s", done as f64 / elapsed.as_secs_f64());
+    println!(
+        "latency ms    p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(1.0)
+    );
+    for (outcome, n) in &all.outcomes {
+        println!("outcome       {outcome:<24} {n}");
+    }
+    for account in &accounts {
+        let (status, text, json) = get(&client, &args.url, &format!("/v1/accounts/{account}"), &operator).await?;
+        let balance = json.as_ref().and_then(|j| j["balance"].as_i64());
+        match balance {
+            Some(b) if status == StatusCode::OK => println!("balance       {account} {b}"),
+            _ => println!("balance       {account} unreadable: {status} {text}"),
+        }
+    }
+    for bad in &all.bad {
+        println!("unexpected    {bad}");
+    }
+    Ok(!all.outcomes.contains_key("unexpected"))
+}
+
+/// Labels an answer, or says why it is not one the API may give.
+fn check(
+    status: StatusCode,
+    text: &str,
+    json: Option<&serde_json::Value>,
+    id: &str,
+) -> Result<String, String> {
+    let Some(json) = json else {
+        return Err(format!("{status}: not JSON: {text}"));
+    };
+    match status.as_u16() {
+        201 | 202 if json["transactionId"] == id => Ok(format!("{} {}", status.as_u16(), json["status"].as_str().unwrap_or("?"))),
+        409 | 422 | 429 | 503 => match json["error"]["code"].as_str() {
+            Some(code) => Ok(format!("{} {code}", status.as_u16())),
+            None => Err(format!("{status}: no error code: {text}")),
+        },
+        _ => Err(format!("{status}: {text}")),
+    }
+}
+
+async fn post(
+    client: &HttpsClient,
+    base: &str,
+    path: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(StatusCode, String, Option<serde_json::Value>)> {
+    send(client, Method::POST, base, path, token, Bytes::from(body.to_string())).await
+}
+
+async fn get(
+    client: &HttpsClient,
+    base: &str,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<(StatusCode, String, Option<serde_json::Value>)> {
+    send(client, Method::GET, base, path, token, Bytes::new()).await
+}
+
+async fn send(
+    client: &HttpsClient,
+    method: Method,
+    base: &str,
+    path: &str,
+    token: &str,
+    body: Bytes,
+) -> anyhow::Result<(StatusCode, String, Option<serde_json::Value>)> {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_slice(&bytes).ok();
+    Ok((status, text, json))
+}

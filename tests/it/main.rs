@@ -1,5 +1,8 @@
 //! The one integration-test binary: real TLS, real Postgres, real simulated switches.
 
 mod db;
+mod foundation;
+mod harness;
 mod ledger;
 mod sim;
+mod transactions;

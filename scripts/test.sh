@@ -1,0 +1,337 @@
+#!/usr/bin/env bash
+# The one test command: `scripts/test.sh [extra cargo test args...]`.
+#
+# Finds a PostgreSQL the integration tests can use, then runs
+# `cargo test --all-targets` with DATABASE_URL exported. In order:
+#
+#   1. DATABASE_URL from the environment, else from `.env.test`, if that server
+#      answers and its role may CREATE DATABASE (each test creates its own).
+#   2. Otherwise a throwaway cluster from local Postgres binaries (`initdb` +
+#      `pg_ctl`, on PATH or under /usr/lib/postgresql/*/bin, highest version)
+#      on a free 127.0.0.1 port, in a temp dir removed on exit, whatever the
+#      test result. As root it runs as the `postgres` user (created if missing).
+#   3. Otherwise, as root with apt-get (Debian/Ubuntu), it installs the
+#      `postgresql` package first, then retries 1 and 2.
+#      Set SWITCHBOARD_NO_INSTALL=1 to forbid that.
+#   4. Otherwise it fails, saying how to get a PostgreSQL.
+#
+# Environment:
+#   DATABASE_URL            overrides `.env.test`.
+#   SWITCHBOARD_TEST_CMD    if set, run `bash -c "$SWITCHBOARD_TEST_CMD"` (extra
+#                           args as $1...) instead of cargo; for trying this
+#                           script itself, e.g.
+#                           SWITCHBOARD_TEST_CMD='psql "$DATABASE_URL" -c "select 1"'
+#   SWITCHBOARD_NO_INSTALL  if 1, never install packages.
+#   SWITCHBOARD_KEEP_PG     if 1, leave the throwaway cluster's directory behind
+#                           (the server is still stopped) for reading its log.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+say() { printf 'test.sh: %s\n' "$*" >&2; }
+die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# A URL fit for printing: the password, if any, masked.
+redact() { sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"; }
+
+# --- where DATABASE_URL comes from -------------------------------------------
+
+# The value of KEY in a dotenv-style file, without sourcing it: last
+# `KEY=value` (optionally `export KEY=value`) wins, surrounding quotes dropped.
+dotenv_get() {
+    local file=$1 key=$2 line val="" found=1
+    [[ -f $file ]] || return 1
+    while IFS= read -r line || [[ -n $line ]]; do
+        line="${line%$'\r'}"
+        [[ $line =~ ^[[:space:]]*(export[[:space:]]+)?${key}[[:space:]]*=(.*)$ ]] || continue
+        val="${BASH_REMATCH[2]}"
+        val="${val#"${val%%[![:space:]]*}"}"   # trim leading space
+        val="${val%"${val##*[![:space:]]}"}"   # trim trailing space
+        if [[ $val =~ ^\"(.*)\"$ || $val =~ ^\'(.*)\'$ ]]; then
+            val="${BASH_REMATCH[1]}"
+        fi
+        found=0
+    done <"$file"
+    [[ $found -eq 0 ]] && printf '%s\n' "$val"
+}
+
+URL_SOURCE=""
+if [[ -n ${DATABASE_URL:-} ]]; then
+    URL_SOURCE="from the environment"
+elif DATABASE_URL="$(dotenv_get .env.test DATABASE_URL)" && [[ -n $DATABASE_URL ]]; then
+    URL_SOURCE="from .env.test"
+else
+    DATABASE_URL=""
+fi
+
+# --- is a server at a URL usable? ---------------------------------------------
+
+# host and port of a postgres:// URL, into URL_HOST / URL_PORT.
+parse_host_port() {
+    local rest=${1#*://}
+    rest=${rest%%/*}; rest=${rest%%\?*}
+    rest=${rest##*@}
+    if [[ $rest =~ ^\[([^]]*)\](:([0-9]+))?$ ]]; then
+        URL_HOST=${BASH_REMATCH[1]}; URL_PORT=${BASH_REMATCH[3]:-5432}
+    else
+        URL_HOST=${rest%%:*}; URL_PORT=5432
+        [[ $rest == *:* ]] && URL_PORT=${rest##*:}
+    fi
+    URL_HOST=${URL_HOST:-localhost}
+}
+
+# Why the last usable() call said no, for the user.
+NOT_USABLE_WHY=""
+
+# True if the server at $1 answers and (when psql can tell) may CREATE DATABASE.
+usable() {
+    local url=$1 out
+    NOT_USABLE_WHY=""
+    if have psql; then
+        if ! out="$(PGCONNECT_TIMEOUT=5 psql "$url" -X -At -v ON_ERROR_STOP=1 \
+            -c 'select rolcreatedb or rolsuper from pg_roles where rolname = current_user' 2>&1)"; then
+            NOT_USABLE_WHY="$(head -n 3 <<<"$out")"
+            return 1
+        fi
+        if [[ $out != t ]]; then
+            NOT_USABLE_WHY="its role may not CREATE DATABASE (the tests create one per test)"
+            return 1
+        fi
+        return 0
+    fi
+    if have pg_isready; then
+        if ! out="$(pg_isready -d "$url" -t 5 2>&1)"; then
+            NOT_USABLE_WHY="$out"
+            return 1
+        fi
+        return 0
+    fi
+    parse_host_port "$url"
+    # shellcheck disable=SC2016  # $1/$2 expand in the inner bash
+    if ! timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$URL_HOST" "$URL_PORT" 2>/dev/null; then
+        NOT_USABLE_WHY="nothing listening on $URL_HOST:$URL_PORT"
+        return 1
+    fi
+    return 0
+}
+
+show_max_connections() {
+    have psql || return 0
+    PGCONNECT_TIMEOUT=5 psql "$1" -X -At -c 'show max_connections' 2>/dev/null || true
+}
+
+# --- throwaway cluster ----------------------------------------------------------
+
+PG_BIN=""     # directory holding initdb, pg_ctl and postgres
+PG_DIR=""     # temp dir of the throwaway cluster, if started
+PG_STARTED=0
+CHILD_PID=""  # the running test command, if any
+
+# Sets PG_BIN to a directory with initdb and pg_ctl: PATH first (symlinks
+# resolved, so `postgres` is found beside them), else the highest
+# /usr/lib/postgresql/<version>/bin.
+find_pg_bin() {
+    local initdb dir v best="" bestv=-1
+    if have initdb && have pg_ctl; then
+        initdb="$(readlink -f "$(command -v initdb)")"
+        dir="$(dirname "$initdb")"
+        if [[ -x $dir/pg_ctl && -x $dir/postgres ]]; then
+            PG_BIN=$dir; return 0
+        fi
+    fi
+    for dir in /usr/lib/postgresql/*/bin; do
+        [[ -x $dir/initdb && -x $dir/pg_ctl && -x $dir/postgres ]] || continue
+        v="$(basename "$(dirname "$dir")")"
+        v="${v%%.*}"
+        [[ $v =~ ^[0-9]+$ ]] || v=0
+        if (( v > bestv )); then best=$dir; bestv=$v; fi
+    done
+    [[ -n $best ]] || return 1
+    PG_BIN=$best
+}
+
+# A port on 127.0.0.1 that nothing listens on.
+free_port() {
+    local p
+    if have python3 && p="$(python3 -c '
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()' 2>/dev/null)" && [[ $p =~ ^[0-9]+$ ]]; then
+        printf '%s\n' "$p"; return 0
+    fi
+    for ((p = 54320 + RANDOM % 1000; p < 65000; p++)); do
+        # shellcheck disable=SC2016  # $1 expands in the inner bash
+        if ! timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$p" 2>/dev/null; then
+            printf '%s\n' "$p"; return 0
+        fi
+    done
+    return 1
+}
+
+# Run a command as the cluster's owner: ourselves, or `postgres` when root
+# (initdb and postgres refuse to run as root). Run from / so the current
+# directory need not be readable by postgres.
+# shellcheck disable=SC2317  # also invoked from the EXIT trap
+as_owner() {
+    if [[ $EUID -ne 0 ]]; then
+        "$@"
+    elif have runuser; then
+        (cd / && runuser -u postgres -- "$@")
+    else
+        (cd / && su postgres -s /bin/sh -c "$(printf '%q ' "$@")")
+    fi
+}
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+    local rc=$?
+    trap - EXIT
+    # Interrupted while the tests run: stop them before the server goes away.
+    if [[ -n $CHILD_PID ]] && kill -0 "$CHILD_PID" 2>/dev/null; then
+        kill -TERM "$CHILD_PID" 2>/dev/null || true
+        wait "$CHILD_PID" 2>/dev/null || true
+    fi
+    if [[ -n $PG_DIR && -d $PG_DIR ]]; then
+        if [[ $PG_STARTED -eq 1 ]]; then
+            as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+        fi
+        if [[ ${SWITCHBOARD_KEEP_PG:-0} == 1 ]]; then
+            say "kept throwaway Postgres directory $PG_DIR"
+        else
+            rm -rf -- "$PG_DIR" || true
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+start_throwaway() {
+    find_pg_bin || return 1
+    local version port base
+    version="$("$PG_BIN/initdb" --version 2>/dev/null | awk '{print $3}')" || version="?"
+
+    if [[ $EUID -eq 0 ]] && ! id -u postgres >/dev/null 2>&1; then
+        say "creating system user postgres to own the throwaway cluster"
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin postgres 2>/dev/null \
+            || adduser --system --group --no-create-home postgres >/dev/null \
+            || die "cannot create the postgres user (initdb refuses to run as root)"
+    fi
+
+    base="${TMPDIR:-/tmp}"
+    PG_DIR="$(mktemp -d "$base/switchboard-pg.XXXXXX" 2>/dev/null)" \
+        || PG_DIR="$(mktemp -d /tmp/switchboard-pg.XXXXXX)"
+    if [[ $EUID -eq 0 ]]; then
+        chown postgres: "$PG_DIR"
+        # The postgres user must reach it (e.g. TMPDIR under /root would not do).
+        if ! as_owner test -w "$PG_DIR"; then
+            rm -rf -- "$PG_DIR"
+            PG_DIR="$(mktemp -d /tmp/switchboard-pg.XXXXXX)"
+            chown postgres: "$PG_DIR"
+        fi
+    fi
+    chmod 700 "$PG_DIR"
+
+    port="$(free_port)" || die "no free port on 127.0.0.1"
+
+    if ! as_owner "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres \
+        -E UTF8 --locale=C --no-sync >"$PG_DIR/initdb.log" 2>&1; then
+        cat "$PG_DIR/initdb.log" >&2
+        die "initdb failed (log above)"
+    fi
+    PG_STARTED=1   # from here on, cleanup tries to stop it
+    if ! as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
+        -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        start >/dev/null 2>&1; then
+        tail -n 30 "$PG_DIR/postgres.log" >&2 || true
+        die "pg_ctl start failed (log above)"
+    fi
+
+    DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    say "started throwaway Postgres $version on 127.0.0.1:$port ($PG_BIN, data in $PG_DIR, max_connections 300)"
+}
+
+install_postgres() {
+    [[ $EUID -eq 0 ]] || return 1
+    have apt-get || return 1
+    [[ ${SWITCHBOARD_NO_INSTALL:-0} != 1 ]] || return 1
+    say "no usable Postgres found: installing the postgresql package (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+}
+
+# --- pick a Postgres --------------------------------------------------------------
+
+use_url() {
+    local mc
+    mc="$(show_max_connections "$DATABASE_URL")"
+    say "using Postgres at $(redact "$DATABASE_URL") ($URL_SOURCE${mc:+, max_connections $mc})"
+}
+
+if [[ -n $DATABASE_URL ]] && usable "$DATABASE_URL"; then
+    use_url
+else
+    if [[ -n $DATABASE_URL ]]; then
+        say "Postgres at $(redact "$DATABASE_URL") ($URL_SOURCE) is not usable: ${NOT_USABLE_WHY:-no answer}"
+    fi
+    if ! start_throwaway; then
+        if install_postgres; then
+            if [[ -n $DATABASE_URL ]] && usable "$DATABASE_URL"; then
+                use_url
+            elif ! start_throwaway; then
+                die "installed postgresql but found no initdb/pg_ctl under /usr/lib/postgresql/*/bin"
+            fi
+        else
+            die "no PostgreSQL found. Either install one (Debian/Ubuntu: sudo apt-get install postgresql; \
+or run this script as root to have it installed) so initdb and pg_ctl are on PATH or under \
+/usr/lib/postgresql/*/bin, or start a server whose role may CREATE DATABASE and set \
+DATABASE_URL=postgres://USER@HOST:PORT/postgres in .env.test or the environment."
+        fi
+    fi
+fi
+
+export DATABASE_URL
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+# --- run the tests ---------------------------------------------------------------
+
+# The tests run as a child the script waits for, so that a SIGTERM/SIGINT to
+# this script is acted on at once (bash defers traps until a foreground
+# command ends): the trap stops the child, then the throwaway server.
+# Background children get SIGINT/SIGQUIT ignored; `env --default-signal`
+# restores them so Ctrl-C still reaches cargo and the test binaries.
+DEFAULT_SIGNALS=()
+if env --default-signal=INT,QUIT true 2>/dev/null; then
+    DEFAULT_SIGNALS=(env "--default-signal=INT,QUIT")
+fi
+run() {
+    "${DEFAULT_SIGNALS[@]}" "$@" &
+    CHILD_PID=$!
+    rc=0
+    wait "$CHILD_PID" || rc=$?
+    CHILD_PID=""
+}
+
+rc=0
+if [[ -n ${SWITCHBOARD_TEST_CMD:-} ]]; then
+    say "running SWITCHBOARD_TEST_CMD: $SWITCHBOARD_TEST_CMD"
+    run bash -c "$SWITCHBOARD_TEST_CMD" switchboard-test "$@"
+else
+    if ! have cargo && [[ -f $HOME/.cargo/env ]]; then
+        # shellcheck disable=SC1091
+        . "$HOME/.cargo/env"
+    fi
+    have cargo || die "cargo not found: install Rust from https://rustup.rs"
+    locked=()
+    [[ -f Cargo.lock ]] && locked=(--locked)
+    say "running: cargo test --all-targets ${locked[*]} $*"
+    run cargo test --all-targets "${locked[@]}" "$@"
+fi
+exit "$rc"

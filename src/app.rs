@@ -1,0 +1,189 @@
+//! The application: built from a validated [`Config`], bound, then run until
+//! a shutdown signal.
+//!
+//! `build` does every fallible start-up step (TLS files, ledger connection and
+//! migrations, binding both listeners) so that `run` only serves. Tests bind
+//! port 0 and read the addresses back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{Api, AppState, Ops};
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::ledger::{Ledger, LedgerError};
+use crate::metrics::Metrics;
+use crate::server::{self, ConnLimits};
+use crate::switch::{Balancer, Switch, SwitchClient};
+use crate::tls::{self, TlsError};
+
+/// Most connections the ops listener keeps open.
+const OPS_CONNECTIONS_MAX: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+pub struct Application {
+    state: Arc<AppState>,
+    https: TcpListener,
+    ops: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let tls = tls::server_config(&config.server)?;
+        let ledger = Ledger::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            ledger.migrate().await?;
+        }
+        let bind = |addr| server::bind(addr).map_err(|source| StartError::Bind { addr, source });
+        let https = bind(config.server.listen)?;
+        let ops = bind(config.server.ops_listen)?;
+
+        let switches = config
+            .switches
+            .iter()
+            .filter_map(Switch::from_config)
+            .map(Arc::new)
+            .collect();
+        let state = AppState {
+            auth: Authenticator::new(&config.auth),
+            metrics: Metrics::new(),
+            balancer: Balancer::new(switches),
+            switch_client: SwitchClient::new(&config.forwarding, switch_tls_config()),
+            ledger,
+            config,
+            ready: Default::default(),
+        };
+        tracing::info!(
+            listen = %https.local_addr().map_err(|source| StartError::Bind { addr: state.config.server.listen, source })?,
+            ops = %ops.local_addr().map_err(|source| StartError::Bind { addr: state.config.server.ops_listen, source })?,
+            ledger = state.ledger.backend_name(),
+            switches = state.config.switches.len(),
+            "switchboard built"
+        );
+        Ok(Self {
+            state: Arc::new(state),
+            https,
+            ops,
+            acceptor: TlsAcceptor::from(tls),
+        })
+    }
+
+    /// The bound HTTPS address (the real port when configured with port 0).
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https
+            .local_addr()
+            .unwrap_or(self.state.config.server.listen)
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops
+            .local_addr()
+            .unwrap_or(self.state.config.server.ops_listen)
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight requests finish within the grace period, and closes the ledger.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let state = self.state;
+        let cfg = &state.config.server;
+        let tracker = TaskTracker::new();
+        let limits = ConnLimits {
+            header_read_timeout: cfg.header_read_timeout(),
+            idle_timeout: cfg.keepalive_idle_timeout(),
+            h2_streams_max: cfg.h2_streams_max,
+        };
+        state.ready.store(true, Ordering::Release);
+        tracing::info!("ready");
+        tokio::join!(
+            server::serve_tls(
+                self.https,
+                self.acceptor,
+                cfg.tls_handshake_timeout(),
+                cfg.connections_max,
+                limits.clone(),
+                Api(state.clone()),
+                state.metrics.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ),
+            server::serve_plain(
+                self.ops,
+                OPS_CONNECTIONS_MAX,
+                limits,
+                Ops(state.clone()),
+                state.metrics.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ),
+        );
+        // Both accept loops return only once shutdown began.
+        state.ready.store(false, Ordering::Release);
+        tracker.close();
+        let grace = cfg.shutdown_grace();
+        tracing::info!(grace_ms = grace.as_millis() as u64, in_flight = tracker.len(), "draining");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                connections = tracker.len(),
+                "grace period over; closing remaining connections"
+            );
+        }
+        state.ledger.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// TLS for HTTPS switches: the public web PKI roots.
+fn switch_tls_config() -> rustls::ClientConfig {
+    tls::install_crypto_provider();
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,244 @@
+//! The `switchboard` command line.
+//!
+//! Exit codes: 0 on success, 64 on bad usage or configuration (as sysexits'
+//! `EX_USAGE`), 1 with a one-line reason on any other failure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, Application};
+use crate::config::{Config, ConfigError, Sources};
+
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about = "A load-balancing transaction gateway")]
+pub struct Cli {
+    /// A TOML file layered over config/default.toml and config/{SWITCHBOARD_ENV}.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Gateway + embedded SQLite ledger + three simulated switches on 127.0.0.1:9001-9003.
+    Demo,
+    /// Run a simulated switch.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long)]
+        name: String,
+        /// healthy, decline, slow, down, error, flaky or hang-after-receive.
+        #[arg(long, default_value = "healthy")]
+        mode: String,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Share of requests failing in `flaky` mode, 0.0 to 1.0.
+        #[arg(long, default_value_t = 0.5)]
+        fail_rate: f64,
+        /// Remember processed transactions in this file across restarts.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+    },
+    /// Print a JWT signed with the configured development key.
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated: transact, auditor, operator.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Lifetime in seconds (default: auth.token_ttl_s).
+        #[arg(long)]
+        ttl_s: Option<u64>,
+    },
+    /// Apply migrations/ to database.url.
+    Migrate,
+    /// Write a development CA, server and client certificate.
+    Certs {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+    fn other(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::usage(e.to_string())
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    load_dotenv();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("switchboard: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// `.env`, or `.env.test` under `SWITCHBOARD_ENV=test`; never overrides the
+/// real environment.
+fn load_dotenv() {
+    let file = match std::env::var("SWITCHBOARD_ENV").as_deref() {
+        Ok("test") => ".env.test",
+        _ => ".env",
+    };
+    let _ = dotenvy::from_filename(file);
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    let config = Config::load(&Sources::from_process(cli.config.clone()))?;
+    crate::telemetry::init(&config.log);
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Serve => {
+            let config = load_config(&cli)?;
+            let app = Application::build(config).await.map_err(Failure::other)?;
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                app::shutdown_signal().await;
+                signal.cancel();
+            });
+            app.run(shutdown).await;
+            Ok(())
+        }
+        Command::Demo => {
+            let config = load_config(&cli)?;
+            crate::demo::run(config).await.map_err(Failure::other)
+        }
+        Command::Sim {
+            listen,
+            name,
+            mode,
+            latency_ms,
+            fail_rate,
+            state,
+        } => {
+            // The sim needs no gateway config, but logging and `--config` are shared.
+            load_config(&cli)?;
+            let mode = mode.parse::<crate::sim::Mode>().map_err(Failure::usage)?;
+            if !(0.0..=1.0).contains(fail_rate) {
+                return Err(Failure::usage("--fail-rate must be between 0.0 and 1.0"));
+            }
+            let mut opts = crate::sim::SimOptions::new(name.clone());
+            opts.mode = mode;
+            opts.latency_ms = *latency_ms;
+            opts.fail_rate = *fail_rate;
+            opts.state_file = state.clone();
+            let sim = crate::sim::Sim::bind(*listen, opts)
+                .await
+                .map_err(Failure::other)?;
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                app::shutdown_signal().await;
+                signal.cancel();
+            });
+            sim.run(shutdown).await.map_err(Failure::other)
+        }
+        Command::Token { sub, roles, ttl_s } => {
+            let config = load_config(&cli)?;
+            if config.auth.dev_hs256_secret.is_none() {
+                return Err(Failure::usage(
+                    "auth.dev_hs256_secret is not set: set it in config or SWITCHBOARD__AUTH__DEV_HS256_SECRET",
+                ));
+            }
+            for r in roles {
+                if crate::domain::Role::parse(r).is_none() {
+                    return Err(Failure::usage(format!(
+                        "unknown role {r:?}: use transact, auditor or operator"
+                    )));
+                }
+            }
+            crate::domain::ClientId::parse(sub).map_err(|e| Failure::usage(e.to_string()))?;
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            let token = crate::auth::Authenticator::new(&config.auth)
+                .sign(sub, &roles, ttl_s.unwrap_or(config.auth.token_ttl_s))
+                .map_err(Failure::other)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Migrate => {
+            let config = load_config(&cli)?;
+            let ledger = crate::ledger::Ledger::connect(&config.database)
+                .await
+                .map_err(Failure::other)?;
+            ledger.migrate().await.map_err(Failure::other)?;
+            ledger.close().await;
+            println!(
+                "migrations applied to {}",
+                config.database.url_redacted()
+            );
+            Ok(())
+        }
+        Command::Certs { dir, force } => {
+            let paths = crate::certs::CertPaths::new(dir);
+            if !force && paths.server_cert().exists() {
+                return Err(Failure::usage(format!(
+                    "{} exists; pass --force to replace the certificates",
+                    paths.server_cert().display()
+                )));
+            }
+            crate::certs::generate(dir).map_err(Failure::other)?;
+            println!(
+                "wrote a development CA, server and client certificate to {}",
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Handlers return `Result<Response, ApiError>`; [`ApiError::into_response`]
+//! is the only code that builds an error body. The body is always
+//! `{"error": {"code": "...", "message": "..."}}`, never a stack trace.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::domain::FieldError;
+use crate::ledger::LedgerError;
+
+pub type Body = Full<Bytes>;
+
+/// Every way a client request can fail, with its status and stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body is larger than {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("the switch declined the transaction")]
+    DeclinedBySwitch,
+    #[error("transaction id was already used for a different request")]
+    TransactionIdReused,
+    #[error("account {account} is not in {currency}")]
+    CurrencyMismatch { account: String, currency: String },
+    #[error("account already exists")]
+    AccountExists,
+    #[error("transaction is still being processed")]
+    TransactionInProgress { retry_after: Duration },
+    #[error("no switch is available to process the transaction")]
+    NoSwitchAvailable,
+    #[error("the ledger is unavailable")]
+    LedgerUnavailable,
+    #[error("the request did not finish within its deadline")]
+    DeadlineExceeded,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InsufficientFunds
+            | ApiError::DeclinedBySwitch
+            | ApiError::TransactionIdReused
+            | ApiError::CurrencyMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::AccountExists | ApiError::TransactionInProgress { .. } => {
+                StatusCode::CONFLICT
+            }
+            ApiError::NoSwitchAvailable | ApiError::LedgerUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::InsufficientFunds => "insufficient_funds",
+            ApiError::DeclinedBySwitch => "declined_by_switch",
+            ApiError::TransactionIdReused => "transaction_id_reused",
+            ApiError::CurrencyMismatch { .. } => "currency_mismatch",
+            ApiError::AccountExists => "account_exists",
+            ApiError::TransactionInProgress { .. } => "transaction_in_progress",
+            ApiError::NoSwitchAvailable => "no_switch_available",
+            ApiError::LedgerUnavailable => "ledger_unavailable",
+            ApiError::DeadlineExceeded => "deadline_exceeded",
+            ApiError::Internal => "internal",
+        }
+    }
+
+    /// The JSON error body of DESIGN.md.
+    pub fn body(&self) -> serde_json::Value {
+        error_body(self.code(), &self.to_string())
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = json_response(self.status(), &self.body());
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TransactionInProgress { retry_after } => {
+                headers.insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::InvalidRequest(e.to_string())
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Unavailable(reason) => {
+                tracing::error!(%reason, "ledger unavailable");
+                ApiError::LedgerUnavailable
+            }
+            LedgerError::AccountNotFound | LedgerError::TransactionNotFound => ApiError::NotFound,
+            LedgerError::AccountExists => ApiError::AccountExists,
+            LedgerError::CurrencyMismatch { account, currency } => ApiError::CurrencyMismatch {
+                account: account.to_string(),
+                currency: currency.to_string(),
+            },
+            LedgerError::InvalidState(reason) => {
+                tracing::error!(%reason, "ledger refused a state change");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+pub fn error_body(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": { "code": code, "message": message } })
+}
+
+/// A JSON response. Serialising a `serde_json::Value` cannot fail.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics, in one explicit registry served on the ops listener.
+//!
+//! **Invariant:** every label is a bounded set (route template, status code,
+//! switch name, outcome). Never a transaction, account or client id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds, from 1 ms to 10 s.
+const LATENCY_BUCKETS_S: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub http_in_flight: IntGauge,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub transactions: IntCounterVec,
+    pub forwards: IntCounterVec,
+    pub forward_duration: HistogramVec,
+    pub ledger_duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("switchboard".into()), None)
+            .expect("a constant prefix is valid");
+        let m = Metrics {
+            http_requests: IntCounterVec::new(
+                Opts::new("http_requests_total", "HTTPS requests answered, by route and status."),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            http_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "HTTPS request latency, from headers read to response, by route.",
+                )
+                .buckets(LATENCY_BUCKETS_S.to_vec()),
+                &["route"],
+            )
+            .expect("valid metric"),
+            http_in_flight: IntGauge::new(
+                "http_requests_in_flight",
+                "HTTPS requests being handled now.",
+            )
+            .expect("valid metric"),
+            connections_open: IntGauge::new(
+                "connections_open",
+                "Client connections open now (TLS listener).",
+            )
+            .expect("valid metric"),
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "connections_closed_total",
+                    "Client connections closed by a limit, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            tls_handshake_failures: IntCounterVec::new(
+                Opts::new(
+                    "tls_handshake_failures_total",
+                    "TLS handshakes that failed, by reason (error or timeout).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            transactions: IntCounterVec::new(
+                Opts::new(
+                    "transactions_total",
+                    "Transactions answered, by outcome (committed, declined, insufficient_funds, failed, pending, replayed, in_progress, reused).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            forwards: IntCounterVec::new(
+                Opts::new(
+                    "switch_forwards_total",
+                    "Attempts sent to switches, by switch and result.",
+                ),
+                &["switch", "result"],
+            )
+            .expect("valid metric"),
+            forward_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "switch_forward_duration_seconds",
+                    "Latency of one attempt on a switch.",
+                )
+                .buckets(LATENCY_BUCKETS_S.to_vec()),
+                &["switch"],
+            )
+            .expect("valid metric"),
+            ledger_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ledger_reserve_duration_seconds",
+                    "Latency of the ledger's reserve step (one database transaction).",
+                )
+                .buckets(LATENCY_BUCKETS_S.to_vec()),
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_duration.clone()),
+            Box::new(m.http_in_flight.clone()),
+            Box::new(m.connections_open.clone()),
+            Box::new(m.connections_refused.clone()),
+            Box::new(m.tls_handshake_failures.clone()),
+            Box::new(m.transactions.clone()),
+            Box::new(m.forwards.clone()),
+            Box::new(m.forward_duration.clone()),
+            Box::new(m.ledger_duration.clone()),
+            Box::new(build_info),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on a malformed metric, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,412 @@
+//! Accept loops and per-connection serving, for the TLS listener and the
+//! plain-HTTP ops listener.
+//!
+//! Limits live here: a semaphore caps open connections (at the cap the loop
+//! stops accepting, so the kernel backlog absorbs bursts); the TLS handshake
+//! has a timeout; HTTP/1 request headers must arrive within
+//! `header_read_timeout` once the first byte of a request is seen; a
+//! connection with nothing in flight closes after `keepalive_idle_timeout`.
+//!
+//! hyper's own `header_read_timeout` is not used: it starts as soon as a
+//! keep-alive connection goes idle, which would make the idle timeout and the
+//! header timeout one number.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::Body;
+use crate::metrics::Metrics;
+
+/// What a handler learns about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// A client certificate was presented and verified (mTLS).
+    pub client_cert_verified: bool,
+}
+
+/// Answers one request. Errors are already responses: it cannot fail.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Connection limits, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub h2_streams_max: u32,
+}
+
+/// Serves HTTPS on `listener` until `shutdown`; connection tasks go on `tracker`.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_tls<H: Handler>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    connections_max: usize,
+    limits: ConnLimits,
+    handler: H,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(connections_max));
+    let builder = Arc::new(http_builder(&limits));
+    loop {
+        // At the cap we stop accepting rather than accept-and-drop.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, handler, metrics, shutdown, builder, limits) = (
+            acceptor.clone(),
+            handler.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            builder.clone(),
+            limits.clone(),
+        );
+        tracker.spawn(async move {
+            let _permit = permit;
+            metrics.connections_open.inc();
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                r = handshake => match r {
+                    Ok(Ok(tls)) => Some(tls),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        metrics.tls_handshake_failures.with_label_values(&["error"]).inc();
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
+                        None
+                    }
+                },
+            };
+            if let Some(tls) = tls {
+                let (_, session) = tls.get_ref();
+                let is_h2 = session.alpn_protocol() == Some(b"h2");
+                let info = Arc::new(ConnInfo {
+                    peer,
+                    client_cert_verified: session.peer_certificates().is_some(),
+                });
+                serve_connection(
+                    tls, is_h2, info, &builder, &limits, handler, &metrics, shutdown,
+                )
+                .await;
+            }
+            metrics.connections_open.dec();
+        });
+    }
+    tracing::info!("TLS listener stopped accepting");
+}
+
+/// Serves plain HTTP (the ops listener) until `shutdown`.
+pub async fn serve_plain<H: Handler>(
+    listener: TcpListener,
+    connections_max: usize,
+    limits: ConnLimits,
+    handler: H,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(connections_max));
+    let builder = Arc::new(http_builder(&limits));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ops accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (handler, metrics, shutdown, builder, limits) = (
+            handler.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            builder.clone(),
+            limits.clone(),
+        );
+        tracker.spawn(async move {
+            let _permit = permit;
+            let info = Arc::new(ConnInfo {
+                peer,
+                client_cert_verified: false,
+            });
+            serve_connection(
+                tcp, false, info, &builder, &limits, handler, &metrics, shutdown,
+            )
+            .await;
+        });
+    }
+}
+
+fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_streams_max)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<IO, H>(
+    io: IO,
+    is_h2: bool,
+    info: Arc<ConnInfo>,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &ConnLimits,
+    handler: H,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(ActivityIo {
+        inner: io,
+        activity: activity.clone(),
+    });
+    let service_activity = activity.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        let info = info.clone();
+        let guard = service_activity.request_started();
+        async move {
+            let resp = handler.call(req, info).await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let watch = activity.watch(limits, is_h2);
+    tokio::pin!(watch);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.cancelled() => {}
+        verdict = &mut watch => match verdict {
+            Verdict::Idle => {
+                metrics.connections_refused.with_label_values(&["idle_timeout"]).inc();
+            }
+            Verdict::HeaderTimeout => {
+                // A client trickling headers gets no graceful goodbye.
+                metrics.connections_refused.with_label_values(&["header_timeout"]).inc();
+                return;
+            }
+        },
+    }
+    // Let in-flight requests finish; the app's grace period bounds this wait.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Milliseconds since the process started; a cheap monotonic clock for atomics.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+const NONE_MS: u64 = u64::MAX;
+
+/// What a connection has been doing, updated from its IO and its service.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Last time a request finished or the connection opened.
+    idle_since_ms: AtomicU64,
+    /// First byte read while no request was in flight, or `NONE_MS`.
+    request_bytes_since_ms: AtomicU64,
+}
+
+enum Verdict {
+    Idle,
+    HeaderTimeout,
+}
+
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(now_ms()),
+            request_bytes_since_ms: AtomicU64::new(NONE_MS),
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.request_bytes_since_ms.store(NONE_MS, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.request_bytes_since_ms.compare_exchange(
+                NONE_MS,
+                now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Resolves when the connection should close. HTTP/2 connections carry
+    /// pings and window updates between requests, so only HTTP/1 gets the
+    /// header timeout.
+    async fn watch(&self, limits: &ConnLimits, is_h2: bool) -> Verdict {
+        let header_ms = limits.header_read_timeout.as_millis() as u64;
+        let idle_ms = limits.idle_timeout.as_millis() as u64;
+        // Checking at a fraction of the smaller limit keeps the overshoot small.
+        let tick = Duration::from_millis((header_ms.min(idle_ms) / 4).clamp(10, 1000));
+        loop {
+            tokio::time::sleep(tick).await;
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                continue;
+            }
+            let now = now_ms();
+            let bytes_since = self.request_bytes_since_ms.load(Ordering::Relaxed);
+            if !is_h2 && bytes_since != NONE_MS {
+                if now.saturating_sub(bytes_since) >= header_ms {
+                    return Verdict::HeaderTimeout;
+                }
+                continue;
+            }
+            if now.saturating_sub(self.idle_since_ms.load(Ordering::Relaxed)) >= idle_ms {
+                return Verdict::Idle;
+            }
+        }
+    }
+}
+
+/// An IO wrapper that reports reads to [`Activity`].
+struct ActivityIo<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ActivityIo<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ActivityIo<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Binds a TCP listener with a deep accept backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}

@@ -1,0 +1,261 @@
+//! The one harness: `spawn_gateway` starts the real application on port 0
+//! with real TLS, and hands back its addresses and an HTTPS client that
+//! trusts the development CA.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard::api::AppState;
+use switchboard::app::Application;
+use switchboard::auth::Authenticator;
+use switchboard::certs::CertPaths;
+use switchboard::config::Config;
+use switchboard::sim::{self, SimHandle, SimOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "harness-secret-0123456789abcdef0123456789abcdef";
+
+/// Development certificates, made once per test process.
+pub fn certs() -> &'static CertPaths {
+    static CERTS: OnceLock<CertPaths> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("switchboard-it-certs-{}", std::process::id()));
+        switchboard::certs::generate(&dir).expect("generate test certificates")
+    })
+}
+
+/// Which ledger a test gateway uses.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// A fresh Postgres database (needs `DATABASE_URL`, see scripts/test.sh).
+    Postgres,
+    /// A fresh SQLite file in a temporary directory.
+    Sqlite,
+}
+
+pub struct Options {
+    pub db: Db,
+    pub switches: Vec<(String, String)>,
+    /// Extra TOML appended to the test config (for limits).
+    pub toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            db: Db::Postgres,
+            switches: Vec::new(),
+            toml: String::new(),
+        }
+    }
+}
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub ops: SocketAddr,
+    pub base: String,
+    pub ops_base: String,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    pub auth: Authenticator,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn spawn_gateway() -> TestGateway {
+    spawn_gateway_with(Options::default()).await
+}
+
+pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
+    let certs = certs();
+    let (url, dir) = match opts.db {
+        Db::Postgres => (crate::db::fresh_postgres_url().await, None),
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+            (url, Some(dir))
+        }
+    };
+    let mut toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+ops_listen = "127.0.0.1:0"
+tls_cert = "{cert}"
+tls_key = "{key}"
+shutdown_grace_ms = 5000
+[database]
+url = "{url}"
+connections_max = 8
+[auth]
+dev_hs256_secret = "{SECRET}"
+"#,
+        cert = certs.server_cert().display(),
+        key = certs.server_key().display(),
+    );
+    for (name, url) in &opts.switches {
+        toml.push_str(&format!("[[switches]]\nname = \"{name}\"\nurl = \"{url}\"\n"));
+    }
+    let config = Config::from_toml_layers(&[&toml, &opts.toml])
+        .unwrap_or_else(|e| panic!("test config: {e}"));
+    let auth = Authenticator::new(&config.auth);
+    let app = Application::build(config).await.expect("build the application");
+    let (addr, ops, state) = (app.https_addr(), app.ops_addr(), app.state());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    TestGateway {
+        addr,
+        ops,
+        base: format!("https://localhost:{}", addr.port()),
+        ops_base: format!("http://{ops}"),
+        client: https_client(),
+        state,
+        auth,
+        shutdown,
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+/// An HTTPS client that trusts only the development CA.
+pub fn https_client() -> reqwest::Client {
+    let pem = std::fs::read(certs().ca_cert()).expect("read CA");
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA pem")])
+        .resolve("localhost", SocketAddr::from(([127, 0, 0, 1], 0)))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client")
+}
+
+/// An answer, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestGateway {
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        self.auth.sign(sub, roles, 3600).expect("sign token")
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Reply {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        read(resp).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        read(resp).await
+    }
+
+    /// Creates an account through the API as an operator; panics unless 201.
+    pub async fn account(&self, id: &str, owner: &str, currency: &str, balance: i64) {
+        let op = self.token("test-operator", &["operator"]);
+        let r = self
+            .post(
+                "/v1/accounts",
+                &op,
+                &serde_json::json!({"accountId": id, "owner": owner, "currency": currency, "openingBalance": balance}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "create account {id}: {:?}", r.json);
+    }
+
+    pub async fn balance(&self, id: &str) -> i64 {
+        let auditor = self.token("test-auditor", &["auditor"]);
+        let r = self.get(&format!("/v1/accounts/{id}"), &auditor).await;
+        assert_eq!(r.status, 200, "read account {id}: {:?}", r.json);
+        r.json["balance"].as_i64().expect("balance")
+    }
+
+    pub async fn ops_get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("{}{path}", self.ops_base))
+            .await
+            .unwrap_or_else(|e| panic!("GET ops {path}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("ops body"))
+    }
+
+    /// Begins graceful shutdown and returns a handle that resolves when the
+    /// application has stopped.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        self.shutdown.cancel();
+        self.task.take().expect("running")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn read(resp: reqwest::Response) -> Reply {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("response body");
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "status {status}: body is not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    Reply {
+        status,
+        headers,
+        json,
+    }
+}
+
+/// Simulated switches as in-process tasks on port 0.
+pub async fn spawn_sims(n: usize) -> Vec<SimHandle> {
+    let mut sims = Vec::new();
+    for i in 0..n {
+        let name = format!("sim-{}", i + 1);
+        sims.push(
+            sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimOptions::new(name))
+                .await
+                .expect("spawn sim"),
+        );
+    }
+    sims
+}
+
+pub fn switch_list(sims: &[SimHandle]) -> Vec<(String, String)> {
+    sims.iter().map(|s| (s.name.clone(), s.url())).collect()
+}
+
+/// The `switchboard` binary built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_switchboard"))
+}
