@@ -55,11 +55,15 @@ impl Handler for Api {
         let started = Instant::now();
         let request_id = request_id(&req);
         let route = route_label(req.uri().path());
-        let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), route);
+        let span =
+            tracing::info_span!("request", request_id = %request_id, method = %req.method(), route);
         state.metrics.http_in_flight.inc();
         let deadline = started + state.config.server.request_deadline();
         let work = route_request(state, req, &request_id, deadline);
-        let mut resp = match tokio::time::timeout_at(deadline, work).instrument(span.clone()).await {
+        let mut resp = match tokio::time::timeout_at(deadline, work)
+            .instrument(span.clone())
+            .await
+        {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => e.into_response(),
             Err(_) => ApiError::DeadlineExceeded.into_response(),
@@ -77,7 +81,11 @@ impl Handler for Api {
             .with_label_values(&[route])
             .observe(started.elapsed().as_secs_f64());
         span.in_scope(|| {
-            tracing::info!(status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "answered");
+            tracing::info!(
+                status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "answered"
+            );
         });
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert("x-request-id", v);
@@ -165,7 +173,9 @@ fn authorize<B>(state: &AppState, req: &Request<B>, roles: &[Role]) -> Result<Pr
     })?;
     if !roles.iter().any(|r| who.has(*r)) {
         tracing::info!(client = %who.client, "forbidden: missing role");
-        return Err(ApiError::Forbidden("the token lacks the role this route needs"));
+        return Err(ApiError::Forbidden(
+            "the token lacks the role this route needs",
+        ));
     }
     Ok(who)
 }
@@ -273,9 +283,7 @@ impl TransactionBody {
                 let from = parse_field("from", &required("from", self.from)?)?;
                 let to = parse_field("to", &required("to", self.to)?)?;
                 if from == to {
-                    return Err(ApiError::InvalidRequest(
-                        "to: must differ from from".into(),
-                    ));
+                    return Err(ApiError::InvalidRequest("to: must differ from from".into()));
                 }
                 Movement::Transfer { from, to }
             }
@@ -284,7 +292,9 @@ impl TransactionBody {
         let currency = Currency::parse(&self.currency)?;
         if let Some(m) = &self.metadata {
             if !m.is_object() {
-                return Err(ApiError::InvalidRequest("metadata: must be an object".into()));
+                return Err(ApiError::InvalidRequest(
+                    "metadata: must be an object".into(),
+                ));
             }
             if m.to_string().len() > METADATA_BYTES_MAX {
                 return Err(ApiError::InvalidRequest(format!(
@@ -419,7 +429,10 @@ async fn get_transaction(
     if !who.has(Role::Auditor) && record.client != who.client.as_str() {
         return Err(ApiError::NotFound);
     }
-    Ok(json_response(StatusCode::OK, &flow::transaction_json(&record)))
+    Ok(json_response(
+        StatusCode::OK,
+        &flow::transaction_json(&record),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,7 +445,10 @@ struct AccountBody {
     opening_balance: i64,
 }
 
-async fn post_account(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn post_account(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let body: AccountBody = read_json(req, state.config.server.body_bytes_max).await?;
     let id = AccountId::parse(&body.account_id)?;
     if id.as_str().starts_with("settlement:") || id.as_str().starts_with("equity:") {

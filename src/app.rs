@@ -143,7 +143,11 @@ impl Application {
         state.ready.store(false, Ordering::Release);
         tracker.close();
         let grace = cfg.shutdown_grace();
-        tracing::info!(grace_ms = grace.as_millis() as u64, in_flight = tracker.len(), "draining");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            in_flight = tracker.len(),
+            "draining"
+        );
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(
                 connections = tracker.len(),

@@ -63,7 +63,10 @@ impl Authenticator {
     pub fn new(cfg: &AuthConfig) -> Self {
         let hs256 = cfg.dev_hs256_secret.as_ref().map(|s| {
             let bytes = s.expose_secret().as_bytes();
-            (EncodingKey::from_secret(bytes), DecodingKey::from_secret(bytes))
+            (
+                EncodingKey::from_secret(bytes),
+                DecodingKey::from_secret(bytes),
+            )
         });
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = cfg.leeway_s;
@@ -85,8 +88,8 @@ impl Authenticator {
         let (_, key) = self.hs256.as_ref().ok_or(AuthError::NoKey)?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let client = ClientId::parse(&data.claims.sub)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let client =
+            ClientId::parse(&data.claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let roles = data
             .claims
             .roles

@@ -54,9 +54,16 @@ impl CertPaths {
     }
     /// True when every file is present.
     pub fn complete(&self) -> bool {
-        [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY]
-            .iter()
-            .all(|f| self.dir.join(f).is_file())
+        [
+            CA_CERT,
+            CA_KEY,
+            SERVER_CERT,
+            SERVER_KEY,
+            CLIENT_CERT,
+            CLIENT_KEY,
+        ]
+        .iter()
+        .all(|f| self.dir.join(f).is_file())
     }
 }
 
@@ -99,7 +106,9 @@ pub fn generate(dir: &Path) -> Result<CertPaths, CertsError> {
                 usage: ExtendedKeyUsagePurpose|
      -> Result<(String, String), CertsError> {
         let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];

@@ -16,7 +16,11 @@ use crate::config::{Config, ConfigError, Sources};
 pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchboard", version, about = "A load-balancing transaction gateway")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A load-balancing transaction gateway"
+)]
 pub struct Cli {
     /// A TOML file layered over config/default.toml and config/{SWITCHBOARD_ENV}.toml.
     #[arg(long, global = true, value_name = "FILE")]
@@ -110,7 +114,10 @@ pub fn main() -> ExitCode {
         }
     };
     load_dotenv();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchboard: cannot start the runtime: {e}");
@@ -219,10 +226,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(Failure::other)?;
             ledger.migrate().await.map_err(Failure::other)?;
             ledger.close().await;
-            println!(
-                "migrations applied to {}",
-                config.database.url_redacted()
-            );
+            println!("migrations applied to {}", config.database.url_redacted());
             Ok(())
         }
         Command::Certs { dir, force } => {

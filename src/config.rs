@@ -305,8 +305,10 @@ pub const SWITCHES_MAX: usize = 64;
 impl Config {
     /// Reads every layer and validates the result.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
         let default_file = sources.config_dir.join("default.toml");
         builder = builder.add_source(config::File::from(default_file).required(false));
         if let Some(env) = &sources.env_name {
@@ -343,12 +345,16 @@ impl Config {
 
     /// Loads TOML texts layered over the defaults, later wins.
     pub fn from_toml_layers(layers: &[&str]) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
         for text in layers {
             builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
         }
-        let raw = builder.build().map_err(|e| ConfigError::one(e.to_string()))?;
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::one(e.to_string()))?;
         Self::from_raw(raw, None)
     }
 
@@ -365,7 +371,10 @@ impl Config {
             "forwarding",
             "switches",
         ];
-        if let Ok(table) = raw.clone().try_deserialize::<config::Map<String, config::Value>>() {
+        if let Ok(table) = raw
+            .clone()
+            .try_deserialize::<config::Map<String, config::Value>>()
+        {
             for key in table.keys() {
                 if !SECTIONS.contains(&key.as_str()) {
                     problems.push(format!("{key}: unknown section"));
@@ -443,9 +452,15 @@ impl Config {
         let s = &self.server;
         positive("server.body_bytes_max", s.body_bytes_max as u64);
         positive("server.header_read_timeout_ms", s.header_read_timeout_ms);
-        positive("server.tls_handshake_timeout_ms", s.tls_handshake_timeout_ms);
+        positive(
+            "server.tls_handshake_timeout_ms",
+            s.tls_handshake_timeout_ms,
+        );
         positive("server.connections_max", s.connections_max as u64);
-        positive("server.keepalive_idle_timeout_ms", s.keepalive_idle_timeout_ms);
+        positive(
+            "server.keepalive_idle_timeout_ms",
+            s.keepalive_idle_timeout_ms,
+        );
         positive("server.request_deadline_ms", s.request_deadline_ms);
         positive("server.h2_streams_max", s.h2_streams_max as u64);
         let d = &self.database;
@@ -459,7 +474,7 @@ impl Config {
         positive("ledger.amount_max", self.ledger.amount_max.max(0) as u64);
         positive("auth.token_ttl_s", self.auth.token_ttl_s);
 
-        if s.listen == s.ops_listen {
+        if s.listen == s.ops_listen && s.listen.port() != 0 {
             p.push("server.ops_listen: must differ from server.listen".into());
         }
         let url = d.url.expose_secret();
@@ -475,7 +490,12 @@ impl Config {
         if self.ledger.opening_balance_max < 0 {
             p.push("ledger.opening_balance_max: must not be negative".into());
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             p.push(format!(
                 "log.level: not a valid filter: {:?}",
                 self.log.level
@@ -483,9 +503,7 @@ impl Config {
         }
         if let Some(secret) = &self.auth.dev_hs256_secret {
             if self.env_name.as_deref() == Some("production") {
-                p.push(
-                    "auth.dev_hs256_secret: refused when SWITCHBOARD_ENV=production".into(),
-                );
+                p.push("auth.dev_hs256_secret: refused when SWITCHBOARD_ENV=production".into());
             } else if secret.expose_secret().len() < 32 {
                 p.push("auth.dev_hs256_secret: must be at least 32 bytes".into());
             }

@@ -44,7 +44,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.switches.clear();
     for (i, port) in SIM_PORTS.into_iter().enumerate() {
         let name = format!("sim-{}", i + 1);
-        let handle = sim::spawn(SocketAddr::from(([127, 0, 0, 1], port)), SimOptions::new(&name)).await?;
+        let handle = sim::spawn(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SimOptions::new(&name),
+        )
+        .await?;
         config.switches.push(SwitchConfig {
             name,
             url: handle.url(),

@@ -395,6 +395,9 @@ mod tests {
         let a = req(5, serde_json::json!({"x": 1, "y": 2}));
         let b: serde_json::Value = serde_json::from_str(r#"{"y": 2, "x": 1}"#).unwrap();
         assert_eq!(a.fingerprint(), req(5, b).fingerprint());
-        assert_ne!(a.fingerprint(), req(6, serde_json::json!({"x": 1, "y": 2})).fingerprint());
+        assert_ne!(
+            a.fingerprint(),
+            req(6, serde_json::json!({"x": 1, "y": 2})).fingerprint()
+        );
     }
 }

@@ -118,10 +118,7 @@ impl ApiError {
                 headers.insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());
             }
             ApiError::Unauthorized(_) => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer"),
-                );
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

@@ -33,7 +33,7 @@ pub enum Outcome {
     /// A final answer (committed, declined, failed), stored for replays.
     Final(StoredResponse),
     /// The outcome is not known yet: 202 with `Location`.
-    Pending(TransactionRecord),
+    Pending(Box<TransactionRecord>),
 }
 
 pub struct Forwarder<'a> {
@@ -55,9 +55,7 @@ impl Forwarder<'_> {
     ) -> Result<Outcome, ApiError> {
         let id = &req.id;
         let payload = Bytes::from(switch_payload(req).to_string());
-        let budget_end = deadline
-            .checked_sub(DEADLINE_RESERVE)
-            .unwrap_or(deadline);
+        let budget_end = deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline);
         let mut tried: Vec<Arc<Switch>> = Vec::new();
 
         while (tried.len() as u32) < self.attempts_max {
@@ -85,13 +83,15 @@ impl Forwarder<'_> {
             let answer = match result {
                 Ok(answer) => answer,
                 Err(ForwardError::NotSent(reason)) => {
-                    self.note(id, &switch, attempt_no, "not_sent", Some(&reason)).await?;
+                    self.note(id, &switch, attempt_no, "not_sent", Some(&reason))
+                        .await?;
                     tracing::warn!(switch = %switch.name, %reason, "switch unreachable; trying another");
                     tried.push(switch);
                     continue;
                 }
                 Err(ForwardError::Unknown(reason)) => {
-                    self.note(id, &switch, attempt_no, "unknown", Some(&reason)).await?;
+                    self.note(id, &switch, attempt_no, "unknown", Some(&reason))
+                        .await?;
                     tracing::warn!(switch = %switch.name, %reason, "outcome unknown; requerying");
                     match self.requery(&switch, req, request_id, budget_end).await? {
                         Some(Answer::NotFound) => {
@@ -102,7 +102,7 @@ impl Forwarder<'_> {
                         Some(answer) => answer,
                         None => {
                             let record = self.ledger.mark_pending(id, &reason).await?;
-                            return Ok(Outcome::Pending(record));
+                            return Ok(Outcome::Pending(Box::new(record)));
                         }
                     }
                 }
@@ -110,11 +110,15 @@ impl Forwarder<'_> {
             return match answer {
                 Answer::Approved { reference } => {
                     self.note(id, &switch, attempt_no, "approved", None).await?;
-                    let record = self.ledger.commit(id, &switch.name, &reference, render).await?;
+                    let record = self
+                        .ledger
+                        .commit(id, &switch.name, &reference, render)
+                        .await?;
                     Ok(Outcome::Final(stored(&record)))
                 }
                 Answer::Declined { reason } => {
-                    self.note(id, &switch, attempt_no, "declined", Some(&reason)).await?;
+                    self.note(id, &switch, attempt_no, "declined", Some(&reason))
+                        .await?;
                     let record = self
                         .ledger
                         .release(id, TxStatus::Declined, "declined_by_switch", render)
@@ -122,7 +126,8 @@ impl Forwarder<'_> {
                     Ok(Outcome::Final(stored(&record)))
                 }
                 Answer::NotProcessed | Answer::NotFound => {
-                    self.note(id, &switch, attempt_no, "not_processed", None).await?;
+                    self.note(id, &switch, attempt_no, "not_processed", None)
+                        .await?;
                     tried.push(switch);
                     continue;
                 }

@@ -310,7 +310,8 @@ impl Activity {
 
     fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.request_bytes_since_ms.store(NONE_MS, Ordering::Relaxed);
+        self.request_bytes_since_ms
+            .store(NONE_MS, Ordering::Relaxed);
         RequestGuard(self.clone())
     }
 

@@ -23,8 +23,12 @@ use crate::config::{ForwardingConfig, SwitchConfig};
 /// A switch's answer to `POST /transactions` or `GET /transactions/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Approved { reference: String },
-    Declined { reason: String },
+    Approved {
+        reference: String,
+    },
+    Declined {
+        reason: String,
+    },
     /// 503 `not_processed`: refused without touching it; safe to try elsewhere.
     NotProcessed,
     /// 404 on a requery: the switch never received it; safe to try elsewhere.
@@ -281,14 +285,18 @@ mod tests {
     #[test]
     fn equal_weights_rotate() {
         let b = Balancer::new(vec![sw("a", 1), sw("b", 1), sw("c", 1)]);
-        let names: Vec<_> = (0..6).map(|_| b.pick(|_| true).unwrap().name.clone()).collect();
+        let names: Vec<_> = (0..6)
+            .map(|_| b.pick(|_| true).unwrap().name.clone())
+            .collect();
         assert_eq!(names, ["a", "b", "c", "a", "b", "c"]);
     }
 
     #[test]
     fn weights_are_smooth() {
         let b = Balancer::new(vec![sw("a", 5), sw("b", 1), sw("c", 1)]);
-        let names: String = (0..7).map(|_| b.pick(|_| true).unwrap().name.clone()).collect();
+        let names: String = (0..7)
+            .map(|_| b.pick(|_| true).unwrap().name.clone())
+            .collect();
         assert_eq!(names, "aabacaa");
     }
 
@@ -306,12 +314,21 @@ mod tests {
         let ok = |b: &str| interpret(StatusCode::OK, b.as_bytes(), false);
         assert_eq!(
             ok(r#"{"status":"approved","reference":"r1"}"#).unwrap(),
-            Answer::Approved { reference: "r1".into() }
+            Answer::Approved {
+                reference: "r1".into()
+            }
         );
-        assert!(matches!(ok(r#"{"status":"declined"}"#), Ok(Answer::Declined { .. })));
+        assert!(matches!(
+            ok(r#"{"status":"declined"}"#),
+            Ok(Answer::Declined { .. })
+        ));
         assert_eq!(
-            interpret(StatusCode::SERVICE_UNAVAILABLE, br#"{"status":"not_processed"}"#, false)
-                .unwrap(),
+            interpret(
+                StatusCode::SERVICE_UNAVAILABLE,
+                br#"{"status":"not_processed"}"#,
+                false
+            )
+            .unwrap(),
             Answer::NotProcessed
         );
         // Any other 5xx is an unknown outcome, never a safe retry.
@@ -323,6 +340,9 @@ mod tests {
             interpret(StatusCode::SERVICE_UNAVAILABLE, b"busy", false),
             Err(ForwardError::Unknown(_))
         ));
-        assert_eq!(interpret(StatusCode::NOT_FOUND, b"", true).unwrap(), Answer::NotFound);
+        assert_eq!(
+            interpret(StatusCode::NOT_FOUND, b"", true).unwrap(),
+            Answer::NotFound
+        );
     }
 }

@@ -30,7 +30,10 @@ use hyper_util::rt::TokioExecutor;
 use secrecy::SecretString;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchboard-load", about = "Load and check POST /v1/transactions")]
+#[command(
+    name = "switchboard-load",
+    about = "Load and check POST /v1/transactions"
+)]
 struct Args {
     /// Gateway base URL (loopback only).
     #[arg(long, default_value = "https://127.0.0.1:8443")]
@@ -39,7 +42,11 @@ struct Args {
     #[arg(long, default_value = "certs/ca.pem")]
     cacert: PathBuf,
     /// HS256 development secret used to sign tokens (as the gateway's).
-    #[arg(long, env = "SWITCHBOARD__AUTH__DEV_HS256_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD__AUTH__DEV_HS256_SECRET",
+        hide_env_values = true
+    )]
     secret: String,
     /// Total requests (bounded).
     #[arg(long, default_value_t = 10_000)]
@@ -89,7 +96,10 @@ fn main() -> ExitCode {
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     let host = args
@@ -140,11 +150,19 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "currency": args.currency, "openingBalance": args.balance,
         });
         let (status, text, _) = post(&client, &args.url, "/v1/accounts", &operator, &body).await?;
-        anyhow::ensure!(status == StatusCode::CREATED, "creating {account}: {status} {text}");
+        anyhow::ensure!(
+            status == StatusCode::CREATED,
+            "creating {account}: {status} {text}"
+        );
     }
     eprintln!(
         "run {run_id}: {} requests, concurrency {}, {} account(s) of {} {}, amount {}",
-        args.requests, args.concurrency, accounts.len(), args.balance, args.currency, args.amount
+        args.requests,
+        args.concurrency,
+        accounts.len(),
+        args.balance,
+        args.currency,
+        args.amount
     );
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -215,7 +233,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let done = all.latencies_us.len();
     println!("requests      {done}");
     println!("wall time     {:.2} s", elapsed.as_secs_f64());
-    println!("throughput    {:.0} req/s", done as f64 / elapsed.as_secs_f64());
+    println!(
+        "throughput    {:.0} req/s",
+        done as f64 / elapsed.as_secs_f64()
+    );
     println!(
         "latency ms    p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
         pct(0.50),
@@ -227,7 +248,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         println!("outcome       {outcome:<24} {n}");
     }
     for account in &accounts {
-        let (status, text, json) = get(&client, &args.url, &format!("/v1/accounts/{account}"), &operator).await?;
+        let (status, text, json) = get(
+            &client,
+            &args.url,
+            &format!("/v1/accounts/{account}"),
+            &operator,
+        )
+        .await?;
         let balance = json.as_ref().and_then(|j| j["balance"].as_i64());
         match balance {
             Some(b) if status == StatusCode::OK => println!("balance       {account} {b}"),
@@ -251,7 +278,11 @@ fn check(
         return Err(format!("{status}: not JSON: {text}"));
     };
     match status.as_u16() {
-        201 | 202 if json["transactionId"] == id => Ok(format!("{} {}", status.as_u16(), json["status"].as_str().unwrap_or("?"))),
+        201 | 202 if json["transactionId"] == id => Ok(format!(
+            "{} {}",
+            status.as_u16(),
+            json["status"].as_str().unwrap_or("?")
+        )),
         409 | 422 | 429 | 503 => match json["error"]["code"].as_str() {
             Some(code) => Ok(format!("{} {code}", status.as_u16())),
             None => Err(format!("{status}: no error code: {text}")),
@@ -267,7 +298,15 @@ async fn post(
     token: &str,
     body: &serde_json::Value,
 ) -> anyhow::Result<(StatusCode, String, Option<serde_json::Value>)> {
-    send(client, Method::POST, base, path, token, Bytes::from(body.to_string())).await
+    send(
+        client,
+        Method::POST,
+        base,
+        path,
+        token,
+        Bytes::from(body.to_string()),
+    )
+    .await
 }
 
 async fn get(

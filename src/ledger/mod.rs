@@ -1,1 +1,357 @@
-//! The ledger (stub, being written).
+//! The ledger: accounts, transactions, postings and attempts, behind one
+//! interface with two backends — Postgres (production) and SQLite (embedded,
+//! `demo` and single-node use). Only this module speaks SQL.
+//!
+//! Every operation is one database transaction, retried as a whole (up to
+//! `database.conflict_retries_max`, with jittered backoff) when the database
+//! aborts it for a deadlock, a serialization failure or a busy SQLite file.
+//! Anything else the database says becomes [`LedgerError::Unavailable`].
+//!
+//! **Invariants** the schema and this code keep together:
+//! - Customer balances never go below zero (`CHECK`, and a guarded
+//!   `UPDATE … WHERE balance >= $amount` whose row count is asserted).
+//! - Per currency, the sum of all balances plus the amounts held by in-flight
+//!   (`reserved`/`pending`) debits and transfers is zero: opening balances come
+//!   from the equity account, settlement accounts stand for money outside.
+//! - Postings record completed movements only (written at `commit`, each set
+//!   summing to zero); so for an account, `balance == sum(postings) − held`.
+//! - A transaction row is final once `committed`, `declined` or `failed`, and a
+//!   final row always carries the response replays get.
+//! - Rows are never deleted, so a `transactionId` is never reusable.
+//! - Locks are taken in one order: the transaction row first, then accounts in
+//!   ascending id (byte) order, so opposite transfers cannot deadlock.
+//!
+//! **Later: batching a hot account.** Today each `reserve` is its own database
+//! transaction, and reservations on one account serialise on that account's row
+//! lock, so one hot account is bounded by one round trip plus one commit per
+//! reservation. The plan, with no change to this interface: a per-account
+//! batcher in front of `reserve` (one bounded queue per hot source account, a
+//! task that drains it every few hundred microseconds or at N requests) runs one
+//! database transaction per batch: insert all the rows with `ON CONFLICT DO
+//! NOTHING … RETURNING id` to split fresh ids from replays, then one
+//! `UPDATE accounts … FROM (VALUES (id, amount, ordinal), …)` that admits the
+//! longest prefix, in arrival order, whose running sum (a window `SUM() OVER
+//! (ORDER BY ordinal)`) fits the balance, and marks the rest `declined /
+//! insufficient_funds`, then answers each waiting caller with its own
+//! [`Reserved`]. The same shape serves the settlement account, which every
+//! debit commit touches. The database constraints stay the last line of
+//! defence, so a batcher bug can fail requests but cannot overdraw.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::fmt;
+
+use crate::config::DatabaseConfig;
+use crate::domain::{
+    AccountId, ClientId, Currency, TransactionId, TransactionRequest, TxKind, TxStatus,
+};
+
+/// What the ledger can refuse or fail with. The HTTP layer maps each variant to
+/// one response.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// Database down, pool acquire timeout, conflict retries exhausted
+    /// → HTTP 503 ledger_unavailable
+    #[error("ledger unavailable: {0}")]
+    Unavailable(String),
+    /// Account absent OR not owned by the client (indistinguishable on purpose)
+    #[error("account not found")]
+    AccountNotFound,
+    #[error("account already exists")]
+    AccountExists,
+    #[error("account {account} is not in {currency}")]
+    CurrencyMismatch {
+        account: AccountId,
+        currency: Currency,
+    },
+    #[error("transaction not found")]
+    TransactionNotFound,
+    /// e.g. commit of a transaction already declined: a bug or a race lost, never client input
+    #[error("invalid transaction state: {0}")]
+    InvalidState(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    /// A client's account: never below zero.
+    Customer,
+    /// Settlement (per switch and currency) and equity (per currency) accounts,
+    /// owned by `system`: money outside the ledger, may go negative.
+    Settlement,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Customer => "customer",
+            AccountKind::Settlement => "settlement",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub owner: String,
+    pub currency: Currency,
+    pub kind: AccountKind,
+    /// Minor units.
+    pub balance: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub id: AccountId,
+    pub owner: ClientId,
+    pub currency: Currency,
+    /// Minor units, >= 0; moved from the currency's equity account.
+    pub opening_balance: i64,
+}
+
+/// The HTTP answer stored with a final transaction, replayed as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransactionRecord {
+    pub id: TransactionId,
+    pub client: String,
+    pub kind: TxKind,
+    /// debit: the account; transfer: from; credit: None
+    pub source: Option<AccountId>,
+    /// credit: the account; transfer: to; debit: None
+    pub destination: Option<AccountId>,
+    pub amount: i64,
+    pub currency: Currency,
+    pub metadata: Option<serde_json::Value>,
+    pub fingerprint: String,
+    pub status: TxStatus,
+    pub reason: Option<String>,
+    pub switch: Option<String>,
+    pub switch_reference: Option<String>,
+    pub attempts: u32,
+    pub requeries: u32,
+    pub last_error: Option<String>,
+    pub response: Option<StoredResponse>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub attempt_no: u32,
+    pub switch: String,
+    pub started_at_ms: i64,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Renders the response stored for replays, from the row as it will be stored
+/// (status final). The row it sees has `response: None`.
+pub type Render = fn(&TransactionRecord) -> StoredResponse;
+
+#[derive(Debug, Clone)]
+pub enum Reserved {
+    /// New row inserted as `reserved`, money held (debit/transfer); forward it to a switch.
+    Fresh(TransactionRecord),
+    /// New row stored as `declined` / reason `insufficient_funds`, response = render(&row)
+    /// stored in the same db transaction. Never forwarded.
+    InsufficientFunds(TransactionRecord),
+    /// The id already existed (any client): the stored row, untouched. The caller
+    /// compares client and fingerprint.
+    Existing(TransactionRecord),
+}
+
+/// The reason stored with a reservation refused for lack of funds.
+pub const REASON_INSUFFICIENT_FUNDS: &str = "insufficient_funds";
+
+/// The ledger handle: cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Ledger {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Postgres(postgres::PgLedger),
+    Sqlite(sqlite::SqliteLedger),
+}
+
+impl fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ledger")
+            .field("backend", &self.backend_name())
+            .finish()
+    }
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! dispatch {
+    ($self:ident, $l:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Postgres($l) => $call,
+            Backend::Sqlite($l) => $call,
+        }
+    };
+}
+
+impl Ledger {
+    /// `postgres://…` or `sqlite:…` (the file is created if missing;
+    /// `sqlite::memory:` is one connection that never closes).
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Ledger, LedgerError> {
+        let backend = if cfg.is_postgres() {
+            Backend::Postgres(postgres::PgLedger::connect(cfg).await?)
+        } else {
+            Backend::Sqlite(sqlite::SqliteLedger::connect(cfg).await?)
+        };
+        Ok(Ledger { backend })
+    }
+
+    /// Applies the embedded migrations of this backend (`migrations/postgres`
+    /// or `migrations/sqlite`).
+    pub async fn migrate(&self) -> Result<(), LedgerError> {
+        dispatch!(self, l => l.migrate().await)
+    }
+
+    /// `SELECT 1`, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        dispatch!(self, l => l.ping().await)
+    }
+
+    /// Closes the pool: waits for checked-out connections to come back.
+    pub async fn close(&self) {
+        dispatch!(self, l => l.close().await)
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A customer account, its opening balance moved from the currency's equity
+    /// account. Ids starting with `settlement:` or `equity:` belong to the
+    /// system and are refused as [`LedgerError::AccountExists`].
+    pub async fn create_account(&self, new: &NewAccount) -> Result<Account, LedgerError> {
+        dispatch!(self, l => l.create_account(new).await)
+    }
+
+    pub async fn account(&self, id: &AccountId) -> Result<Option<Account>, LedgerError> {
+        dispatch!(self, l => l.account(id).await)
+    }
+
+    /// Inserts the transaction and holds the money, in one database
+    /// transaction; see [`Reserved`]. Refusals (`AccountNotFound`,
+    /// `CurrencyMismatch`) store nothing.
+    pub async fn reserve(
+        &self,
+        client: &ClientId,
+        req: &TransactionRequest,
+        render: Render,
+    ) -> Result<Reserved, LedgerError> {
+        dispatch!(self, l => l.reserve(client, req, render).await)
+    }
+
+    /// Records, durably, that the transaction is about to be sent to `switch`;
+    /// returns the attempt number (1-based). Only while `reserved`/`pending`.
+    pub async fn record_attempt(
+        &self,
+        id: &TransactionId,
+        switch: &str,
+    ) -> Result<u32, LedgerError> {
+        dispatch!(self, l => l.record_attempt(id, switch).await)
+    }
+
+    /// Stores how an attempt ended. A later call for the same attempt replaces
+    /// the outcome (the reconciler resolves `unknown` ones).
+    pub async fn finish_attempt(
+        &self,
+        id: &TransactionId,
+        attempt_no: u32,
+        outcome: &str,
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        dispatch!(self, l => l.finish_attempt(id, attempt_no, outcome, error).await)
+    }
+
+    /// Completes the movement (see the module docs) and stores `committed` with
+    /// its response. Idempotent: an already committed row comes back unchanged.
+    pub async fn commit(
+        &self,
+        id: &TransactionId,
+        switch: &str,
+        reference: &str,
+        render: Render,
+    ) -> Result<TransactionRecord, LedgerError> {
+        dispatch!(self, l => l.commit(id, switch, reference, render).await)
+    }
+
+    /// Gives held money back and stores `status` (`Declined` or `Failed`) with
+    /// `reason` and its response. Idempotent for the same final status.
+    pub async fn release(
+        &self,
+        id: &TransactionId,
+        status: TxStatus,
+        reason: &str,
+        render: Render,
+    ) -> Result<TransactionRecord, LedgerError> {
+        dispatch!(self, l => l.release(id, status, reason, render).await)
+    }
+
+    /// Outcome unknown: `reserved`/`pending` → `pending`, with `last_error`.
+    pub async fn mark_pending(
+        &self,
+        id: &TransactionId,
+        last_error: &str,
+    ) -> Result<TransactionRecord, LedgerError> {
+        dispatch!(self, l => l.mark_pending(id, last_error).await)
+    }
+
+    pub async fn transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Option<TransactionRecord>, LedgerError> {
+        dispatch!(self, l => l.transaction(id).await)
+    }
+
+    /// The attempts of a transaction, in order.
+    pub async fn attempts(&self, id: &TransactionId) -> Result<Vec<AttemptRecord>, LedgerError> {
+        dispatch!(self, l => l.attempts(id).await)
+    }
+
+    /// Sum of the balances of all accounts in that currency (customer,
+    /// settlement and equity): zero when nothing is in flight.
+    pub async fn balance_sum(&self, currency: &Currency) -> Result<i64, LedgerError> {
+        dispatch!(self, l => l.balance_sum(currency).await)
+    }
+
+    /// Reconciler: claim up to `limit` transactions in reserved|pending whose
+    /// updated_at is at least `older_than_ms` old and whose lease has expired;
+    /// lease them for `lease_ms` and return them. On Postgres one statement
+    /// with `FOR UPDATE SKIP LOCKED`, so concurrent claimers (several gateway
+    /// replicas) never get the same row while its lease runs.
+    pub async fn claim_stale(
+        &self,
+        older_than_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<TransactionRecord>, LedgerError> {
+        dispatch!(self, l => l.claim_stale(older_than_ms, lease_ms, limit).await)
+    }
+
+    /// Reconciler: requeries += 1, last_error = error, status reserved→pending
+    /// (pending stays), lease cleared.
+    pub async fn note_requery(
+        &self,
+        id: &TransactionId,
+        error: &str,
+    ) -> Result<TransactionRecord, LedgerError> {
+        dispatch!(self, l => l.note_requery(id, error).await)
+    }
+}

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,7 +52,12 @@ async fn tls13_and_tls12_handshakes_succeed() {
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
     // And the HTTPS client negotiates HTTP/2 by ALPN.
-    let resp = gw.client.get(format!("{}/nowhere", gw.base)).send().await.unwrap();
+    let resp = gw
+        .client
+        .get(format!("{}/nowhere", gw.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
 }
 
@@ -92,7 +98,11 @@ async fn tls11_and_plaintext_http_are_refused() {
         "TLS 1.1 must be refused, got {answer:02x?}"
     );
 
-    let answer = first_bytes(gw.addr, b"GET /v1/accounts/x HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let answer = first_bytes(
+        gw.addr,
+        b"GET /v1/accounts/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
     assert!(
         !answer.starts_with(b"HTTP/"),
         "plaintext HTTP must get no HTTP answer, got {:?}",
@@ -144,7 +154,10 @@ async fn trickled_headers_are_cut_off_within_the_timeout() {
                 closed_after = Some(started.elapsed());
                 break;
             }
-            Ok(Ok(n)) => panic!("unexpected answer: {:?}", String::from_utf8_lossy(&buf[..n])),
+            Ok(Ok(n)) => panic!(
+                "unexpected answer: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
             Err(_) => {}
         }
     }
@@ -173,13 +186,22 @@ async fn idle_keepalive_connections_outlive_the_header_timeout() {
         .await
         .expect("an answer")
         .unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 404"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 404"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }
 
 #[tokio::test]
 async fn unknown_paths_and_wrong_methods_get_json_errors() {
-    let gw = spawn_gateway_with(sqlite()).await;
-    let resp = gw.client.get(format!("{}/nope", gw.base)).send().await.unwrap();
+    let gw = harness::spawn_gateway().await;
+    let resp = gw
+        .client
+        .get(format!("{}/nope", gw.base))
+        .send()
+        .await
+        .unwrap();
     let r = harness::read(resp).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.code(), "not_found");
@@ -207,7 +229,12 @@ async fn request_ids_are_echoed_or_generated() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "req-abc-123");
-    let resp = gw.client.get(format!("{}/nope", gw.base)).send().await.unwrap();
+    let resp = gw
+        .client
+        .get(format!("{}/nope", gw.base))
+        .send()
+        .await
+        .unwrap();
     let generated = resp.headers()["x-request-id"].to_str().unwrap();
     assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
 }
@@ -225,7 +252,12 @@ async fn healthz_readyz_and_metrics_report_the_process() {
     let (status, body) = gw.ops_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
 
-    let _ = gw.client.get(format!("{}/nope", gw.base)).send().await.unwrap();
+    let _ = gw
+        .client
+        .get(format!("{}/nope", gw.base))
+        .send()
+        .await
+        .unwrap();
     let (status, metrics) = gw.ops_get("/metrics").await;
     assert_eq!(status, 200);
     for needle in [
@@ -267,7 +299,10 @@ async fn an_in_flight_request_completes_during_graceful_shutdown() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let stopped = gw.begin_shutdown();
 
-    let resp = in_flight.await.unwrap().expect("the in-flight request is answered");
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
     assert_eq!(resp.status(), 201);
     tokio::time::timeout(Duration::from_secs(10), stopped)
         .await
@@ -298,7 +333,11 @@ fn an_invalid_config_exits_64_naming_every_bad_key() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
-    for key in ["databse", "server.connections_max", "server.request_deadline_ms"] {
+    for key in [
+        "databse",
+        "server.connections_max",
+        "server.request_deadline_ms",
+    ] {
         assert!(stderr.contains(key), "{key} not named in: {stderr}");
     }
     // Nothing was bound: the default port is still free for the next test.
@@ -322,13 +361,19 @@ fn certs_command_writes_a_ca_and_leaves_that_rustls_accepts() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let paths = switchboard::certs::CertPaths::new(dir.path());
     assert!(paths.complete());
     // The server leaf verifies against the CA for both names.
     let roots = Arc::new(switchboard::tls::root_store(&paths.ca_cert()).unwrap());
     let leaf = switchboard::tls::load_certs(&paths.server_cert()).unwrap();
-    let verifier = rustls::client::WebPkiServerVerifier::builder(roots).build().unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder(roots)
+        .build()
+        .unwrap();
     for name in ["localhost", "127.0.0.1"] {
         verifier
             .verify_server_cert(
@@ -343,7 +388,10 @@ fn certs_command_writes_a_ca_and_leaves_that_rustls_accepts() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(paths.server_key()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(paths.server_key())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "private keys are owner-only");
     }
     // A second run refuses to overwrite without --force.

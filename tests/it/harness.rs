@@ -58,7 +58,6 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub ops: SocketAddr,
     pub base: String,
-    pub ops_base: String,
     pub client: reqwest::Client,
     pub state: Arc<AppState>,
     pub auth: Authenticator,
@@ -99,12 +98,16 @@ dev_hs256_secret = "{SECRET}"
         key = certs.server_key().display(),
     );
     for (name, url) in &opts.switches {
-        toml.push_str(&format!("[[switches]]\nname = \"{name}\"\nurl = \"{url}\"\n"));
+        toml.push_str(&format!(
+            "[[switches]]\nname = \"{name}\"\nurl = \"{url}\"\n"
+        ));
     }
     let config = Config::from_toml_layers(&[&toml, &opts.toml])
         .unwrap_or_else(|e| panic!("test config: {e}"));
     let auth = Authenticator::new(&config.auth);
-    let app = Application::build(config).await.expect("build the application");
+    let app = Application::build(config)
+        .await
+        .expect("build the application");
     let (addr, ops, state) = (app.https_addr(), app.ops_addr(), app.state());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run(shutdown.clone()));
@@ -112,7 +115,6 @@ dev_hs256_secret = "{SECRET}"
         addr,
         ops,
         base: format!("https://localhost:{}", addr.port()),
-        ops_base: format!("http://{ops}"),
         client: https_client(),
         state,
         auth,
@@ -199,7 +201,7 @@ impl TestGateway {
     }
 
     pub async fn ops_get(&self, path: &str) -> (u16, String) {
-        let resp = reqwest::get(format!("{}{path}", self.ops_base))
+        let resp = reqwest::get(format!("http://{}{path}", self.ops))
             .await
             .unwrap_or_else(|e| panic!("GET ops {path}: {e}"));
         let status = resp.status().as_u16();

@@ -1,0 +1,966 @@
+//! The ledger conformance suite: every behaviour runs against Postgres and
+//! against SQLite (a file database, so its connection pool and write locking
+//! are real), through the public `Ledger` interface only.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard::domain::{
+    AccountId, Amount, ClientId, Currency, Movement, TransactionId, TransactionRequest, TxStatus,
+};
+use switchboard::ledger::{
+    Account, AccountKind, Ledger, LedgerError, NewAccount, Reserved, StoredResponse,
+    TransactionRecord,
+};
+
+use crate::db;
+
+/// Each behaviour below, once per backend.
+macro_rules! conformance {
+    ($($test:ident: $pg:ident, $sqlite:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            let (ledger, url) = db::ledger_pg_with_url().await;
+            $test(&ledger).await;
+            ledger.close().await;
+            db::drop_postgres_database(&url).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            let (ledger, _dir) = db::ledger_sqlite_file().await;
+            $test(&ledger).await;
+            ledger.close().await;
+        }
+    )*};
+}
+
+conformance! {
+    opening_balance_comes_from_equity:
+        opening_balance_comes_from_equity_postgres,
+        opening_balance_comes_from_equity_sqlite;
+    debit_commit_moves_money_to_settlement:
+        debit_commit_moves_money_to_settlement_postgres,
+        debit_commit_moves_money_to_settlement_sqlite;
+    credit_commit_moves_money_from_settlement:
+        credit_commit_moves_money_from_settlement_postgres,
+        credit_commit_moves_money_from_settlement_sqlite;
+    transfer_commit_moves_money_between_customers:
+        transfer_commit_moves_money_between_customers_postgres,
+        transfer_commit_moves_money_between_customers_sqlite;
+    insufficient_funds_is_stored_declined:
+        insufficient_funds_is_stored_declined_postgres,
+        insufficient_funds_is_stored_declined_sqlite;
+    replay_returns_the_stored_row_untouched:
+        replay_returns_the_stored_row_untouched_postgres,
+        replay_returns_the_stored_row_untouched_sqlite;
+    foreign_or_missing_account_is_not_found:
+        foreign_or_missing_account_is_not_found_postgres,
+        foreign_or_missing_account_is_not_found_sqlite;
+    currency_mismatch_is_refused:
+        currency_mismatch_is_refused_postgres,
+        currency_mismatch_is_refused_sqlite;
+    release_returns_held_money:
+        release_returns_held_money_postgres,
+        release_returns_held_money_sqlite;
+    commit_is_idempotent_and_final_states_stay_final:
+        commit_is_idempotent_and_final_states_stay_final_postgres,
+        commit_is_idempotent_and_final_states_stay_final_sqlite;
+    attempts_are_recorded_in_order:
+        attempts_are_recorded_in_order_postgres,
+        attempts_are_recorded_in_order_sqlite;
+    pending_and_requeries_keep_money_held:
+        pending_and_requeries_keep_money_held_postgres,
+        pending_and_requeries_keep_money_held_sqlite;
+    concurrent_reserves_never_overdraw:
+        concurrent_reserves_never_overdraw_postgres,
+        concurrent_reserves_never_overdraw_sqlite;
+    opposite_transfers_do_not_deadlock:
+        opposite_transfers_do_not_deadlock_postgres,
+        opposite_transfers_do_not_deadlock_sqlite;
+    claimed_rows_are_leased_until_expiry:
+        claimed_rows_are_leased_until_expiry_postgres,
+        claimed_rows_are_leased_until_expiry_sqlite;
+    concurrent_claimers_never_share_a_row:
+        concurrent_claimers_never_share_a_row_postgres,
+        concurrent_claimers_never_share_a_row_sqlite;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_sqlite_ledger_keeps_its_data() {
+    let ledger = db::ledger_sqlite().await;
+    assert_eq!(ledger.backend_name(), "sqlite");
+    open(&ledger, "alice", "c1", 100).await;
+    // Its single connection must outlive idle periods, or the data vanishes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tx = fresh(&ledger, "c1", debit("t1", "alice", 40)).await;
+    ledger.commit(&tx.id, "sw-a", "r1", render).await.unwrap();
+    assert_eq!(balance(&ledger, "alice").await, 60);
+    assert_eq!(ledger.balance_sum(&eur()).await.unwrap(), 0);
+    ledger.close().await;
+}
+
+/// Postings are the audit trail: every set sums to zero, and for each account
+/// `balance == sum(postings) - held`. Read straight from the tables, since the
+/// interface does not expose postings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_reconcile_with_balances_postgres() {
+    let (ledger, url) = db::ledger_pg_with_url().await;
+    let held = postings_workload(&ledger).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let by_account: Vec<(String, i64)> = sqlx::query_as(POSTINGS_BY_ACCOUNT)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let unbalanced: i64 = sqlx::query_scalar(UNBALANCED_POSTING_SETS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    check_postings(&ledger, &by_account, unbalanced, &held).await;
+    ledger.close().await;
+    db::drop_postgres_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_reconcile_with_balances_sqlite() {
+    let (ledger, dir) = db::ledger_sqlite_file().await;
+    let held = postings_workload(&ledger).await;
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let by_account: Vec<(String, i64)> = sqlx::query_as(POSTINGS_BY_ACCOUNT)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let unbalanced: i64 = sqlx::query_scalar(UNBALANCED_POSTING_SETS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    check_postings(&ledger, &by_account, unbalanced, &held).await;
+    ledger.close().await;
+}
+
+const POSTINGS_BY_ACCOUNT: &str =
+    "SELECT account_id, CAST(SUM(amount) AS BIGINT) FROM postings GROUP BY account_id";
+/// Opening balances (NULL transaction_id) are grouped by their accounts'
+/// creation, so only transactions' sets are checked one by one here.
+const UNBALANCED_POSTING_SETS: &str = "SELECT COUNT(*) FROM (SELECT transaction_id \
+     FROM postings WHERE transaction_id IS NOT NULL \
+     GROUP BY transaction_id HAVING SUM(amount) <> 0) AS t";
+
+/// Every kind of movement, some settled, one released, two in flight; returns
+/// what is held per account.
+async fn postings_workload(l: &Ledger) -> Vec<(&'static str, i64)> {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "bob", "c2", 500).await;
+    fresh(l, "c1", debit("d1", "alice", 100)).await;
+    l.commit(&tid("d1"), "sw-a", "r", render).await.unwrap();
+    fresh(l, "c2", credit("c1", "bob", 70)).await;
+    l.commit(&tid("c1"), "sw-a", "r", render).await.unwrap();
+    fresh(l, "c1", transfer("x1", "alice", "bob", 200)).await;
+    l.commit(&tid("x1"), "sw-b", "r", render).await.unwrap();
+    fresh(l, "c2", debit("d2", "bob", 30)).await;
+    l.release(&tid("d2"), TxStatus::Declined, "declined", render)
+        .await
+        .unwrap();
+    // In flight: held, not posted.
+    fresh(l, "c1", debit("d3", "alice", 40)).await;
+    fresh(l, "c2", transfer("x2", "bob", "alice", 25)).await;
+    l.mark_pending(&tid("x2"), "timeout").await.unwrap();
+    vec![("alice", 40), ("bob", 25)]
+}
+
+async fn check_postings(
+    l: &Ledger,
+    by_account: &[(String, i64)],
+    unbalanced: i64,
+    held: &[(&str, i64)],
+) {
+    assert_eq!(unbalanced, 0, "a transaction's postings do not sum to zero");
+    let total: i64 = by_account.iter().map(|(_, sum)| sum).sum();
+    assert_eq!(total, 0, "postings do not sum to zero");
+    assert!(by_account.len() >= 5, "{by_account:?}");
+    for (account, posted) in by_account {
+        let held = held
+            .iter()
+            .find(|(a, _)| a == account)
+            .map_or(0, |(_, h)| *h);
+        assert_eq!(balance(l, account).await, posted - held, "{account}");
+    }
+    assert_eq!(balance(l, "alice").await, 1000 - 100 - 200 - 40);
+    assert_eq!(balance(l, "bob").await, 500 + 70 + 200 - 25);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), -(40 + 25));
+}
+
+// ---- behaviours ----
+
+async fn opening_balance_comes_from_equity(l: &Ledger) {
+    l.ping().await.unwrap();
+    // Migrations are idempotent: every replica runs them at start-up.
+    l.migrate().await.unwrap();
+    let alice = open(l, "alice", "c1", 1000).await;
+    assert_eq!(
+        alice,
+        Account {
+            id: aid("alice"),
+            owner: "c1".into(),
+            currency: eur(),
+            kind: AccountKind::Customer,
+            balance: 1000,
+        }
+    );
+    assert_eq!(l.account(&aid("alice")).await.unwrap(), Some(alice));
+    open(l, "empty", "c1", 0).await;
+    let equity = l
+        .account(&AccountId::equity(&eur()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(equity.kind, AccountKind::Settlement);
+    assert_eq!(equity.owner, "system");
+    assert_eq!(equity.balance, -1000);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+
+    let again = l.create_account(&new_account("alice", "c2", 5)).await;
+    assert!(
+        matches!(again, Err(LedgerError::AccountExists)),
+        "{again:?}"
+    );
+    let system = l.create_account(&new_account("equity:EUR", "c1", 0)).await;
+    assert!(
+        matches!(system, Err(LedgerError::AccountExists)),
+        "{system:?}"
+    );
+    let system = l
+        .create_account(&new_account("settlement:sw-a:EUR", "c1", 0))
+        .await;
+    assert!(
+        matches!(system, Err(LedgerError::AccountExists)),
+        "{system:?}"
+    );
+    assert_eq!(balance(l, "alice").await, 1000);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+    assert_eq!(l.account(&aid("nobody")).await.unwrap(), None);
+}
+
+async fn debit_commit_moves_money_to_settlement(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    let reserved = fresh(l, "c1", debit("t1", "alice", 300)).await;
+    assert_eq!(reserved.status, TxStatus::Reserved);
+    assert_eq!(reserved.source, Some(aid("alice")));
+    assert_eq!(reserved.destination, None);
+    assert_eq!(reserved.response, None);
+    assert_eq!(l.transaction(&tid("t1")).await.unwrap(), Some(reserved));
+    // Held: gone from the balance, in flight.
+    assert_eq!(balance(l, "alice").await, 700);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), -300);
+
+    let committed = l.commit(&tid("t1"), "sw-a", "ref-1", render).await.unwrap();
+    assert_eq!(committed.status, TxStatus::Committed);
+    assert_eq!(committed.switch.as_deref(), Some("sw-a"));
+    assert_eq!(committed.switch_reference.as_deref(), Some("ref-1"));
+    assert_eq!(
+        committed.response,
+        Some(render(&without_response(&committed)))
+    );
+    assert_eq!(l.transaction(&tid("t1")).await.unwrap(), Some(committed));
+    assert_eq!(balance(l, "alice").await, 700);
+    let settlement = l
+        .account(&AccountId::settlement("sw-a", &eur()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (settlement.kind, settlement.balance),
+        (AccountKind::Settlement, 300)
+    );
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+}
+
+async fn credit_commit_moves_money_from_settlement(l: &Ledger) {
+    open(l, "alice", "c1", 0).await;
+    let reserved = fresh(l, "c1", credit("t1", "alice", 250)).await;
+    assert_eq!(reserved.source, None);
+    assert_eq!(reserved.destination, Some(aid("alice")));
+    // A credit holds nothing.
+    assert_eq!(balance(l, "alice").await, 0);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+
+    let committed = l.commit(&tid("t1"), "sw-b", "ref-9", render).await.unwrap();
+    assert_eq!(committed.status, TxStatus::Committed);
+    assert_eq!(balance(l, "alice").await, 250);
+    assert_eq!(balance(l, "settlement:sw-b:EUR").await, -250);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+}
+
+async fn transfer_commit_moves_money_between_customers(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "bob", "c2", 10).await;
+    let reserved = fresh(l, "c1", transfer("t1", "alice", "bob", 400)).await;
+    assert_eq!(reserved.source, Some(aid("alice")));
+    assert_eq!(reserved.destination, Some(aid("bob")));
+    assert_eq!(
+        (balance(l, "alice").await, balance(l, "bob").await),
+        (600, 10)
+    );
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), -400);
+
+    l.commit(&tid("t1"), "sw-a", "ref-1", render).await.unwrap();
+    assert_eq!(
+        (balance(l, "alice").await, balance(l, "bob").await),
+        (600, 410)
+    );
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+    // Customer to customer: no settlement account is involved.
+    let settlement = l
+        .account(&AccountId::settlement("sw-a", &eur()))
+        .await
+        .unwrap();
+    assert_eq!(settlement, None);
+}
+
+async fn insufficient_funds_is_stored_declined(l: &Ledger) {
+    open(l, "alice", "c1", 100).await;
+    open(l, "bob", "c2", 0).await;
+    let declined = match l
+        .reserve(&cid("c1"), &debit("t1", "alice", 150), render)
+        .await
+    {
+        Ok(Reserved::InsufficientFunds(row)) => row,
+        other => panic!("expected InsufficientFunds, got {other:?}"),
+    };
+    assert_eq!(declined.status, TxStatus::Declined);
+    assert_eq!(declined.reason.as_deref(), Some("insufficient_funds"));
+    assert_eq!(
+        declined.response,
+        Some(render(&without_response(&declined)))
+    );
+    assert_eq!(
+        l.transaction(&tid("t1")).await.unwrap(),
+        Some(declined.clone())
+    );
+    assert_eq!(balance(l, "alice").await, 100);
+
+    // Stored, so a replay gets the same answer; final, so it never moves again.
+    match l
+        .reserve(&cid("c1"), &debit("t1", "alice", 150), render)
+        .await
+    {
+        Ok(Reserved::Existing(row)) => assert_eq!(row, declined),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    let commit = l.commit(&tid("t1"), "sw-a", "r", render).await;
+    assert!(
+        matches!(commit, Err(LedgerError::InvalidState(_))),
+        "{commit:?}"
+    );
+
+    // Transfers are guarded the same way; exactly the balance is allowed.
+    match l
+        .reserve(&cid("c1"), &transfer("t2", "alice", "bob", 101), render)
+        .await
+    {
+        Ok(Reserved::InsufficientFunds(row)) => assert_eq!(row.status, TxStatus::Declined),
+        other => panic!("expected InsufficientFunds, got {other:?}"),
+    }
+    fresh(l, "c1", transfer("t3", "alice", "bob", 100)).await;
+    assert_eq!((balance(l, "alice").await, balance(l, "bob").await), (0, 0));
+}
+
+async fn replay_returns_the_stored_row_untouched(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    let first = fresh(l, "c1", debit("t1", "alice", 300)).await;
+    match l
+        .reserve(&cid("c1"), &debit("t1", "alice", 300), render)
+        .await
+    {
+        Ok(Reserved::Existing(row)) => assert_eq!(row, first),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    // A different payload under the same id: the stored row, for the caller
+    // to compare fingerprints.
+    let other_payload = debit("t1", "alice", 301);
+    match l.reserve(&cid("c1"), &other_payload, render).await {
+        Ok(Reserved::Existing(row)) => {
+            assert_eq!(row, first);
+            assert_ne!(row.fingerprint, other_payload.fingerprint());
+        }
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    // Another client: still the stored row, whose client tells them apart.
+    open(l, "mallory-acct", "mallory", 1000).await;
+    match l
+        .reserve(&cid("mallory"), &debit("t1", "mallory-acct", 300), render)
+        .await
+    {
+        Ok(Reserved::Existing(row)) => assert_eq!(row.client, "c1"),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    assert_eq!(balance(l, "alice").await, 700);
+    assert_eq!(balance(l, "mallory-acct").await, 1000);
+
+    // After commit, a replay sees the final row with its response.
+    let committed = l.commit(&tid("t1"), "sw-a", "r1", render).await.unwrap();
+    match l
+        .reserve(&cid("c1"), &debit("t1", "alice", 300), render)
+        .await
+    {
+        Ok(Reserved::Existing(row)) => assert_eq!(row, committed),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+}
+
+async fn foreign_or_missing_account_is_not_found(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "bob", "c2", 1000).await;
+    let refused = [
+        ("t1", debit("t1", "bob", 10)),
+        ("t2", credit("t2", "bob", 10)),
+        ("t3", transfer("t3", "bob", "alice", 10)),
+        ("t4", transfer("t4", "alice", "nobody", 10)),
+        ("t5", debit("t5", "nobody", 10)),
+        ("t6", credit("t6", "nobody", 10)),
+    ];
+    for (id, req) in refused {
+        let got = l.reserve(&cid("c1"), &req, render).await;
+        assert!(
+            matches!(got, Err(LedgerError::AccountNotFound)),
+            "{id}: {got:?}"
+        );
+        assert_eq!(l.transaction(&tid(id)).await.unwrap(), None, "{id} stored");
+    }
+    // System accounts are nobody's to spend, even for a client named "system".
+    open(l, "carol", "c3", 0).await;
+    fresh(l, "c3", credit("seed", "carol", 5)).await;
+    l.commit(&tid("seed"), "sw-a", "r", render).await.unwrap();
+    let got = l
+        .reserve(
+            &cid("system"),
+            &debit("t7", "settlement:sw-a:EUR", 1),
+            render,
+        )
+        .await;
+    assert!(matches!(got, Err(LedgerError::AccountNotFound)), "{got:?}");
+    assert_eq!(
+        (balance(l, "alice").await, balance(l, "bob").await),
+        (1000, 1000)
+    );
+    // Paying into someone else's account is fine.
+    fresh(l, "c1", transfer("t8", "alice", "bob", 10)).await;
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), -10);
+}
+
+async fn currency_mismatch_is_refused(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    l.create_account(&NewAccount {
+        id: aid("alice-usd"),
+        owner: cid("c1"),
+        currency: usd(),
+        opening_balance: 1000,
+    })
+    .await
+    .unwrap();
+    let mut req = debit("t1", "alice", 10);
+    req.currency = usd();
+    match l.reserve(&cid("c1"), &req, render).await {
+        Err(LedgerError::CurrencyMismatch { account, currency }) => {
+            assert_eq!((account, currency), (aid("alice"), usd()));
+        }
+        other => panic!("expected CurrencyMismatch, got {other:?}"),
+    }
+    assert_eq!(l.transaction(&tid("t1")).await.unwrap(), None);
+    match l
+        .reserve(
+            &cid("c1"),
+            &transfer("t2", "alice", "alice-usd", 10),
+            render,
+        )
+        .await
+    {
+        Err(LedgerError::CurrencyMismatch { account, currency }) => {
+            assert_eq!((account, currency), (aid("alice-usd"), eur()));
+        }
+        other => panic!("expected CurrencyMismatch, got {other:?}"),
+    }
+    assert_eq!(l.transaction(&tid("t2")).await.unwrap(), None);
+    assert_eq!(balance(l, "alice").await, 1000);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+    assert_eq!(l.balance_sum(&usd()).await.unwrap(), 0);
+}
+
+async fn release_returns_held_money(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "bob", "c2", 0).await;
+    fresh(l, "c1", debit("t1", "alice", 300)).await;
+    let failed = l
+        .release(&tid("t1"), TxStatus::Failed, "no_switch_available", render)
+        .await
+        .unwrap();
+    assert_eq!(failed.status, TxStatus::Failed);
+    assert_eq!(failed.reason.as_deref(), Some("no_switch_available"));
+    assert_eq!(failed.response, Some(render(&without_response(&failed))));
+    assert_eq!(balance(l, "alice").await, 1000);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+    assert_eq!(
+        l.transaction(&tid("t1")).await.unwrap(),
+        Some(failed.clone())
+    );
+    // Same final state again: the stored row, money not returned twice.
+    let again = l
+        .release(&tid("t1"), TxStatus::Failed, "no_switch_available", render)
+        .await
+        .unwrap();
+    assert_eq!(again, failed);
+    assert_eq!(balance(l, "alice").await, 1000);
+    let other = l
+        .release(&tid("t1"), TxStatus::Declined, "declined", render)
+        .await;
+    assert!(
+        matches!(other, Err(LedgerError::InvalidState(_))),
+        "{other:?}"
+    );
+
+    fresh(l, "c1", transfer("t2", "alice", "bob", 400)).await;
+    let declined = l
+        .release(&tid("t2"), TxStatus::Declined, "declined", render)
+        .await
+        .unwrap();
+    assert_eq!(declined.status, TxStatus::Declined);
+    assert_eq!(
+        (balance(l, "alice").await, balance(l, "bob").await),
+        (1000, 0)
+    );
+
+    fresh(l, "c1", credit("t3", "alice", 50)).await;
+    l.release(&tid("t3"), TxStatus::Declined, "declined", render)
+        .await
+        .unwrap();
+    assert_eq!(balance(l, "alice").await, 1000);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+
+    fresh(l, "c1", debit("t4", "alice", 1)).await;
+    let bad = l
+        .release(&tid("t4"), TxStatus::Committed, "x", render)
+        .await;
+    assert!(matches!(bad, Err(LedgerError::InvalidState(_))), "{bad:?}");
+    let missing = l.release(&tid("nope"), TxStatus::Failed, "x", render).await;
+    assert!(
+        matches!(missing, Err(LedgerError::TransactionNotFound)),
+        "{missing:?}"
+    );
+}
+
+async fn commit_is_idempotent_and_final_states_stay_final(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    fresh(l, "c1", debit("t1", "alice", 300)).await;
+    let first = l.commit(&tid("t1"), "sw-a", "ref-1", render).await.unwrap();
+    let second = l.commit(&tid("t1"), "sw-b", "ref-2", render).await.unwrap();
+    assert_eq!(second, first);
+    assert_eq!(balance(l, "settlement:sw-a:EUR").await, 300);
+    assert_eq!(
+        l.account(&AccountId::settlement("sw-b", &eur()))
+            .await
+            .unwrap(),
+        None
+    );
+    let release = l.release(&tid("t1"), TxStatus::Failed, "x", render).await;
+    assert!(
+        matches!(release, Err(LedgerError::InvalidState(_))),
+        "{release:?}"
+    );
+
+    fresh(l, "c1", debit("t2", "alice", 100)).await;
+    l.release(&tid("t2"), TxStatus::Declined, "declined", render)
+        .await
+        .unwrap();
+    let commit = l.commit(&tid("t2"), "sw-a", "ref-3", render).await;
+    assert!(
+        matches!(commit, Err(LedgerError::InvalidState(_))),
+        "{commit:?}"
+    );
+    assert_eq!(balance(l, "alice").await, 700);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+    let missing = l.commit(&tid("nope"), "sw-a", "r", render).await;
+    assert!(
+        matches!(missing, Err(LedgerError::TransactionNotFound)),
+        "{missing:?}"
+    );
+}
+
+async fn attempts_are_recorded_in_order(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    fresh(l, "c1", debit("t1", "alice", 10)).await;
+    assert_eq!(l.attempts(&tid("t1")).await.unwrap(), vec![]);
+    assert_eq!(l.record_attempt(&tid("t1"), "sw-a").await.unwrap(), 1);
+    l.finish_attempt(&tid("t1"), 1, "not_processed", Some("connection refused"))
+        .await
+        .unwrap();
+    assert_eq!(l.record_attempt(&tid("t1"), "sw-b").await.unwrap(), 2);
+    let row = l.transaction(&tid("t1")).await.unwrap().unwrap();
+    assert_eq!((row.attempts, row.switch.as_deref()), (2, Some("sw-b")));
+
+    let attempts = l.attempts(&tid("t1")).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        (attempts[0].attempt_no, attempts[0].switch.as_str()),
+        (1, "sw-a")
+    );
+    assert_eq!(attempts[0].outcome.as_deref(), Some("not_processed"));
+    assert_eq!(attempts[0].error.as_deref(), Some("connection refused"));
+    assert_eq!(
+        (attempts[1].attempt_no, attempts[1].switch.as_str()),
+        (2, "sw-b")
+    );
+    assert_eq!(
+        (attempts[1].outcome.as_deref(), attempts[1].error.as_deref()),
+        (None, None)
+    );
+    assert!(attempts[0].started_at_ms <= attempts[1].started_at_ms);
+
+    // The reconciler may resolve an unknown outcome later.
+    l.finish_attempt(&tid("t1"), 2, "unknown", Some("timeout"))
+        .await
+        .unwrap();
+    l.finish_attempt(&tid("t1"), 2, "approved", None)
+        .await
+        .unwrap();
+    let attempts = l.attempts(&tid("t1")).await.unwrap();
+    assert_eq!(attempts[1].outcome.as_deref(), Some("approved"));
+
+    let missing = l.finish_attempt(&tid("t1"), 3, "approved", None).await;
+    assert!(
+        matches!(missing, Err(LedgerError::TransactionNotFound)),
+        "{missing:?}"
+    );
+    let missing = l.record_attempt(&tid("nope"), "sw-a").await;
+    assert!(
+        matches!(missing, Err(LedgerError::TransactionNotFound)),
+        "{missing:?}"
+    );
+
+    let committed = l.commit(&tid("t1"), "sw-b", "ref", render).await.unwrap();
+    assert_eq!(committed.attempts, 2);
+    let late = l.record_attempt(&tid("t1"), "sw-c").await;
+    assert!(
+        matches!(late, Err(LedgerError::InvalidState(_))),
+        "{late:?}"
+    );
+    assert_eq!(l.attempts(&tid("t1")).await.unwrap().len(), 2);
+}
+
+async fn pending_and_requeries_keep_money_held(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    fresh(l, "c1", debit("t1", "alice", 300)).await;
+    let pending = l
+        .mark_pending(&tid("t1"), "timeout after send")
+        .await
+        .unwrap();
+    assert_eq!(pending.status, TxStatus::Pending);
+    assert_eq!(pending.last_error.as_deref(), Some("timeout after send"));
+    assert_eq!(pending.response, None);
+    assert_eq!(balance(l, "alice").await, 700);
+    assert_eq!(
+        l.mark_pending(&tid("t1"), "again").await.unwrap().status,
+        TxStatus::Pending
+    );
+
+    let requeried = l
+        .note_requery(&tid("t1"), "switch unreachable")
+        .await
+        .unwrap();
+    assert_eq!(requeried.requeries, 1);
+    assert_eq!(requeried.status, TxStatus::Pending);
+    assert_eq!(requeried.last_error.as_deref(), Some("switch unreachable"));
+    assert_eq!(l.note_requery(&tid("t1"), "x").await.unwrap().requeries, 2);
+
+    // reserved → pending through a requery too.
+    fresh(l, "c1", debit("t2", "alice", 1)).await;
+    assert_eq!(
+        l.note_requery(&tid("t2"), "x").await.unwrap().status,
+        TxStatus::Pending
+    );
+
+    let committed = l.commit(&tid("t1"), "sw-a", "ref", render).await.unwrap();
+    assert_eq!(
+        (committed.status, committed.requeries),
+        (TxStatus::Committed, 2)
+    );
+    assert_eq!(balance(l, "settlement:sw-a:EUR").await, 300);
+    let late = l.mark_pending(&tid("t1"), "x").await;
+    assert!(
+        matches!(late, Err(LedgerError::InvalidState(_))),
+        "{late:?}"
+    );
+    let late = l.note_requery(&tid("t1"), "x").await;
+    assert!(
+        matches!(late, Err(LedgerError::InvalidState(_))),
+        "{late:?}"
+    );
+    let missing = l.mark_pending(&tid("nope"), "x").await;
+    assert!(
+        matches!(missing, Err(LedgerError::TransactionNotFound)),
+        "{missing:?}"
+    );
+}
+
+async fn concurrent_reserves_never_overdraw(l: &Ledger) {
+    // n reserves of 2 from a balance of n: exactly half fit.
+    let n: i64 = if l.backend_name() == "postgres" {
+        2000
+    } else {
+        1000
+    };
+    open(l, "hot", "c1", n).await;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let req = debit(&format!("t{i}"), "hot", 2);
+                l.reserve(&cid("c1"), &req, render).await
+            })
+        })
+        .collect();
+    let (mut fresh_n, mut insufficient_n) = (0, 0);
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(Reserved::Fresh(_)) => fresh_n += 1,
+            Ok(Reserved::InsufficientFunds(_)) => insufficient_n += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((fresh_n, insufficient_n), (n / 2, n / 2));
+    assert_eq!(balance(l, "hot").await, 0);
+    // Everything is held, nothing lost: the balances sum to minus the holds.
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), -n);
+}
+
+async fn opposite_transfers_do_not_deadlock(l: &Ledger) {
+    open(l, "acct-a", "ca", 1000).await;
+    open(l, "acct-b", "cb", 1000).await;
+    let n = 500;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let l = l.clone();
+            tokio::spawn(async move {
+                // Different amounts each way, so a mix-up shows in the totals.
+                let (client, req) = if i % 2 == 0 {
+                    ("ca", transfer(&format!("ab{i}"), "acct-a", "acct-b", 3))
+                } else {
+                    ("cb", transfer(&format!("ba{i}"), "acct-b", "acct-a", 1))
+                };
+                match l.reserve(&cid(client), &req, render).await? {
+                    Reserved::Fresh(row) => l.commit(&row.id, "sw-a", "ref", render).await,
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let row = task.await.expect("task").expect("no ledger error");
+        assert_eq!(row.status, TxStatus::Committed);
+    }
+    assert_eq!(balance(l, "acct-a").await, 1000 - 250 * 3 + 250);
+    assert_eq!(balance(l, "acct-b").await, 1000 + 250 * 3 - 250);
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
+}
+
+async fn claimed_rows_are_leased_until_expiry(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    for i in 0..30 {
+        fresh(l, "c1", debit(&format!("t{i}"), "alice", 1)).await;
+    }
+    // Settled rows are never claimed.
+    fresh(l, "c1", debit("done", "alice", 1)).await;
+    l.commit(&tid("done"), "sw-a", "r", render).await.unwrap();
+
+    // Too young for a one-minute threshold.
+    assert_eq!(l.claim_stale(60_000, 60_000, 100).await.unwrap(), vec![]);
+
+    let first = l.claim_stale(0, 60_000, 10).await.unwrap();
+    assert_eq!(first.len(), 10);
+    let rest = l.claim_stale(0, 60_000, 100).await.unwrap();
+    assert_eq!(rest.len(), 20);
+    let first_ids: HashSet<_> = first.iter().map(|r| r.id.clone()).collect();
+    assert!(
+        rest.iter().all(|r| !first_ids.contains(&r.id)),
+        "a leased row was claimed again"
+    );
+    assert!(rest.iter().all(|r| r.status == TxStatus::Reserved));
+    assert_eq!(l.claim_stale(0, 60_000, 100).await.unwrap(), vec![]);
+
+    // A requery ends the lease: the row is claimable again.
+    l.note_requery(&first[0].id, "unknown").await.unwrap();
+    let again = l.claim_stale(0, 60_000, 100).await.unwrap();
+    assert_eq!(ids(&again), vec![first[0].id.clone()]);
+    assert_eq!(again[0].status, TxStatus::Pending);
+
+    // A short lease expires by itself.
+    fresh(l, "c1", debit("short", "alice", 1)).await;
+    let claimed = l.claim_stale(0, 300, 100).await.unwrap();
+    assert_eq!(ids(&claimed), vec![tid("short")]);
+    assert_eq!(l.claim_stale(0, 300, 100).await.unwrap(), vec![]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reclaimed = l.claim_stale(0, 300, 100).await.unwrap();
+    assert_eq!(ids(&reclaimed), vec![tid("short")]);
+}
+
+async fn concurrent_claimers_never_share_a_row(l: &Ledger) {
+    let n = 200;
+    open(l, "alice", "c1", n).await;
+    for i in 0..n {
+        fresh(l, "c1", debit(&format!("t{i}"), "alice", 1)).await;
+    }
+    let claimers: Vec<_> = (0..4)
+        .map(|_| {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = l.claim_stale(0, 60_000, 7).await.expect("claim");
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.into_iter().map(|r| r.id));
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for claimer in claimers {
+        for id in claimer.await.expect("claimer") {
+            total += 1;
+            assert!(seen.insert(id.clone()), "{id} claimed twice");
+        }
+    }
+    assert_eq!((total, seen.len()), (n as usize, n as usize));
+}
+
+// ---- helpers ----
+
+fn tid(s: &str) -> TransactionId {
+    TransactionId::parse(s).unwrap()
+}
+
+fn aid(s: &str) -> AccountId {
+    AccountId::parse(s).unwrap()
+}
+
+fn cid(s: &str) -> ClientId {
+    ClientId::parse(s).unwrap()
+}
+
+fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
+
+fn usd() -> Currency {
+    Currency::parse("USD").unwrap()
+}
+
+fn ids(rows: &[TransactionRecord]) -> Vec<TransactionId> {
+    rows.iter().map(|r| r.id.clone()).collect()
+}
+
+fn request(id: &str, movement: Movement, amount: i64) -> TransactionRequest {
+    TransactionRequest {
+        id: tid(id),
+        movement,
+        amount: Amount::parse("amount", amount, i64::MAX).unwrap(),
+        currency: eur(),
+        metadata: Some(json!({"note": id})),
+    }
+}
+
+fn debit(id: &str, account: &str, amount: i64) -> TransactionRequest {
+    request(
+        id,
+        Movement::Debit {
+            account: aid(account),
+        },
+        amount,
+    )
+}
+
+fn credit(id: &str, account: &str, amount: i64) -> TransactionRequest {
+    request(
+        id,
+        Movement::Credit {
+            account: aid(account),
+        },
+        amount,
+    )
+}
+
+fn transfer(id: &str, from: &str, to: &str, amount: i64) -> TransactionRequest {
+    request(
+        id,
+        Movement::Transfer {
+            from: aid(from),
+            to: aid(to),
+        },
+        amount,
+    )
+}
+
+/// A stand-in for the HTTP layer's renderer: depends on the row's fields, so
+/// a response rendered from the wrong row shows.
+fn render(row: &TransactionRecord) -> StoredResponse {
+    let status = match row.status {
+        TxStatus::Committed => 201,
+        TxStatus::Declined => 422,
+        TxStatus::Failed => 503,
+        TxStatus::Reserved | TxStatus::Pending => 202,
+    };
+    StoredResponse {
+        status,
+        body: json!({
+            "transactionId": row.id,
+            "status": row.status,
+            "reason": row.reason,
+            "switch": row.switch,
+            "switchReference": row.switch_reference,
+            "amount": row.amount,
+            "hasResponse": row.response.is_some(),
+        }),
+    }
+}
+
+fn without_response(row: &TransactionRecord) -> TransactionRecord {
+    TransactionRecord {
+        response: None,
+        ..row.clone()
+    }
+}
+
+fn new_account(id: &str, owner: &str, opening_balance: i64) -> NewAccount {
+    NewAccount {
+        id: aid(id),
+        owner: cid(owner),
+        currency: eur(),
+        opening_balance,
+    }
+}
+
+async fn open(l: &Ledger, id: &str, owner: &str, opening_balance: i64) -> Account {
+    l.create_account(&new_account(id, owner, opening_balance))
+        .await
+        .unwrap()
+}
+
+async fn balance(l: &Ledger, id: &str) -> i64 {
+    l.account(&aid(id))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("account {id} missing"))
+        .balance
+}
+
+async fn fresh(l: &Ledger, client: &str, req: TransactionRequest) -> TransactionRecord {
+    match l.reserve(&cid(client), &req, render).await {
+        Ok(Reserved::Fresh(row)) => row,
+        other => panic!("expected Fresh for {}, got {other:?}", req.id),
+    }
+}

@@ -21,7 +21,12 @@ fn debit(id: &str, account: &str, amount: i64) -> Value {
 }
 
 /// Sends `bodies` concurrently (at most `in_flight` at once), returns every reply.
-async fn post_all(gw: &Arc<TestGateway>, token: &str, bodies: Vec<Value>, in_flight: usize) -> Vec<harness::Reply> {
+async fn post_all(
+    gw: &Arc<TestGateway>,
+    token: &str,
+    bodies: Vec<Value>,
+    in_flight: usize,
+) -> Vec<harness::Reply> {
     let permits = Arc::new(Semaphore::new(in_flight));
     let mut tasks = tokio::task::JoinSet::new();
     for body in bodies {
@@ -56,7 +61,9 @@ async fn ten_thousand_concurrent_withdrawals_of_2_from_10000_succeed_exactly_500
     let gw = Arc::new(gateway(Db::Postgres, &sims).await);
     gw.account("hot", "alice", "EUR", 10_000).await;
     let token = gw.token("alice", &["transact"]);
-    let bodies = (0..10_000).map(|i| debit(&format!("w-{i}"), "hot", 2)).collect();
+    let bodies = (0..10_000)
+        .map(|i| debit(&format!("w-{i}"), "hot", 2))
+        .collect();
     // Every request is launched at once; the client keeps up to 512 on the wire.
     let replies = post_all(&gw, &token, bodies, 512).await;
 
@@ -71,7 +78,11 @@ async fn ten_thousand_concurrent_withdrawals_of_2_from_10000_succeed_exactly_500
         .take(3)
         .map(|r| (r.status, r.json.clone()))
         .collect();
-    assert_eq!((created, refused), (5_000, 5_000), "other answers: {other:?}");
+    assert_eq!(
+        (created, refused),
+        (5_000, 5_000),
+        "other answers: {other:?}"
+    );
     assert_eq!(gw.balance("hot").await, 0);
 
     let stats = sum_stats(&sims).await;
@@ -98,7 +109,10 @@ async fn ten_thousand_concurrent_withdrawals_of_2_from_10000_succeed_exactly_500
             .find(|s| s.name == t.json["switch"].as_str().unwrap())
             .expect("a known switch");
         let outcome = sim.outcome(&id).expect("the switch recorded it");
-        assert_eq!(Some(t.json["switchReference"].as_str().unwrap()), outcome.reference.as_deref());
+        assert_eq!(
+            Some(t.json["switchReference"].as_str().unwrap()),
+            outcome.reference.as_deref()
+        );
     }
     let eur = switchboard::domain::Currency::parse("EUR").unwrap();
     assert_eq!(gw.state.ledger.balance_sum(&eur).await.unwrap(), 0);
@@ -119,10 +133,15 @@ async fn limited_stock_claimed_by_1000_clients(db: Db) {
     let gw = Arc::new(gateway(db, &sims).await);
     gw.account("stock", "shop", "EUR", 100).await;
     let token = gw.token("shop", &["transact"]);
-    let bodies = (0..1_000).map(|i| debit(&format!("claim-{i}"), "stock", 1)).collect();
+    let bodies = (0..1_000)
+        .map(|i| debit(&format!("claim-{i}"), "stock", 1))
+        .collect();
     let replies = post_all(&gw, &token, bodies, 1_000).await;
     let created = replies.iter().filter(|r| r.status == 201).count();
-    let refused = replies.iter().filter(|r| r.code() == "insufficient_funds").count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.code() == "insufficient_funds")
+        .count();
     assert_eq!((created, refused), (100, 900));
     assert_eq!(gw.balance("stock").await, 0);
     assert_eq!(sum_stats(&sims).await.received, 100);
@@ -146,12 +165,13 @@ async fn opposite_transfers_conserve_money(db: Db) {
     gw.account("b", "bob", "EUR", 1_000_000).await;
     let alice = gw.token("alice", &["transact"]);
     let bob = gw.token("bob", &["transact"]);
-    let transfer = |i: usize, from: &str, to: &str| {
-        json!({"transactionId": format!("x-{i}"), "type": "transfer", "from": from, "to": to, "amount": 7, "currency": "EUR"})
-    };
+    let transfer = |i: usize, from: &str, to: &str| json!({"transactionId": format!("x-{i}"), "type": "transfer", "from": from, "to": to, "amount": 7, "currency": "EUR"});
     let a_to_b = (0..1_000).map(|i| transfer(i, "a", "b")).collect();
     let b_to_a = (1_000..2_000).map(|i| transfer(i, "b", "a")).collect();
-    let (ra, rb) = tokio::join!(post_all(&gw, &alice, a_to_b, 256), post_all(&gw, &bob, b_to_a, 256));
+    let (ra, rb) = tokio::join!(
+        post_all(&gw, &alice, a_to_b, 256),
+        post_all(&gw, &bob, b_to_a, 256)
+    );
     for r in ra.iter().chain(rb.iter()) {
         assert_eq!(r.status, 201, "every transfer completes: {:?}", r.json);
     }
@@ -185,8 +205,14 @@ async fn credit_and_debit_move_money_through_settlement_accounts() {
     assert_eq!(r.json["status"], "committed");
     assert_eq!(r.json["switch"], "sim-1");
     assert_eq!(r.json["accountId"], "c1");
-    assert!(r.json["switchReference"].as_str().is_some_and(|s| !s.is_empty()));
-    let r = gw.post("/v1/transactions", &token, &debit("db-1", "c1", 30)).await;
+    assert!(
+        r.json["switchReference"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    let r = gw
+        .post("/v1/transactions", &token, &debit("db-1", "c1", 30))
+        .await;
     assert_eq!(r.status, 201);
     assert_eq!(gw.balance("c1").await, 120);
     assert_eq!(gw.balance("settlement:sim-1:EUR").await, -20);
@@ -198,10 +224,14 @@ async fn a_replay_returns_the_first_answer_marked_replayed() {
     let gw = gateway(Db::Postgres, &sims).await;
     gw.account("r1", "rita", "EUR", 100).await;
     let token = gw.token("rita", &["transact"]);
-    let first = gw.post("/v1/transactions", &token, &debit("rp-1", "r1", 10)).await;
+    let first = gw
+        .post("/v1/transactions", &token, &debit("rp-1", "r1", 10))
+        .await;
     assert_eq!(first.status, 201);
     assert_eq!(first.header("idempotent-replayed"), None);
-    let again = gw.post("/v1/transactions", &token, &debit("rp-1", "r1", 10)).await;
+    let again = gw
+        .post("/v1/transactions", &token, &debit("rp-1", "r1", 10))
+        .await;
     assert_eq!(again.status, 201);
     assert_eq!(again.json, first.json);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
@@ -209,9 +239,13 @@ async fn a_replay_returns_the_first_answer_marked_replayed() {
     assert_eq!(sum_stats(&sims).await.received, 1);
 
     // A refusal replays too, even after money arrived since.
-    let poor = gw.post("/v1/transactions", &token, &debit("rp-2", "r1", 1_000)).await;
+    let poor = gw
+        .post("/v1/transactions", &token, &debit("rp-2", "r1", 1_000))
+        .await;
     assert_eq!((poor.status, poor.code()), (422, "insufficient_funds"));
-    let again = gw.post("/v1/transactions", &token, &debit("rp-2", "r1", 1_000)).await;
+    let again = gw
+        .post("/v1/transactions", &token, &debit("rp-2", "r1", 1_000))
+        .await;
     assert_eq!((again.status, again.code()), (422, "insufficient_funds"));
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
 }
@@ -225,12 +259,20 @@ async fn an_in_flight_duplicate_gets_409_with_retry_after() {
     let token = gw.token("sam", &["transact"]);
     let first = {
         let (gw, token) = (gw.clone(), token.clone());
-        tokio::spawn(async move { gw.post("/v1/transactions", &token, &debit("ip-1", "s1", 10)).await })
+        tokio::spawn(async move {
+            gw.post("/v1/transactions", &token, &debit("ip-1", "s1", 10))
+                .await
+        })
     };
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let dup = gw.post("/v1/transactions", &token, &debit("ip-1", "s1", 10)).await;
+    let dup = gw
+        .post("/v1/transactions", &token, &debit("ip-1", "s1", 10))
+        .await;
     assert_eq!((dup.status, dup.code()), (409, "transaction_in_progress"));
-    assert!(dup.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok()));
+    assert!(
+        dup.header("retry-after")
+            .is_some_and(|v| v.parse::<u64>().is_ok())
+    );
     assert_eq!(first.await.unwrap().status, 201);
     assert_eq!(sum_stats(&sims).await.received, 1);
 }
@@ -243,15 +285,30 @@ async fn a_reused_id_with_another_payload_or_client_is_refused() {
     gw.account("v1", "vic", "EUR", 100).await;
     let uma = gw.token("uma", &["transact"]);
     let vic = gw.token("vic", &["transact"]);
-    assert_eq!(gw.post("/v1/transactions", &uma, &debit("re-1", "u1", 10)).await.status, 201);
+    assert_eq!(
+        gw.post("/v1/transactions", &uma, &debit("re-1", "u1", 10))
+            .await
+            .status,
+        201
+    );
 
-    let other_amount = gw.post("/v1/transactions", &uma, &debit("re-1", "u1", 11)).await;
-    assert_eq!((other_amount.status, other_amount.code()), (422, "transaction_id_reused"));
+    let other_amount = gw
+        .post("/v1/transactions", &uma, &debit("re-1", "u1", 11))
+        .await;
+    assert_eq!(
+        (other_amount.status, other_amount.code()),
+        (422, "transaction_id_reused")
+    );
 
     // Same payload shape from another client, on their own account: still "reused",
     // and the answer shows nothing of uma's transaction.
-    let other_client = gw.post("/v1/transactions", &vic, &debit("re-1", "v1", 10)).await;
-    assert_eq!((other_client.status, other_client.code()), (422, "transaction_id_reused"));
+    let other_client = gw
+        .post("/v1/transactions", &vic, &debit("re-1", "v1", 10))
+        .await;
+    assert_eq!(
+        (other_client.status, other_client.code()),
+        (422, "transaction_id_reused")
+    );
     assert!(!other_client.json.to_string().contains("u1"));
     assert_eq!(gw.balance("u1").await, 90);
     assert_eq!(gw.balance("v1").await, 100);
@@ -264,7 +321,9 @@ async fn a_decline_releases_the_money_and_answers_422() {
     let gw = gateway(Db::Postgres, &sims).await;
     gw.account("d1", "dan", "EUR", 100).await;
     let token = gw.token("dan", &["transact"]);
-    let r = gw.post("/v1/transactions", &token, &debit("dc-1", "d1", 60)).await;
+    let r = gw
+        .post("/v1/transactions", &token, &debit("dc-1", "d1", 60))
+        .await;
     assert_eq!((r.status, r.code()), (422, "declined_by_switch"));
     assert_eq!(gw.balance("d1").await, 100);
     let t = gw.get("/v1/transactions/dc-1", &token).await;
@@ -281,11 +340,16 @@ async fn with_every_switch_refusing_the_money_is_released_with_503() {
     let gw = gateway(Db::Postgres, &sims).await;
     gw.account("n1", "nia", "EUR", 100).await;
     let token = gw.token("nia", &["transact"]);
-    let r = gw.post("/v1/transactions", &token, &debit("ns-1", "n1", 60)).await;
+    let r = gw
+        .post("/v1/transactions", &token, &debit("ns-1", "n1", 60))
+        .await;
     assert_eq!((r.status, r.code()), (503, "no_switch_available"));
     assert_eq!(gw.balance("n1").await, 100);
     let t = gw.get("/v1/transactions/ns-1", &token).await;
-    assert_eq!((t.json["status"].as_str(), t.json["attempts"].as_u64()), (Some("failed"), Some(2)));
+    assert_eq!(
+        (t.json["status"].as_str(), t.json["attempts"].as_u64()),
+        (Some("failed"), Some(2))
+    );
 }
 
 #[tokio::test]
@@ -293,7 +357,9 @@ async fn without_switches_nothing_is_reserved() {
     let gw = gateway(Db::Postgres, &[]).await;
     gw.account("z1", "zoe", "EUR", 100).await;
     let token = gw.token("zoe", &["transact"]);
-    let r = gw.post("/v1/transactions", &token, &debit("zz-1", "z1", 60)).await;
+    let r = gw
+        .post("/v1/transactions", &token, &debit("zz-1", "z1", 60))
+        .await;
     assert_eq!((r.status, r.code()), (503, "no_switch_available"));
     assert_eq!(gw.get("/v1/transactions/zz-1", &token).await.status, 404);
 }
@@ -311,21 +377,33 @@ async fn another_clients_account_is_indistinguishable_from_a_missing_one() {
     assert_eq!(read_theirs.status, 404);
     assert_eq!(read_theirs.json, read_missing.json);
 
-    let debit_theirs = gw.post("/v1/transactions", &me, &debit("steal-1", "theirs", 10)).await;
-    let debit_missing = gw.post("/v1/transactions", &me, &debit("steal-2", "nobody", 10)).await;
+    let debit_theirs = gw
+        .post("/v1/transactions", &me, &debit("steal-1", "theirs", 10))
+        .await;
+    let debit_missing = gw
+        .post("/v1/transactions", &me, &debit("steal-2", "nobody", 10))
+        .await;
     assert_eq!(debit_theirs.status, 404);
     assert_eq!(debit_theirs.json, debit_missing.json);
     assert_eq!(gw.balance("theirs").await, 100);
 
     // Their transaction is hidden from me too.
     let them = gw.token("them", &["transact"]);
-    assert_eq!(gw.post("/v1/transactions", &them, &debit("theirs-1", "theirs", 5)).await.status, 201);
+    assert_eq!(
+        gw.post("/v1/transactions", &them, &debit("theirs-1", "theirs", 5))
+            .await
+            .status,
+        201
+    );
     let t = gw.get("/v1/transactions/theirs-1", &me).await;
     assert_eq!(t.status, 404);
     assert_eq!(t.json, gw.get("/v1/transactions/nothing", &me).await.json);
     // An auditor sees both.
     let auditor = gw.token("aud", &["auditor"]);
-    assert_eq!(gw.get("/v1/transactions/theirs-1", &auditor).await.status, 200);
+    assert_eq!(
+        gw.get("/v1/transactions/theirs-1", &auditor).await.status,
+        200
+    );
     assert_eq!(gw.get("/v1/accounts/theirs", &auditor).await.status, 200);
 }
 
@@ -338,16 +416,28 @@ async fn roles_are_enforced_per_route() {
     let r = gw.post("/v1/accounts", &transact, &acct).await;
     assert_eq!((r.status, r.code()), (403, "forbidden"));
     let auditor = gw.token("a", &["auditor"]);
-    let r = gw.post("/v1/transactions", &auditor, &debit("ro-1", "x1", 1)).await;
+    let r = gw
+        .post("/v1/transactions", &auditor, &debit("ro-1", "x1", 1))
+        .await;
     assert_eq!((r.status, r.code()), (403, "forbidden"));
-    let r = gw.post("/v1/transactions", "not-a-token", &debit("ro-2", "x1", 1)).await;
+    let r = gw
+        .post("/v1/transactions", "not-a-token", &debit("ro-2", "x1", 1))
+        .await;
     assert_eq!((r.status, r.code()), (401, "unauthorized"));
-    let resp = gw.client.get(format!("{}/v1/accounts/x1", gw.base)).send().await.unwrap();
+    let resp = gw
+        .client
+        .get(format!("{}/v1/accounts/x1", gw.base))
+        .send()
+        .await
+        .unwrap();
     let r = harness::read(resp).await;
     assert_eq!((r.status, r.code()), (401, "unauthorized"));
     let op = gw.token("o", &["operator"]);
     assert_eq!(gw.post("/v1/accounts", &op, &acct).await.status, 201);
-    assert_eq!(gw.post("/v1/accounts", &op, &acct).await.code(), "account_exists");
+    assert_eq!(
+        gw.post("/v1/accounts", &op, &acct).await.code(),
+        "account_exists"
+    );
     let r = gw.get("/v1/switches", &op).await;
     assert_eq!(r.json["switches"][0]["name"], "sim-1");
     assert_eq!(gw.get("/v1/switches", &transact).await.status, 403);
@@ -407,7 +497,7 @@ invalid_field! {
     invalid_currency_lowercase: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": "eur"}) => "currency";
     invalid_currency_length: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": "EURO"}) => "currency";
     invalid_metadata_not_object: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR", "metadata": [1]}) => "metadata";
-    invalid_unknown_field: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR", "fee": 1}) => "body";
+    invalid_unknown_field: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR", "fee": 1}) => "fee";
 }
 
 #[tokio::test]
@@ -415,7 +505,12 @@ async fn malformed_json_is_a_400_not_a_500() {
     let sims = harness::spawn_sims(1).await;
     let gw = gateway(Db::Sqlite, &sims).await;
     let token = gw.token("fay", &["transact"]);
-    for raw in ["{", "null", "[]", "{\"transactionId\": \"a\", \"transactionId\": \"b\"}"] {
+    for raw in [
+        "{",
+        "null",
+        "[]",
+        "{\"transactionId\": \"a\", \"transactionId\": \"b\"}",
+    ] {
         let resp = gw
             .client
             .post(format!("{}/v1/transactions", gw.base))
@@ -426,6 +521,11 @@ async fn malformed_json_is_a_400_not_a_500() {
             .await
             .unwrap();
         let r = harness::read(resp).await;
-        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{raw}: {:?}", r.json);
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_request"),
+            "{raw}: {:?}",
+            r.json
+        );
     }
 }
