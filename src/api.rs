@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -28,15 +29,16 @@ use crate::flow::{self, Forwarder, Outcome};
 use crate::ledger::{Account, AccountKind, Ledger, NewAccount, Reserved};
 use crate::metrics::Metrics;
 use crate::server::{ConnInfo, Handler};
-use crate::switch::{Balancer, SwitchClient};
+use crate::switch::{SwitchClient, Switches};
 
 /// Everything a request may need, shared by all connections.
 pub struct AppState {
-    pub config: Config,
+    /// The running configuration; reloads swap it whole.
+    pub config: Arc<ArcSwap<Config>>,
     pub ledger: Ledger,
     pub auth: Authenticator,
     pub metrics: Metrics,
-    pub balancer: Balancer,
+    pub switches: Arc<Switches>,
     pub switch_client: SwitchClient,
     /// Set once start-up finished; cleared when shutdown begins.
     pub ready: AtomicBool,
@@ -58,7 +60,7 @@ impl Handler for Api {
         let span =
             tracing::info_span!("request", request_id = %request_id, method = %req.method(), route);
         state.metrics.http_in_flight.inc();
-        let deadline = started + state.config.server.request_deadline();
+        let deadline = started + state.config.load().server.request_deadline();
         let work = route_request(state, req, &request_id, deadline);
         let mut resp = match tokio::time::timeout_at(deadline, work)
             .instrument(span.clone())
@@ -324,11 +326,12 @@ async fn post_transaction(
     request_id: &str,
     deadline: Instant,
 ) -> Result<Response<Body>, ApiError> {
-    let body: TransactionBody = read_json(req, state.config.server.body_bytes_max).await?;
-    let tx = body.parse(state.config.ledger.amount_max)?;
+    let config = state.config.load();
+    let body: TransactionBody = read_json(req, config.server.body_bytes_max).await?;
+    let tx = body.parse(config.ledger.amount_max)?;
 
-    // Fail closed: with no switch to send it to, reserve nothing.
-    if state.balancer.is_empty() {
+    // Fail closed: with no healthy switch to send it to, reserve nothing.
+    if !state.switches.any_available() {
         count(state, "no_switch");
         return Err(ApiError::NoSwitchAvailable);
     }
@@ -358,9 +361,7 @@ async fn post_transaction(
                 _ => {
                     count(state, "in_progress");
                     Err(ApiError::TransactionInProgress {
-                        retry_after: Duration::from_secs(
-                            state.config.ledger.in_progress_retry_after_s,
-                        ),
+                        retry_after: Duration::from_secs(config.ledger.in_progress_retry_after_s),
                     })
                 }
             }
@@ -372,10 +373,11 @@ async fn post_transaction(
         Reserved::Fresh(_) => {
             let forwarder = Forwarder {
                 ledger: &state.ledger,
-                balancer: &state.balancer,
+                switches: &state.switches,
                 client: &state.switch_client,
                 metrics: &state.metrics,
-                attempts_max: state.config.forwarding.attempts_max,
+                attempts_max: config.forwarding.attempts_max,
+                attempt_timeout: config.forwarding.attempt_timeout(),
             };
             match forwarder.run(&tx, request_id, deadline).await? {
                 Outcome::Final(stored) => {
@@ -449,7 +451,8 @@ async fn post_account(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let body: AccountBody = read_json(req, state.config.server.body_bytes_max).await?;
+    let config = state.config.load();
+    let body: AccountBody = read_json(req, config.server.body_bytes_max).await?;
     let id = AccountId::parse(&body.account_id)?;
     if id.as_str().starts_with("settlement:") || id.as_str().starts_with("equity:") {
         return Err(ApiError::InvalidRequest(
@@ -459,7 +462,7 @@ async fn post_account(
     let owner = ClientId::parse(&body.owner)
         .map_err(|e| ApiError::InvalidRequest(format!("owner: {}", e.message)))?;
     let currency = Currency::parse(&body.currency)?;
-    let max = state.config.ledger.opening_balance_max;
+    let max = config.ledger.opening_balance_max;
     if !(0..=max).contains(&body.opening_balance) {
         return Err(ApiError::InvalidRequest(format!(
             "openingBalance: must be 0 to {max}"
@@ -502,16 +505,11 @@ fn account_json(a: &Account) -> serde_json::Value {
 
 fn get_switches(state: &AppState) -> Response<Body> {
     let switches: Vec<_> = state
-        .balancer
-        .switches()
+        .switches
+        .snapshot()
+        .entries
         .iter()
-        .map(|s| {
-            serde_json::json!({
-                "name": s.name,
-                "url": s.base.to_string(),
-                "weight": s.weight,
-            })
-        })
+        .map(|s| s.view())
         .collect();
     json_response(StatusCode::OK, &serde_json::json!({ "switches": switches }))
 }
@@ -533,7 +531,7 @@ impl Handler for Ops {
                 let ledger_ok = tokio::time::timeout(Duration::from_secs(2), state.ledger.ping())
                     .await
                     .is_ok_and(|r| r.is_ok());
-                let switches_ok = !state.balancer.is_empty();
+                let switches_ok = state.switches.any_available();
                 let ready = started && ledger_ok && switches_ok;
                 let status = if ready {
                     StatusCode::OK

@@ -14,13 +14,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use arc_swap::ArcSwap;
+
 use crate::api::{Api, AppState, Ops};
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, ForwardingConfig, Sources};
+use crate::health::HealthMonitor;
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
+use crate::reconciler::Reconciler;
+use crate::reload::Reloader;
 use crate::server::{self, ConnLimits};
-use crate::switch::{Balancer, Switch, SwitchClient};
+use crate::switch::{SwitchClient, Switches};
 use crate::tls::{self, TlsError};
 
 /// Most connections the ops listener keeps open.
@@ -44,11 +49,24 @@ pub struct Application {
     https: TcpListener,
     ops: TcpListener,
     acceptor: TlsAcceptor,
+    /// Where the config came from, for live reloads; `None`: no reloads.
+    sources: Option<Sources>,
 }
 
 impl Application {
+    /// Builds with a fixed configuration (tests, `demo`).
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_with_sources(config, None).await
+    }
+
+    /// Builds with the sources `config` was read from, so that file changes
+    /// and SIGHUP reload it.
+    pub async fn build_with_sources(
+        config: Config,
+        sources: Option<Sources>,
+    ) -> Result<Self, StartError> {
         let tls = tls::server_config(&config.server)?;
+        let switch_tls = switch_tls_config(&config.forwarding)?;
         let ledger = Ledger::connect(&config.database).await?;
         if config.database.migrate_on_start {
             ledger.migrate().await?;
@@ -57,26 +75,22 @@ impl Application {
         let https = bind(config.server.listen)?;
         let ops = bind(config.server.ops_listen)?;
 
-        let switches = config
-            .switches
-            .iter()
-            .filter_map(Switch::from_config)
-            .map(Arc::new)
-            .collect();
+        let switches = Arc::new(Switches::new(
+            &config.switches,
+            config.health.passive_failures_max,
+        ));
         let state = AppState {
             auth: Authenticator::new(&config.auth),
             metrics: Metrics::new(),
-            balancer: Balancer::new(switches),
-            switch_client: SwitchClient::new(&config.forwarding, switch_tls_config()),
+            switches,
+            switch_client: SwitchClient::new(&config.forwarding, switch_tls),
             ledger,
-            config,
+            config: Arc::new(ArcSwap::from_pointee(config)),
             ready: Default::default(),
         };
         tracing::info!(
-            listen = %https.local_addr().map_err(|source| StartError::Bind { addr: state.config.server.listen, source })?,
-            ops = %ops.local_addr().map_err(|source| StartError::Bind { addr: state.config.server.ops_listen, source })?,
             ledger = state.ledger.backend_name(),
-            switches = state.config.switches.len(),
+            switches = state.switches.snapshot().entries.len(),
             "switchboard built"
         );
         Ok(Self {
@@ -84,6 +98,7 @@ impl Application {
             https,
             ops,
             acceptor: TlsAcceptor::from(tls),
+            sources,
         })
     }
 
@@ -91,13 +106,13 @@ impl Application {
     pub fn https_addr(&self) -> SocketAddr {
         self.https
             .local_addr()
-            .unwrap_or(self.state.config.server.listen)
+            .unwrap_or(self.state.config.load().server.listen)
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
         self.ops
             .local_addr()
-            .unwrap_or(self.state.config.server.ops_listen)
+            .unwrap_or(self.state.config.load().server.ops_listen)
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -108,8 +123,40 @@ impl Application {
     /// in-flight requests finish within the grace period, and closes the ledger.
     pub async fn run(self, shutdown: CancellationToken) {
         let state = self.state;
-        let cfg = &state.config.server;
+        let config = state.config.load_full();
+        let cfg = &config.server;
         let tracker = TaskTracker::new();
+
+        // Switches are probed before the gateway reports ready.
+        let monitor = HealthMonitor {
+            switches: state.switches.clone(),
+            client: state.switch_client.clone(),
+            config: state.config.clone(),
+            metrics: state.metrics.clone(),
+        };
+        monitor.probe_all().await;
+        tracker.spawn(monitor.run(shutdown.clone()));
+        tracker.spawn(
+            Reconciler {
+                ledger: state.ledger.clone(),
+                switches: state.switches.clone(),
+                client: state.switch_client.clone(),
+                config: state.config.clone(),
+                metrics: state.metrics.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        if let Some(sources) = self.sources {
+            tracker.spawn(
+                Reloader {
+                    sources,
+                    config: state.config.clone(),
+                    switches: state.switches.clone(),
+                    metrics: state.metrics.clone(),
+                }
+                .run(shutdown.clone()),
+            );
+        }
         let limits = ConnLimits {
             header_read_timeout: cfg.header_read_timeout(),
             idle_timeout: cfg.keepalive_idle_timeout(),
@@ -159,13 +206,21 @@ impl Application {
     }
 }
 
-/// TLS for HTTPS switches: the public web PKI roots.
-fn switch_tls_config() -> rustls::ClientConfig {
+/// TLS for HTTPS switches: the configured CA bundle (else the public web PKI
+/// roots), and a client certificate for switches that require mTLS.
+fn switch_tls_config(cfg: &ForwardingConfig) -> Result<rustls::ClientConfig, TlsError> {
     tls::install_crypto_provider();
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+    let roots = match &cfg.ca_bundle {
+        Some(path) => tls::root_store(path)?,
+        None => rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    };
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    Ok(match (&cfg.client_cert, &cfg.client_key) {
+        (Some(cert), Some(key)) => {
+            builder.with_client_auth_cert(tls::load_certs(cert)?, tls::load_key(key)?)?
+        }
+        _ => builder.with_no_client_auth(),
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -153,7 +153,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve => {
             let config = load_config(&cli)?;
-            let app = Application::build(config).await.map_err(Failure::other)?;
+            let sources = Sources::from_process(cli.config.clone());
+            let app = Application::build_with_sources(config, Some(sources))
+                .await
+                .map_err(Failure::other)?;
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {

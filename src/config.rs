@@ -88,6 +88,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub ledger: LedgerConfig,
     pub forwarding: ForwardingConfig,
+    pub health: HealthConfig,
+    pub reconciler: ReconcilerConfig,
     pub switches: Vec<SwitchConfig>,
     /// `SWITCHBOARD_ENV`, e.g. `production`, `test`.
     pub env_name: Option<String>,
@@ -271,6 +273,55 @@ pub struct ForwardingConfig {
     pub pool_idle_timeout_ms: u64,
     /// Largest switch response body read, bytes.
     pub response_bytes_max: usize,
+    /// CA bundle (PEM) that `https://` switches are verified against; unset:
+    /// the public web PKI roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to switches that require mTLS.
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+/// `[health]`: the switch health monitor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between probe rounds, ms (jittered by up to a tenth).
+    pub interval_ms: u64,
+    /// One probe (`GET /health` on a fresh connection) times out after this, ms.
+    pub timeout_ms: u64,
+    /// Failed probes in a row that take a switch out of rotation.
+    pub unhealthy_threshold: u32,
+    /// Successful probes in a row that bring it back.
+    pub healthy_threshold: u32,
+    /// Failed forwards in a row that take a switch out at once (passive ejection).
+    pub passive_failures_max: u32,
+}
+
+impl HealthConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// `[reconciler]`: finishes transactions left `reserved` or `pending`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcilerConfig {
+    /// Time between passes, ms. The first pass runs at start-up.
+    pub interval_ms: u64,
+    /// A transaction untouched for this long is the reconciler's, ms. Must
+    /// exceed `server.request_deadline_ms`, so a live request is never raced.
+    pub stale_after_ms: u64,
+    /// A claimed transaction is leased to one gateway for this long, ms.
+    pub lease_ms: u64,
+    /// Most transactions claimed in one pass.
+    pub batch_max: u32,
+    /// Requery of one transaction times out after this, ms.
+    pub requery_timeout_ms: u64,
 }
 
 impl ForwardingConfig {
@@ -362,13 +413,15 @@ impl Config {
         let mut problems = Vec::new();
 
         // Unknown top-level sections are typos.
-        const SECTIONS: [&str; 7] = [
+        const SECTIONS: [&str; 9] = [
             "server",
             "log",
             "database",
             "auth",
             "ledger",
             "forwarding",
+            "health",
+            "reconciler",
             "switches",
         ];
         if let Ok(table) = raw
@@ -402,6 +455,8 @@ impl Config {
         let auth = section::<AuthConfig>(&raw, "auth", &mut problems);
         let ledger = section::<LedgerConfig>(&raw, "ledger", &mut problems);
         let forwarding = section::<ForwardingConfig>(&raw, "forwarding", &mut problems);
+        let health = section::<HealthConfig>(&raw, "health", &mut problems);
+        let reconciler = section::<ReconcilerConfig>(&raw, "reconciler", &mut problems);
         let switches = match raw.get::<Vec<SwitchConfig>>("switches") {
             Ok(v) => Some(v),
             Err(config::ConfigError::NotFound(_)) => Some(Vec::new()),
@@ -418,8 +473,12 @@ impl Config {
             Some(auth),
             Some(ledger),
             Some(forwarding),
+            Some(health),
+            Some(reconciler),
             Some(switches),
-        ) = (server, log, database, auth, ledger, forwarding, switches)
+        ) = (
+            server, log, database, auth, ledger, forwarding, health, reconciler, switches,
+        )
         else {
             return Err(ConfigError { problems });
         };
@@ -430,6 +489,8 @@ impl Config {
             auth,
             ledger,
             forwarding,
+            health,
+            reconciler,
             switches,
             env_name,
         };
@@ -472,6 +533,17 @@ impl Config {
         positive("forwarding.attempts_max", f.attempts_max as u64);
         positive("forwarding.response_bytes_max", f.response_bytes_max as u64);
         positive("ledger.amount_max", self.ledger.amount_max.max(0) as u64);
+        let h = &self.health;
+        positive("health.interval_ms", h.interval_ms);
+        positive("health.timeout_ms", h.timeout_ms);
+        positive("health.unhealthy_threshold", h.unhealthy_threshold as u64);
+        positive("health.healthy_threshold", h.healthy_threshold as u64);
+        positive("health.passive_failures_max", h.passive_failures_max as u64);
+        let r = &self.reconciler;
+        positive("reconciler.interval_ms", r.interval_ms);
+        positive("reconciler.lease_ms", r.lease_ms);
+        positive("reconciler.batch_max", r.batch_max as u64);
+        positive("reconciler.requery_timeout_ms", r.requery_timeout_ms);
         positive("auth.token_ttl_s", self.auth.token_ttl_s);
 
         if s.listen == s.ops_listen && s.listen.port() != 0 {
@@ -486,6 +558,18 @@ impl Config {
                 "database.url: must start with postgres://, postgresql:// or sqlite: (got {})",
                 d.url_redacted()
             ));
+        }
+        if f.connect_timeout_ms >= f.attempt_timeout_ms {
+            p.push(
+                "forwarding.connect_timeout_ms: must be less than forwarding.attempt_timeout_ms"
+                    .into(),
+            );
+        }
+        if self.reconciler.stale_after_ms <= s.request_deadline_ms {
+            p.push("reconciler.stale_after_ms: must exceed server.request_deadline_ms".into());
+        }
+        if f.client_cert.is_some() != f.client_key.is_some() {
+            p.push("forwarding.client_cert: client_cert and client_key go together".into());
         }
         if self.ledger.opening_balance_max < 0 {
             p.push("ledger.opening_balance_max: must not be negative".into());
@@ -522,8 +606,16 @@ impl Config {
         };
         rebase(&mut self.server.tls_cert);
         rebase(&mut self.server.tls_key);
-        if let Some(ca) = &mut self.server.client_ca {
-            rebase(ca);
+        for path in [
+            &mut self.server.client_ca,
+            &mut self.forwarding.ca_bundle,
+            &mut self.forwarding.client_cert,
+            &mut self.forwarding.client_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            rebase(path);
         }
     }
 }

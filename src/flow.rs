@@ -20,7 +20,7 @@ use crate::domain::{Movement, TransactionId, TransactionRequest, TxStatus};
 use crate::error::ApiError;
 use crate::ledger::{Ledger, Render, StoredResponse, TransactionRecord};
 use crate::metrics::Metrics;
-use crate::switch::{Answer, Balancer, ForwardError, Switch, SwitchClient};
+use crate::switch::{Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches};
 
 /// First pause between requeries of an unknown outcome; doubles up to the max.
 const REQUERY_BACKOFF_START: Duration = Duration::from_millis(50);
@@ -38,10 +38,12 @@ pub enum Outcome {
 
 pub struct Forwarder<'a> {
     pub ledger: &'a Ledger,
-    pub balancer: &'a Balancer,
+    pub switches: &'a Switches,
     pub client: &'a SwitchClient,
     pub metrics: &'a Metrics,
     pub attempts_max: u32,
+    /// One attempt or requery on a switch, at most.
+    pub attempt_timeout: Duration,
 }
 
 impl Forwarder<'_> {
@@ -56,12 +58,12 @@ impl Forwarder<'_> {
         let id = &req.id;
         let payload = Bytes::from(switch_payload(req).to_string());
         let budget_end = deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline);
-        let mut tried: Vec<Arc<Switch>> = Vec::new();
+        let mut tried: Vec<Arc<SwitchState>> = Vec::new();
 
         while (tried.len() as u32) < self.attempts_max {
             let Some(switch) = self
-                .balancer
-                .pick(|s| !tried.iter().any(|t| t.name == s.name))
+                .switches
+                .pick(|s| !tried.iter().any(|t| t.name() == s.name()))
             else {
                 break;
             };
@@ -69,15 +71,22 @@ impl Forwarder<'_> {
             if remaining.is_zero() {
                 break;
             }
-            let attempt_no = self.ledger.record_attempt(id, &switch.name).await?;
+            let attempt_no = self.ledger.record_attempt(id, switch.name()).await?;
+            let _in_flight = switch.begin();
             let started = Instant::now();
             let result = self
                 .client
-                .forward(&switch, id.as_str(), request_id, payload.clone(), remaining)
+                .forward(
+                    &switch.switch,
+                    id.as_str(),
+                    request_id,
+                    payload.clone(),
+                    remaining.min(self.attempt_timeout),
+                )
                 .await;
             self.metrics
                 .forward_duration
-                .with_label_values(&[&switch.name])
+                .with_label_values(&[switch.name()])
                 .observe(started.elapsed().as_secs_f64());
 
             let answer = match result {
@@ -85,17 +94,19 @@ impl Forwarder<'_> {
                 Err(ForwardError::NotSent(reason)) => {
                     self.note(id, &switch, attempt_no, "not_sent", Some(&reason))
                         .await?;
-                    tracing::warn!(switch = %switch.name, %reason, "switch unreachable; trying another");
+                    tracing::warn!(switch = switch.name(), %reason, "switch unreachable; trying another");
+                    self.retry("not_sent");
                     tried.push(switch);
                     continue;
                 }
                 Err(ForwardError::Unknown(reason)) => {
                     self.note(id, &switch, attempt_no, "unknown", Some(&reason))
                         .await?;
-                    tracing::warn!(switch = %switch.name, %reason, "outcome unknown; requerying");
-                    match self.requery(&switch, req, request_id, budget_end).await? {
+                    tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
+                    match self.requery(&switch, req, request_id, budget_end).await {
                         Some(Answer::NotFound) => {
                             // Never processed: as safe as a refused connection.
+                            self.retry("not_found");
                             tried.push(switch);
                             continue;
                         }
@@ -112,7 +123,7 @@ impl Forwarder<'_> {
                     self.note(id, &switch, attempt_no, "approved", None).await?;
                     let record = self
                         .ledger
-                        .commit(id, &switch.name, &reference, render)
+                        .commit(id, switch.name(), &reference, render)
                         .await?;
                     Ok(Outcome::Final(stored(&record)))
                 }
@@ -128,6 +139,7 @@ impl Forwarder<'_> {
                 Answer::NotProcessed | Answer::NotFound => {
                     self.note(id, &switch, attempt_no, "not_processed", None)
                         .await?;
+                    self.retry("not_processed");
                     tried.push(switch);
                     continue;
                 }
@@ -142,39 +154,48 @@ impl Forwarder<'_> {
         Ok(Outcome::Final(stored(&record)))
     }
 
+    fn retry(&self, reason: &str) {
+        self.metrics.retries.with_label_values(&[reason]).inc();
+    }
+
     /// Asks `switch` what became of the transaction, with backoff, until it
     /// answers or the budget runs out (`None`).
     async fn requery(
         &self,
-        switch: &Switch,
+        switch: &SwitchState,
         req: &TransactionRequest,
         request_id: &str,
         budget_end: Instant,
-    ) -> Result<Option<Answer>, ApiError> {
+    ) -> Option<Answer> {
         let mut backoff = REQUERY_BACKOFF_START;
         loop {
             let remaining = budget_end.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Ok(None);
+                return None;
             }
             match self
                 .client
-                .query(switch, req.id.as_str(), request_id, remaining)
+                .query(
+                    &switch.switch,
+                    req.id.as_str(),
+                    request_id,
+                    remaining.min(self.attempt_timeout),
+                )
                 .await
             {
                 Ok(answer) => {
                     self.metrics
-                        .forwards
-                        .with_label_values(&[&switch.name, "requery_answered"])
+                        .requeries
+                        .with_label_values(&[switch.name(), "answered"])
                         .inc();
-                    return Ok(Some(answer));
+                    return Some(answer);
                 }
                 Err(e) => {
                     self.metrics
-                        .forwards
-                        .with_label_values(&[&switch.name, "requery_failed"])
+                        .requeries
+                        .with_label_values(&[switch.name(), "failed"])
                         .inc();
-                    tracing::debug!(switch = %switch.name, error = %e, "requery failed");
+                    tracing::debug!(switch = switch.name(), error = %e, "requery failed");
                 }
             }
             let pause = backoff.min(budget_end.saturating_duration_since(Instant::now()));
@@ -187,15 +208,20 @@ impl Forwarder<'_> {
     async fn note(
         &self,
         id: &TransactionId,
-        switch: &Switch,
+        switch: &SwitchState,
         attempt_no: u32,
         outcome: &str,
         error: Option<&str>,
     ) -> Result<(), ApiError> {
         self.metrics
             .forwards
-            .with_label_values(&[&switch.name, outcome])
+            .with_label_values(&[switch.name(), outcome])
             .inc();
+        switch.record_forward(match outcome {
+            "approved" => ForwardResult::Approved,
+            "declined" => ForwardResult::Declined,
+            _ => ForwardResult::Failed,
+        });
         self.ledger
             .finish_attempt(id, attempt_no, outcome, error)
             .await?;
@@ -296,7 +322,7 @@ pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
     body
 }
 
-fn rfc3339_ms(ms: i64) -> String {
+pub fn rfc3339_ms(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339)

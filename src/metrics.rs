@@ -26,6 +26,13 @@ pub struct Metrics {
     pub forwards: IntCounterVec,
     pub forward_duration: HistogramVec,
     pub ledger_duration: Histogram,
+    pub switch_up: IntGaugeVec,
+    pub probes: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub requeries: IntCounterVec,
+    pub pending: IntGauge,
+    pub reconciler: IntCounterVec,
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -106,6 +113,50 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS_S.to_vec()),
             )
             .expect("valid metric"),
+            switch_up: IntGaugeVec::new(
+                Opts::new("switch_up", "1 when the switch is in rotation by probes, else 0."),
+                &["switch"],
+            )
+            .expect("valid metric"),
+            probes: IntCounterVec::new(
+                Opts::new("switch_probes_total", "Health probes, by switch and result (ok, failed)."),
+                &["switch", "result"],
+            )
+            .expect("valid metric"),
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "switch_retries_total",
+                    "Transactions moved to another switch, by reason (not_sent, not_processed, not_found).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            requeries: IntCounterVec::new(
+                Opts::new(
+                    "switch_requeries_total",
+                    "Requeries of unknown outcomes, by switch and result (answered, failed).",
+                ),
+                &["switch", "result"],
+            )
+            .expect("valid metric"),
+            pending: IntGauge::new(
+                "transactions_unfinished",
+                "Transactions reserved or pending (not final), as of the reconciler's last pass.",
+            )
+            .expect("valid metric"),
+            reconciler: IntCounterVec::new(
+                Opts::new(
+                    "reconciler_outcomes_total",
+                    "Transactions the reconciler handled, by outcome (committed, declined, released_not_sent, released_not_found, still_unknown).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            config_reloads: IntCounterVec::new(
+                Opts::new("config_reloads_total", "Configuration reloads, by result (ok, rejected)."),
+                &["result"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -127,6 +178,13 @@ impl Metrics {
             Box::new(m.forwards.clone()),
             Box::new(m.forward_duration.clone()),
             Box::new(m.ledger_duration.clone()),
+            Box::new(m.switch_up.clone()),
+            Box::new(m.probes.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.requeries.clone()),
+            Box::new(m.pending.clone()),
+            Box::new(m.reconciler.clone()),
+            Box::new(m.config_reloads.clone()),
             Box::new(build_info),
         ];
         for c in collectors {

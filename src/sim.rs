@@ -6,6 +6,9 @@
 //! Its behaviour is driven by a [`Mode`] that can change at run time
 //! (`PUT /faults`, [`SimHandle::set_faults`]); a `watch` channel carries the
 //! faults so that requests hanging in `hang-after-receive` wake when it changes.
+//!
+//! With [`SimOptions::tls`] the sim speaks HTTPS only (TLS 1.2 and 1.3), and with
+//! a client CA it also requires a client certificate (mTLS), like a real switch.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +33,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -45,6 +49,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 const HANDLE_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 /// Back-off after a failed `accept` (e.g. out of file descriptors), to avoid spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// A TLS handshake not finished within this closes the connection.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the sim treats requests; see DESIGN.md "Switch protocol".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,10 +119,56 @@ pub struct SimOptions {
     pub fail_rate: f64,
     /// JSON-lines file of recorded outcomes; loaded on bind, appended (and fsynced) per record.
     pub state_file: Option<PathBuf>,
+    /// Serve HTTPS instead of plain HTTP.
+    pub tls: Option<SimTls>,
+}
+
+/// The sim's TLS identity, and the CA its clients' certificates must chain to.
+#[derive(Debug, Clone)]
+pub struct SimTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// With a CA (PEM), every client must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl SimTls {
+    /// The rustls configuration: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
+    fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        crate::tls::install_crypto_provider();
+        let certs = crate::tls::load_certs(&self.cert).context("sim TLS certificate")?;
+        let key = crate::tls::load_key(&self.key).context("sim TLS key")?;
+        let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
+            &rustls::version::TLS13,
+            &rustls::version::TLS12,
+        ]);
+        let builder = match &self.client_ca {
+            Some(ca) => {
+                let roots = crate::tls::root_store(ca).context("sim client CA")?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .with_context(|| format!("sim client CA {}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(certs, key).with_context(|| {
+            format!(
+                "sim TLS certificate {} and key {}",
+                self.cert.display(),
+                self.key.display()
+            )
+        })?;
+        // hyper-util's auto builder serves either protocol on the same connection type.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 impl SimOptions {
-    /// Healthy, no latency, fail rate 0.5, memory only.
+    /// Healthy, no latency, fail rate 0.5, memory only, plain HTTP.
     pub fn new(name: impl Into<String>) -> Self {
         SimOptions {
             name: name.into(),
@@ -124,6 +176,7 @@ impl SimOptions {
             latency_ms: 0,
             fail_rate: 0.5,
             state_file: None,
+            tls: None,
         }
     }
 }
@@ -172,14 +225,21 @@ pub struct Sim {
     listener: TcpListener,
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// Present when serving HTTPS.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Sim {
-    /// Binds (port 0 allowed) and loads the state file if given. Does not serve yet.
+    /// Binds (port 0 allowed), loads the TLS files and the state file if given.
+    /// Does not serve yet.
     pub async fn bind(addr: SocketAddr, opts: SimOptions) -> anyhow::Result<Sim> {
         anyhow::ensure!(!opts.name.is_empty(), "sim name must not be empty");
         check_fail_rate(opts.fail_rate).map_err(anyhow::Error::msg)?;
         check_latency_ms(opts.latency_ms).map_err(anyhow::Error::msg)?;
+        let tls = match &opts.tls {
+            Some(tls) => Some(TlsAcceptor::from(tls.server_config()?)),
+            None => None,
+        };
 
         let mut book = Book::new();
         let store = match &opts.state_file {
@@ -216,11 +276,17 @@ impl Sim {
             listener,
             addr,
             shared,
+            tls,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether this sim serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serves until `shutdown` is cancelled; then stops accepting and returns
@@ -230,10 +296,12 @@ impl Sim {
             listener,
             addr,
             shared,
+            tls,
         } = self;
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let mode = shared.faults().mode;
-        info!(sim = %shared.name, %addr, %mode, "sim listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(sim = %shared.name, %addr, %mode, scheme, "sim listening");
 
         loop {
             let accepted = tokio::select! {
@@ -241,7 +309,9 @@ impl Sim {
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, peer)) => shared.serve(stream, peer, Arc::clone(&builder)),
+                Ok((stream, peer)) => {
+                    shared.serve(stream, peer, tls.clone(), Arc::clone(&builder));
+                }
                 Err(e) => {
                     warn!(sim = %shared.name, error = %e, "accept failed");
                     tokio::select! {
@@ -276,6 +346,7 @@ impl Sim {
 pub struct SimHandle {
     pub addr: SocketAddr,
     pub name: String,
+    tls: bool,
     shared: Arc<Shared>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -285,12 +356,14 @@ pub struct SimHandle {
 pub async fn spawn(addr: SocketAddr, opts: SimOptions) -> anyhow::Result<SimHandle> {
     let sim = Sim::bind(addr, opts).await?;
     let addr = sim.local_addr();
+    let tls = sim.is_tls();
     let shared = Arc::clone(&sim.shared);
     let stop = CancellationToken::new();
     let task = tokio::spawn(sim.run(stop.clone()));
     Ok(SimHandle {
         addr,
         name: shared.name.clone(),
+        tls,
         shared,
         stop,
         task,
@@ -298,8 +371,18 @@ pub async fn spawn(addr: SocketAddr, opts: SimOptions) -> anyhow::Result<SimHand
 }
 
 impl SimHandle {
-    /// Base URL, e.g. `http://127.0.0.1:PORT` (an unspecified bind address maps to loopback).
+    /// Base URL: `http://127.0.0.1:PORT` (an unspecified bind address maps to loopback),
+    /// or with TLS `https://localhost:PORT`, a name the development server certificate
+    /// covers (a sim bound to a specific non-loopback address keeps that address).
     pub fn url(&self) -> String {
+        if self.tls {
+            let ip = self.addr.ip();
+            return if ip.is_loopback() || ip.is_unspecified() {
+                format!("https://localhost:{}", self.addr.port())
+            } else {
+                format!("https://{}", self.addr)
+            };
+        }
         let mut addr = self.addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {
@@ -625,28 +708,34 @@ impl Shared {
         self: &Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
         builder: Arc<auto::Builder<TokioExecutor>>,
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(sim = %self.name, error = %e, "set_nodelay failed");
         }
         let shared = Arc::clone(self);
-        let closing = self.closing.clone();
-        let name = self.name.clone();
         let task = async move {
-            let service = service_fn(move |req| Arc::clone(&shared).handle(req));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            let served = tokio::select! {
-                served = conn.as_mut() => served,
-                _ = closing.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let Some(acceptor) = tls else {
+                return shared.serve_http(stream, peer, builder).await;
             };
-            if let Err(e) = served {
-                debug!(sim = %name, %peer, error = %e, "connection ended with error");
-            }
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        debug!(sim = %shared.name, %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(sim = %shared.name, %peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                // Shutting down: a connection that has not started talking HTTP just closes.
+                _ = shared.closing.cancelled() => return,
+            };
+            shared.serve_http(stream, peer, builder).await;
         };
 
         let mut conns = self.conns();
@@ -655,6 +744,32 @@ impl Shared {
         }
         while conns.tasks.try_join_next().is_some() {}
         conns.tasks.spawn(task);
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 on one connection until it ends or the sim closes.
+    async fn serve_http<IO>(
+        self: Arc<Self>,
+        io: IO,
+        peer: SocketAddr,
+        builder: Arc<auto::Builder<TokioExecutor>>,
+    ) where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let closing = self.closing.clone();
+        let name = self.name.clone();
+        let service = service_fn(move |req| Arc::clone(&self).handle(req));
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        let served = tokio::select! {
+            served = conn.as_mut() => served,
+            _ = closing.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = served {
+            debug!(sim = %name, %peer, error = %e, "connection ended with error");
+        }
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Resp, HangUp> {

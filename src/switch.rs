@@ -6,8 +6,11 @@
 //! established). Everything after that is [`ForwardError::Unknown`]: the
 //! caller must ask the switch before sending the transaction anywhere else.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri, header};
@@ -53,7 +56,7 @@ struct WireAnswer {
 }
 
 /// One upstream switch, as configured.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Switch {
     pub name: String,
     pub base: Uri,
@@ -83,7 +86,9 @@ impl Switch {
 #[derive(Clone)]
 pub struct SwitchClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    attempt_timeout: Duration,
+    /// Keeps no idle connections: every probe opens a fresh one, so a probe
+    /// tests what a new forward would meet.
+    probe_client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     response_bytes_max: usize,
 }
 
@@ -98,21 +103,27 @@ impl SwitchClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let probe_client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(https.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
             .pool_max_idle_per_host(cfg.pool_idle_per_switch_max)
-            // A transaction is never re-sent by the pool: retries are ours to decide.
-            .retry_canceled_requests(false)
+            // hyper-util retries only a request it got back unsent (an idle
+            // pooled connection found dead before writing), which cannot make
+            // a transaction happen twice; without it a killed switch's stale
+            // connections would look like unknown outcomes.
+            .retry_canceled_requests(true)
             .build(https);
         Self {
             client,
-            attempt_timeout: cfg.attempt_timeout(),
+            probe_client,
             response_bytes_max: cfg.response_bytes_max,
         }
     }
 
-    /// `POST /transactions` with the transaction as JSON.
+    /// `POST /transactions` with the transaction as JSON, answered within `timeout`.
     pub async fn forward(
         &self,
         switch: &Switch,
@@ -129,7 +140,7 @@ impl SwitchClient {
             .header("x-request-id", request_id)
             .body(Full::new(payload))
             .map_err(|e| ForwardError::NotSent(e.to_string()))?;
-        self.exchange(req, timeout.min(self.attempt_timeout)).await
+        self.exchange(req, timeout).await
     }
 
     /// `GET /transactions/{id}`: what happened to a transaction we may have sent.
@@ -148,7 +159,31 @@ impl SwitchClient {
             .map_err(|e| ForwardError::NotSent(e.to_string()))?;
         // A requery changes nothing on the switch, so "not sent" and "unknown"
         // both just mean "no answer" to the caller.
-        self.exchange(req, timeout.min(self.attempt_timeout)).await
+        self.exchange(req, timeout).await
+    }
+
+    /// `GET /health` on a fresh connection: true on 200 within `timeout`.
+    pub async fn probe(&self, switch: &Switch, timeout: Duration) -> bool {
+        let Ok(uri) = switch.uri("/health") else {
+            return false;
+        };
+        let Ok(req) = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(Full::new(Bytes::new()))
+        else {
+            return false;
+        };
+        let work = async {
+            let resp = self.probe_client.request(req).await.ok()?;
+            let ok = resp.status() == StatusCode::OK;
+            // Drain a bounded body so the connection closes cleanly.
+            let _ = Limited::new(resp.into_body(), self.response_bytes_max)
+                .collect()
+                .await;
+            Some(ok)
+        };
+        matches!(tokio::time::timeout(timeout, work).await, Ok(Some(true)))
     }
 
     async fn exchange(
@@ -219,54 +254,302 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Smooth weighted round-robin (as in nginx): over a window of
-/// `sum(weights)` picks each switch is chosen `weight` times, interleaved.
-pub struct Balancer {
-    state: Mutex<Vec<(Arc<Switch>, i64)>>,
+/// Live state of one switch. The health monitor is the only writer of
+/// `healthy`; the request path only bumps counters and reads.
+pub struct SwitchState {
+    pub switch: Switch,
+    weight: AtomicU32,
+    healthy: AtomicBool,
+    /// Set after the first probe: until then a switch is not in rotation.
+    probed: AtomicBool,
+    /// Consecutive failed forwards (request path); at the passive limit the
+    /// switch leaves the rotation at once, and only probes bring it back.
+    forward_failures: AtomicU32,
+    probe_successes: AtomicU32,
+    probe_failures: AtomicU32,
+    last_probe_unix_ms: AtomicI64,
+    last_probe_ok: AtomicBool,
+    last_probe_latency_us: AtomicU64,
+    in_flight: AtomicI64,
+    approved: AtomicU64,
+    declined: AtomicU64,
+    failed: AtomicU64,
 }
 
-impl Balancer {
-    pub fn new(switches: Vec<Arc<Switch>>) -> Self {
+/// Probe thresholds, from `[health]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub healthy: u32,
+    pub unhealthy: u32,
+    pub passive_failures: u32,
+}
+
+impl SwitchState {
+    fn new(switch: Switch) -> Self {
         Self {
-            state: Mutex::new(switches.into_iter().map(|s| (s, 0)).collect()),
+            weight: AtomicU32::new(switch.weight),
+            switch,
+            healthy: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
+            forward_failures: AtomicU32::new(0),
+            probe_successes: AtomicU32::new(0),
+            probe_failures: AtomicU32::new(0),
+            last_probe_unix_ms: AtomicI64::new(0),
+            last_probe_ok: AtomicBool::new(false),
+            last_probe_latency_us: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            approved: AtomicU64::new(0),
+            declined: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
     }
 
-    pub fn switches(&self) -> Vec<Arc<Switch>> {
-        self.lock().iter().map(|(s, _)| s.clone()).collect()
+    pub fn name(&self) -> &str {
+        &self.switch.name
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
-    /// The next switch, skipping those `eligible` rejects (already tried, down).
-    pub fn pick(&self, eligible: impl Fn(&Switch) -> bool) -> Option<Arc<Switch>> {
-        let mut state = self.lock();
-        let total: i64 = state
-            .iter()
-            .filter(|(s, _)| eligible(s))
-            .map(|(s, _)| i64::from(s.weight))
-            .sum();
-        for (switch, current) in state.iter_mut() {
-            if eligible(switch) {
-                *current += i64::from(switch.weight);
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// In rotation: healthy by probes and not passively ejected.
+    pub fn is_available(&self, passive_failures_max: u32) -> bool {
+        self.is_healthy() && self.forward_failures.load(Ordering::Relaxed) < passive_failures_max
+    }
+
+    /// Applies one probe result; returns the new health. Health monitor only.
+    pub fn record_probe(
+        &self,
+        ok: bool,
+        latency: Duration,
+        now_unix_ms: i64,
+        t: Thresholds,
+    ) -> bool {
+        self.last_probe_unix_ms
+            .store(now_unix_ms, Ordering::Relaxed);
+        self.last_probe_ok.store(ok, Ordering::Relaxed);
+        self.last_probe_latency_us
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
+        let first = !self.probed.swap(true, Ordering::AcqRel);
+        let was_healthy = self.is_healthy();
+        let mut healthy = was_healthy;
+        if healthy && self.forward_failures.load(Ordering::Relaxed) >= t.passive_failures {
+            // Passively ejected: out until `healthy` probes in a row bring it back.
+            healthy = false;
+            self.probe_successes.store(0, Ordering::Relaxed);
+            self.forward_failures.store(0, Ordering::Relaxed);
+        }
+        if ok {
+            self.probe_failures.store(0, Ordering::Relaxed);
+            let successes = self.probe_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !healthy && (first || successes >= t.healthy) {
+                healthy = true;
+            }
+        } else {
+            self.probe_successes.store(0, Ordering::Relaxed);
+            let failures = self.probe_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if healthy && failures >= t.unhealthy {
+                healthy = false;
             }
         }
-        // Highest current weight wins; ties go to the earlier switch.
-        let winner = state
-            .iter()
-            .enumerate()
-            .filter(|(_, (s, _))| eligible(s))
-            .max_by(|(ia, (_, a)), (ib, (_, b))| a.cmp(b).then(ib.cmp(ia)))
-            .map(|(i, _)| i)?;
-        state[winner].1 -= total;
-        Some(state[winner].0.clone())
+        if healthy && !was_healthy {
+            self.forward_failures.store(0, Ordering::Relaxed);
+        }
+        self.healthy.store(healthy, Ordering::Release);
+        healthy
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<Switch>, i64)>> {
-        // A panic while holding this lock cannot leave the weights invalid.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Request path: an attempt begins.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Request path: how an attempt ended. Only a decided answer resets the
+    /// passive-failure count.
+    pub fn record_forward(&self, result: ForwardResult) {
+        match result {
+            ForwardResult::Approved => {
+                self.approved.fetch_add(1, Ordering::Relaxed);
+                self.forward_failures.store(0, Ordering::Relaxed);
+            }
+            ForwardResult::Declined => {
+                self.declined.fetch_add(1, Ordering::Relaxed);
+                self.forward_failures.store(0, Ordering::Relaxed);
+            }
+            ForwardResult::Failed => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.forward_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// What `GET /v1/switches` shows.
+    pub fn view(&self) -> serde_json::Value {
+        let last_probe_ms = self.last_probe_unix_ms.load(Ordering::Relaxed);
+        serde_json::json!({
+            "name": self.switch.name,
+            "url": self.switch.base.to_string(),
+            "weight": self.weight(),
+            "healthy": self.is_healthy(),
+            "probed": self.probed.load(Ordering::Relaxed),
+            "lastProbeAt": (last_probe_ms > 0).then(|| crate::flow::rfc3339_ms(last_probe_ms)),
+            "lastProbeOk": self.last_probe_ok.load(Ordering::Relaxed),
+            "lastProbeLatencyMs": self.last_probe_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            "consecutiveForwardFailures": self.forward_failures.load(Ordering::Relaxed),
+            "inFlight": self.in_flight.load(Ordering::Relaxed),
+            "approved": self.approved.load(Ordering::Relaxed),
+            "declined": self.declined.load(Ordering::Relaxed),
+            "failed": self.failed.load(Ordering::Relaxed),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardResult {
+    Approved,
+    Declined,
+    /// Not sent, not processed, or unknown: the switch did not decide it.
+    Failed,
+}
+
+/// Counts an attempt in flight until dropped.
+pub struct InFlight(Arc<SwitchState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An immutable switch list with its precomputed rotation.
+pub struct SwitchTable {
+    pub entries: Vec<Arc<SwitchState>>,
+    /// Smooth weighted round-robin order (as nginx's), one slot per unit of
+    /// weight: over `sequence.len()` picks each switch comes `weight` times,
+    /// interleaved.
+    sequence: Vec<u16>,
+}
+
+impl SwitchTable {
+    fn new(entries: Vec<Arc<SwitchState>>) -> Self {
+        let weights: Vec<i64> = entries.iter().map(|e| i64::from(e.weight())).collect();
+        let total: i64 = weights.iter().sum();
+        let mut current = vec![0i64; entries.len()];
+        let mut sequence = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            let mut best = 0;
+            for i in 0..current.len() {
+                current[i] += weights[i];
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= total;
+            sequence.push(best as u16);
+        }
+        Self { entries, sequence }
+    }
+}
+
+/// The live switch set: a snapshot readers load without locking, replaced
+/// whole on reload.
+pub struct Switches {
+    table: ArcSwap<SwitchTable>,
+    cursor: AtomicUsize,
+    passive_failures_max: AtomicU32,
+}
+
+impl Switches {
+    pub fn new(configs: &[SwitchConfig], passive_failures_max: u32) -> Self {
+        let entries = configs
+            .iter()
+            .filter_map(Switch::from_config)
+            .map(|s| Arc::new(SwitchState::new(s)))
+            .collect();
+        Self {
+            table: ArcSwap::from_pointee(SwitchTable::new(entries)),
+            cursor: AtomicUsize::new(0),
+            passive_failures_max: AtomicU32::new(passive_failures_max),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<SwitchTable> {
+        self.table.load_full()
+    }
+
+    pub fn passive_failures_max(&self) -> u32 {
+        self.passive_failures_max.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the list. A switch that stays (same name and URL) keeps its
+    /// state and health; returns the names (added, removed).
+    pub fn replace(
+        &self,
+        configs: &[SwitchConfig],
+        passive_failures_max: u32,
+    ) -> (Vec<String>, Vec<String>) {
+        let old = self.snapshot();
+        let mut added = Vec::new();
+        let entries: Vec<Arc<SwitchState>> = configs
+            .iter()
+            .filter_map(Switch::from_config)
+            .map(|s| {
+                match old
+                    .entries
+                    .iter()
+                    .find(|e| e.switch.name == s.name && e.switch.base == s.base)
+                {
+                    Some(kept) => {
+                        kept.weight.store(s.weight, Ordering::Relaxed);
+                        kept.clone()
+                    }
+                    None => {
+                        added.push(s.name.clone());
+                        Arc::new(SwitchState::new(s))
+                    }
+                }
+            })
+            .collect();
+        let removed = old
+            .entries
+            .iter()
+            .filter(|e| !entries.iter().any(|n| Arc::ptr_eq(n, e)))
+            .map(|e| e.switch.name.clone())
+            .collect();
+        self.passive_failures_max
+            .store(passive_failures_max, Ordering::Relaxed);
+        self.table.store(Arc::new(SwitchTable::new(entries)));
+        (added, removed)
+    }
+
+    /// Any switch in rotation now.
+    pub fn any_available(&self) -> bool {
+        let max = self.passive_failures_max();
+        self.snapshot().entries.iter().any(|e| e.is_available(max))
+    }
+
+    /// The next available switch in rotation that `allowed` accepts (not yet
+    /// tried for this transaction). Lock-free: one atomic increment per slot
+    /// looked at, at most one full turn of the rotation.
+    pub fn pick(&self, allowed: impl Fn(&SwitchState) -> bool) -> Option<Arc<SwitchState>> {
+        let table = self.snapshot();
+        let max = self.passive_failures_max();
+        let len = table.sequence.len();
+        for _ in 0..len {
+            // Skipped slots are consumed too, so the remaining switches keep
+            // their shares in proportion to their weights.
+            let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % len;
+            let entry = &table.entries[table.sequence[slot] as usize];
+            if entry.is_available(max) && allowed(entry) {
+                return Some(entry.clone());
+            }
+        }
+        None
     }
 }
 
@@ -274,39 +557,109 @@ impl Balancer {
 mod tests {
     use super::*;
 
-    fn sw(name: &str, weight: u32) -> Arc<Switch> {
-        Arc::new(Switch {
+    fn cfg(name: &str, weight: u32) -> SwitchConfig {
+        SwitchConfig {
             name: name.into(),
-            base: "http://127.0.0.1:1".parse().unwrap(),
+            url: format!("http://127.0.0.1:{}", 9000 + weight),
             weight,
-        })
+        }
+    }
+
+    const T: Thresholds = Thresholds {
+        healthy: 2,
+        unhealthy: 2,
+        passive_failures: 3,
+    };
+
+    fn up(switches: &Switches) {
+        for e in &switches.snapshot().entries {
+            e.record_probe(true, Duration::ZERO, 1, T);
+        }
+    }
+
+    fn names(switches: &Switches, n: usize, allowed: impl Fn(&SwitchState) -> bool) -> String {
+        (0..n)
+            .map(|_| {
+                switches
+                    .pick(&allowed)
+                    .map(|s| s.switch.name.clone())
+                    .unwrap_or("-".into())
+            })
+            .collect()
     }
 
     #[test]
     fn equal_weights_rotate() {
-        let b = Balancer::new(vec![sw("a", 1), sw("b", 1), sw("c", 1)]);
-        let names: Vec<_> = (0..6)
-            .map(|_| b.pick(|_| true).unwrap().name.clone())
-            .collect();
-        assert_eq!(names, ["a", "b", "c", "a", "b", "c"]);
+        let s = Switches::new(&[cfg("a", 1), cfg("b", 1), cfg("c", 1)], 3);
+        up(&s);
+        assert_eq!(names(&s, 6, |_| true), "abcabc");
     }
 
     #[test]
     fn weights_are_smooth() {
-        let b = Balancer::new(vec![sw("a", 5), sw("b", 1), sw("c", 1)]);
-        let names: String = (0..7)
-            .map(|_| b.pick(|_| true).unwrap().name.clone())
-            .collect();
-        assert_eq!(names, "aabacaa");
+        let s = Switches::new(&[cfg("a", 5), cfg("b", 1), cfg("c", 1)], 3);
+        up(&s);
+        assert_eq!(names(&s, 7, |_| true), "aabacaa");
     }
 
     #[test]
-    fn ineligible_switches_are_skipped() {
-        let b = Balancer::new(vec![sw("a", 1), sw("b", 1)]);
-        for _ in 0..4 {
-            assert_eq!(b.pick(|s| s.name != "a").unwrap().name, "b");
+    fn unprobed_and_excluded_switches_are_skipped() {
+        let s = Switches::new(&[cfg("a", 1), cfg("b", 2)], 3);
+        assert!(
+            s.pick(|_| true).is_none(),
+            "nothing is in rotation before a probe"
+        );
+        up(&s);
+        assert_eq!(names(&s, 4, |e| e.name() != "a"), "bbbb");
+        assert!(s.pick(|_| false).is_none());
+    }
+
+    #[test]
+    fn passive_ejection_is_immediate_and_only_probes_bring_it_back() {
+        let s = Switches::new(&[cfg("a", 1), cfg("b", 2)], 3);
+        up(&s);
+        let a = s.snapshot().entries[0].clone();
+        for _ in 0..3 {
+            a.record_forward(ForwardResult::Failed);
         }
-        assert!(b.pick(|_| false).is_none());
+        assert_eq!(names(&s, 3, |_| true), "bbb");
+        assert!(
+            !a.record_probe(true, Duration::ZERO, 2, T),
+            "one success is not enough"
+        );
+        assert!(a.record_probe(true, Duration::ZERO, 3, T));
+        assert!(names(&s, 3, |_| true).contains('a'));
+    }
+
+    #[test]
+    fn probes_need_thresholds_in_a_row() {
+        let s = Switches::new(&[cfg("a", 1)], 3);
+        let a = s.snapshot().entries[0].clone();
+        assert!(
+            a.record_probe(true, Duration::ZERO, 1, T),
+            "the first probe decides"
+        );
+        assert!(a.record_probe(false, Duration::ZERO, 2, T));
+        assert!(
+            a.record_probe(true, Duration::ZERO, 3, T),
+            "a failure streak was broken"
+        );
+        assert!(a.record_probe(false, Duration::ZERO, 4, T));
+        assert!(!a.record_probe(false, Duration::ZERO, 5, T));
+        assert!(!a.record_probe(true, Duration::ZERO, 6, T));
+        assert!(a.record_probe(true, Duration::ZERO, 7, T));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_switches_that_stay() {
+        let s = Switches::new(&[cfg("a", 1), cfg("b", 1)], 3);
+        up(&s);
+        let (added, removed) = s.replace(&[cfg("b", 1), cfg("c", 1)], 3);
+        assert_eq!(
+            (added, removed),
+            (vec!["c".to_owned()], vec!["a".to_owned()])
+        );
+        assert_eq!(names(&s, 2, |_| true), "bb", "c waits for its first probe");
     }
 
     #[test]

@@ -331,6 +331,12 @@ impl Ledger {
         dispatch!(self, l => l.balance_sum(currency).await)
     }
 
+    /// How many transactions are in flight (`reserved` or `pending`), for a
+    /// gauge.
+    pub async fn count_unfinished(&self) -> Result<i64, LedgerError> {
+        dispatch!(self, l => l.count_unfinished().await)
+    }
+
     /// Reconciler: claim up to `limit` transactions in reserved|pending whose
     /// updated_at is at least `older_than_ms` old and whose lease has expired;
     /// lease them for `lease_ms` and return them. On Postgres one statement

@@ -12,7 +12,7 @@ use switchboard::api::AppState;
 use switchboard::app::Application;
 use switchboard::auth::Authenticator;
 use switchboard::certs::CertPaths;
-use switchboard::config::Config;
+use switchboard::config::{Config, Sources};
 use switchboard::sim::{self, SimHandle, SimOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -40,8 +40,10 @@ pub enum Db {
 pub struct Options {
     pub db: Db,
     pub switches: Vec<(String, String)>,
-    /// Extra TOML appended to the test config (for limits).
+    /// Extra TOML layered over the test config (for limits).
     pub toml: String,
+    /// Also read this file as `--config FILE`, watched for live reloads.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             db: Db::Postgres,
             switches: Vec::new(),
             toml: String::new(),
+            config_file: None,
         }
     }
 }
@@ -71,7 +74,6 @@ pub async fn spawn_gateway() -> TestGateway {
 }
 
 pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
-    let certs = certs();
     let (url, dir) = match opts.db {
         Db::Postgres => (crate::db::fresh_postgres_url().await, None),
         Db::Sqlite => {
@@ -80,23 +82,7 @@ pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
             (url, Some(dir))
         }
     };
-    let mut toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-ops_listen = "127.0.0.1:0"
-tls_cert = "{cert}"
-tls_key = "{key}"
-shutdown_grace_ms = 5000
-[database]
-url = "{url}"
-connections_max = 8
-[auth]
-dev_hs256_secret = "{SECRET}"
-"#,
-        cert = certs.server_cert().display(),
-        key = certs.server_key().display(),
-    );
+    let mut toml = base_toml(&url);
     for (name, url) in &opts.switches {
         toml.push_str(&format!(
             "[[switches]]\nname = \"{name}\"\nurl = \"{url}\"\n"
@@ -104,8 +90,28 @@ dev_hs256_secret = "{SECRET}"
     }
     let config = Config::from_toml_layers(&[&toml, &opts.toml])
         .unwrap_or_else(|e| panic!("test config: {e}"));
+    let sources = opts.config_file.as_ref().map(|file| {
+        // The file is layered over the base as `--config` is over the defaults;
+        // it alone carries the switches and limits.
+        assert!(
+            opts.switches.is_empty() && opts.toml.is_empty(),
+            "put them in the file"
+        );
+        let dir = file.parent().expect("config file dir").to_owned();
+        std::fs::write(dir.join("default.toml"), &toml).expect("write base config");
+        Sources {
+            config_dir: dir,
+            env_name: None,
+            file: Some(file.clone()),
+            env_vars: Vec::new(),
+        }
+    });
+    let config = match &sources {
+        Some(sources) => Config::load(sources).unwrap_or_else(|e| panic!("test config: {e}")),
+        None => config,
+    };
     let auth = Authenticator::new(&config.auth);
-    let app = Application::build(config)
+    let app = Application::build_with_sources(config, sources)
         .await
         .expect("build the application");
     let (addr, ops, state) = (app.https_addr(), app.ops_addr(), app.state());
@@ -122,6 +128,28 @@ dev_hs256_secret = "{SECRET}"
         task: Some(task),
         _dir: dir,
     }
+}
+
+/// The test gateway's own settings: port 0, test certificates, `url`.
+pub fn base_toml(url: &str) -> String {
+    let certs = certs();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+ops_listen = "127.0.0.1:0"
+tls_cert = "{cert}"
+tls_key = "{key}"
+shutdown_grace_ms = 5000
+[database]
+url = "{url}"
+connections_max = 8
+[auth]
+dev_hs256_secret = "{SECRET}"
+"#,
+        cert = certs.server_cert().display(),
+        key = certs.server_key().display(),
+    )
 }
 
 /// An HTTPS client that trusts only the development CA.
@@ -260,4 +288,165 @@ pub fn switch_list(sims: &[SimHandle]) -> Vec<(String, String)> {
 /// The `switchboard` binary built for these tests.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchboard"))
+}
+
+/// Polls `check` every 50 ms until it is true, for at most `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within {limit:?}: {what}");
+}
+
+/// A free loopback port (bound, then released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The gateway as a real child process (`switchboard serve`), for crash tests.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub ops: SocketAddr,
+    pub config_file: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Writes `toml` (on top of the test base for `db_url`, with fixed free
+    /// ports) to `dir/gateway.toml` and starts `switchboard serve` on it.
+    pub async fn start(dir: &std::path::Path, db_url: &str, toml: &str) -> Self {
+        let (port, ops_port) = (free_port(), free_port());
+        // Layered as in production: the base is the working directory's
+        // config/default.toml, the test's settings are the `--config` file.
+        let base = base_toml(db_url)
+            .replace(
+                "\nlisten = \"127.0.0.1:0\"",
+                &format!("\nlisten = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "\nops_listen = \"127.0.0.1:0\"",
+                &format!("\nops_listen = \"127.0.0.1:{ops_port}\""),
+            );
+        std::fs::create_dir_all(dir.join("config")).expect("config dir");
+        std::fs::write(dir.join("config/default.toml"), base).expect("write base config");
+        let config_file = dir.join("gateway.toml");
+        std::fs::write(&config_file, toml).expect("write gateway config");
+        Self::spawn(
+            dir,
+            config_file,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], ops_port)),
+        )
+        .await
+    }
+
+    /// Starts another process on the same config file (a restart).
+    pub async fn restart(dir: &std::path::Path, previous: &GatewayProcess) -> Self {
+        Self::spawn(
+            dir,
+            previous.config_file.clone(),
+            previous.addr,
+            previous.ops,
+        )
+        .await
+    }
+
+    async fn spawn(
+        dir: &std::path::Path,
+        config_file: PathBuf,
+        addr: SocketAddr,
+        ops: SocketAddr,
+    ) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("gateway.log"))
+            .expect("gateway log");
+        let child = std::process::Command::new(binary())
+            .args([
+                "--config",
+                config_file.to_str().expect("utf-8 path"),
+                "serve",
+            ])
+            .current_dir(dir)
+            .env_remove("SWITCHBOARD_ENV")
+            .env_remove("SWITCHBOARD__AUTH__DEV_HS256_SECRET")
+            .env_remove("SWITCHBOARD__DATABASE__URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start switchboard serve");
+        let mut process = Self {
+            child,
+            addr,
+            ops,
+            config_file,
+        };
+        let url = format!("http://{ops}/readyz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+                return process;
+            }
+            let exited = process.child.try_wait().ok().flatten();
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+                panic!("the gateway process is not ready (exit: {exited:?}); its log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// SIGKILL: no shutdown, no draining.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.ops))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The value of one metric sample line (`name{labels} value`), 0 if absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// A ledger connection of the test's own to a gateway's database.
+pub async fn ledger_at(url: &str) -> switchboard::ledger::Ledger {
+    switchboard::ledger::Ledger::connect(&crate::db::database_config(url))
+        .await
+        .expect("connect to the ledger")
 }

@@ -4,5 +4,6 @@ mod db;
 mod foundation;
 mod harness;
 mod ledger;
+mod resilience;
 mod sim;
 mod transactions;

@@ -1,12 +1,15 @@
 //! The simulated switch over real sockets: `switchboard::sim::spawn` on 127.0.0.1:0,
-//! driven with reqwest over plain HTTP.
+//! driven with reqwest over plain HTTP, and over HTTPS (optionally mTLS) with the
+//! development certificates.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchboard::sim::{self, Mode, Outcome, SimHandle, SimOptions, Stats};
+use switchboard::sim::{self, Mode, Outcome, SimHandle, SimOptions, SimTls, Stats};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::harness;
 
 /// Upper bound for anything that should happen "promptly".
 const PROMPT: Duration = Duration::from_secs(5);
@@ -550,4 +553,257 @@ async fn unknown_paths_methods_and_bad_faults() {
         )
     );
     s.shutdown().await;
+}
+
+/// Options for a sim serving HTTPS with the development server certificate;
+/// with `mtls` it requires client certificates signed by the development CA.
+fn tls_options(name: &str, mode: Mode, mtls: bool) -> SimOptions {
+    let certs = harness::certs();
+    SimOptions {
+        mode,
+        tls: Some(SimTls {
+            cert: certs.server_cert(),
+            key: certs.server_key(),
+            client_ca: mtls.then(|| certs.ca_cert()),
+        }),
+        ..SimOptions::new(name)
+    }
+}
+
+async fn start_tls(name: &str, mode: Mode, mtls: bool) -> SimHandle {
+    let s = sim::spawn(loopback(), tls_options(name, mode, mtls))
+        .await
+        .expect("spawn TLS sim");
+    // The name the development server certificate is issued for, not an address.
+    assert_eq!(s.url(), format!("https://localhost:{}", s.addr.port()));
+    s
+}
+
+/// An HTTPS client that trusts only the development CA, optionally presenting
+/// the development client certificate.
+fn https_client(with_client_cert: bool) -> reqwest::Client {
+    let certs = harness::certs();
+    let read = |path: std::path::PathBuf| {
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let ca = reqwest::Certificate::from_pem(&read(certs.ca_cert())).expect("CA pem");
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        // `localhost` must reach the sim on 127.0.0.1 (the port comes from the URL).
+        .resolve("localhost", loopback())
+        .timeout(Duration::from_secs(10));
+    if with_client_cert {
+        let pem = [read(certs.client_cert()), read(certs.client_key())].concat();
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("client identity"));
+    }
+    builder.build().expect("reqwest client")
+}
+
+/// Reads until the peer closes (or resets) the connection; panics if it stays open.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = [0_u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return received,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the connection stayed open for {limit:?}; received {:?}",
+                String::from_utf8_lossy(&received)
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn https_sim_approves_over_tls_and_serves_stats() {
+    let s = start_tls("tls-a", Mode::Healthy, false).await;
+    let c = https_client(false);
+
+    let (status, body) = post(&c, &s, "t-1").await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "approved", "reference": "tls-a-1"}))
+    );
+    assert_eq!(
+        get(&c, &s, "/stats").await,
+        (
+            200,
+            json!({"received": 1, "approved": 1, "declined": 0, "duplicates": 0})
+        )
+    );
+    assert_eq!(
+        get(&c, &s, "/transactions/t-1").await.1["reference"],
+        "tls-a-1"
+    );
+    assert_eq!(s.stats().await, stats(1, 1, 0, 0));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_http_to_an_https_sim_gets_no_http_answer() {
+    let s = start_tls("tls-b", Mode::Healthy, false).await;
+
+    let body = r#"{"transactionId":"plain-1"}"#;
+    let mut raw = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    raw.write_all(
+        format!(
+            "POST /transactions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    // At most a TLS alert comes back, then the sim closes the connection.
+    let answer = read_until_closed(&mut raw, PROMPT).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP got an HTTP answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let plain_url = format!("http://127.0.0.1:{}/transactions", s.addr.port());
+    let err = client()
+        .post(plain_url)
+        .json(&json!({"transactionId": "plain-2"}))
+        .send()
+        .await
+        .expect_err("plain HTTP must not get an answer");
+    assert!(!err.is_timeout(), "{err:?}");
+    assert_eq!(s.stats().await, Stats::default());
+
+    // The failed handshakes closed only their own connections.
+    assert_eq!(post(&https_client(false), &s, "t-1").await.0, 200);
+    assert_eq!(s.stats().await, stats(1, 1, 0, 0));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_a_certificate_get_through() {
+    let s = start_tls("mtls", Mode::Healthy, true).await;
+
+    let anonymous = https_client(false);
+    let err = anonymous
+        .post(format!("{}/transactions", s.url()))
+        .json(&json!({"transactionId": "m-1"}))
+        .send()
+        .await
+        .expect_err("a client without a certificate must be refused");
+    assert!(!err.is_timeout(), "{err:?}");
+    let err = anonymous
+        .get(format!("{}/stats", s.url()))
+        .send()
+        .await
+        .expect_err("a client without a certificate must be refused");
+    assert!(!err.is_timeout(), "{err:?}");
+    assert_eq!(s.stats().await, Stats::default());
+    assert_eq!(s.outcome("m-1"), None);
+
+    let c = https_client(true);
+    assert_eq!(
+        post(&c, &s, "m-1").await,
+        (200, json!({"status": "approved", "reference": "mtls-1"}))
+    );
+    assert_eq!(get(&c, &s, "/stats").await.1["received"], 1);
+    assert_eq!(s.stats().await, stats(1, 1, 0, 0));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_drops_tls_connections_including_unfinished_handshakes() {
+    let s = start_tls("tls-k", Mode::HangAfterReceive, false).await;
+    let c = https_client(false);
+    let open_post = tokio::spawn({
+        let (c, url) = (c.clone(), s.url());
+        async move {
+            c.post(format!("{url}/transactions"))
+                .json(&json!({"transactionId": "k-1"}))
+                .send()
+                .await
+        }
+    });
+    wait_received(&s, 1).await;
+    // Connected but silent: its handshake is still pending when the sim dies.
+    let mut silent = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    s.kill();
+    // Well inside the 5 s handshake timeout, which would also close it.
+    let answer = read_until_closed(&mut silent, Duration::from_secs(2)).await;
+    assert!(answer.is_empty(), "got {answer:?}");
+    let answer = tokio::time::timeout(PROMPT, open_post)
+        .await
+        .expect("the open request ends when the sim is killed")
+        .expect("task");
+    let err = answer.expect_err("a killed sim must not answer");
+    assert!(!err.is_timeout(), "{err:?}");
+    assert_eq!(s.stats().await, stats(1, 1, 0, 0));
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_an_unfinished_handshake() {
+    let s = start_tls("tls-s", Mode::Healthy, false).await;
+    let mut silent = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    // Let the sim accept it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    s.shutdown().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(800), "shutdown took {took:?}");
+    let answer = read_until_closed(&mut silent, Duration::from_secs(2)).await;
+    assert!(answer.is_empty(), "got {answer:?}");
+}
+
+#[tokio::test]
+async fn unusable_tls_files_are_refused_at_bind() {
+    let certs = harness::certs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.pem");
+    let broken = [
+        (
+            "missing certificate",
+            missing.clone(),
+            certs.server_key(),
+            None,
+        ),
+        (
+            "certificate as key",
+            certs.server_cert(),
+            certs.server_cert(),
+            None,
+        ),
+        (
+            "key of another certificate",
+            certs.server_cert(),
+            certs.client_key(),
+            None,
+        ),
+        (
+            "missing client CA",
+            certs.server_cert(),
+            certs.server_key(),
+            Some(missing),
+        ),
+    ];
+    for (what, cert, key, client_ca) in broken {
+        let opts = SimOptions {
+            tls: Some(SimTls {
+                cert,
+                key,
+                client_ca,
+            }),
+            ..SimOptions::new("tls-bad")
+        };
+        let bound = sim::spawn(loopback(), opts).await;
+        assert!(bound.is_err(), "{what} was accepted");
+    }
 }

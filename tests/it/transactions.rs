@@ -11,7 +11,8 @@ async fn gateway(db: Db, sims: &[switchboard::sim::SimHandle]) -> TestGateway {
     spawn_gateway_with(Options {
         db,
         switches: harness::switch_list(sims),
-        toml: "[server]\nrequest_deadline_ms = 60000\n[database]\nconnections_max = 16\nacquire_timeout_ms = 30000\n".into(),
+        toml: "[server]\nrequest_deadline_ms = 60000\n[database]\nconnections_max = 16\nacquire_timeout_ms = 30000\n[reconciler]\nstale_after_ms = 120000\n".into(),
+        ..Options::default()
     })
     .await
 }

@@ -1,0 +1,137 @@
+//! The SQLite backend: the embedded ledger for `demo` and single-node use.
+//!
+//! SQLite has one writer at a time. Writes begin with `BEGIN IMMEDIATE`, so a
+//! transaction holds the write lock from its first statement (no read-to-write
+//! lock upgrade, hence no upgrade deadlocks, and no row locks needed); and
+//! writers of this process queue on a FIFO mutex before that, so they wait in
+//! order instead of polling SQLite's busy handler. The busy timeout still
+//! covers other processes on the same file. Reads run beside the writer (WAL).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::Transaction;
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::LedgerError;
+use super::sql::{BackendConn, impl_ledger_ops, unavailable};
+use crate::config::DatabaseConfig;
+
+#[derive(Clone)]
+pub(super) struct SqliteLedger {
+    pool: SqlitePool,
+    retries_max: u32,
+    /// This process's writers, in arrival order.
+    writer: Arc<Mutex<()>>,
+    /// Longest wait for the writer's turn, like a pool acquire.
+    writer_wait: Duration,
+}
+
+/// One write transaction, holding this process's writer turn until it ends.
+/// Field order matters: the transaction drops (rolls back) before the turn.
+struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl BackendConn for SqliteLedger {
+    type Conn = SqliteConnection;
+}
+
+/// `sqlite::memory:` and friends: a database that lives as long as a connection.
+fn is_memory_url(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+impl SqliteLedger {
+    pub(super) async fn connect(cfg: &DatabaseConfig) -> Result<Self, LedgerError> {
+        let url = cfg.url.expose_secret();
+        let in_memory = is_memory_url(url);
+        let mut options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| LedgerError::Unavailable(format!("database.url: {e}")))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(cfg.acquire_timeout());
+        let pool_options = if in_memory {
+            // The database vanishes with its last connection: keep exactly
+            // one, forever.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            // WAL: readers do not block the writer. FULL: a commit survives a
+            // power cut, which a ledger owes its clients.
+            options = options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full);
+            SqlitePoolOptions::new().max_connections(cfg.connections_max)
+        };
+        let pool = pool_options
+            .acquire_timeout(cfg.acquire_timeout())
+            .connect_with(options)
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        Ok(Self {
+            pool,
+            retries_max: cfg.conflict_retries_max,
+            writer: Arc::new(Mutex::new(())),
+            writer_wait: cfg.acquire_timeout(),
+        })
+    }
+
+    pub(super) async fn migrate(&self) -> Result<(), LedgerError> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(|e| LedgerError::Unavailable(format!("migrate: {e}")))
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| unavailable("ping", e))
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let turn = tokio::time::timeout(self.writer_wait, self.writer.clone().lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// SQLITE_BUSY (5) and SQLITE_LOCKED (6), with any extended code: another
+    /// connection holds the lock past the busy timeout; rerunning is safe.
+    fn is_conflict(e: &sqlx::Error) -> bool {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+    }
+}
+
+impl_ledger_ops!(ledger: SqliteLedger, lock: "", claim_lock: "");

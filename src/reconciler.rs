@@ -1,0 +1,170 @@
+//! The reconciler: finishes transactions a request could not.
+//!
+//! Every `reconciler.interval_ms` (and once at start-up) it claims
+//! `reserved`/`pending` transactions untouched for `stale_after_ms`, under a
+//! lease (`FOR UPDATE SKIP LOCKED` on Postgres), so several gateway replicas
+//! can run it at once without resolving one transaction twice. For each it
+//! asks the switch of the last recorded attempt:
+//!
+//! - no attempt recorded → it was never sent → released (`failed`);
+//! - approved / declined → committed / released as declined;
+//! - 404 → that switch never got it, and earlier switches provably did not
+//!   process it either (the flow only moves on when they could not have) →
+//!   released (`failed`);
+//! - no answer → stays `pending`, with the requery count and last error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::domain::TxStatus;
+use crate::flow::RENDER;
+use crate::ledger::{Ledger, LedgerError, TransactionRecord};
+use crate::metrics::Metrics;
+use crate::switch::{Answer, SwitchClient, Switches};
+
+pub struct Reconciler {
+    pub ledger: Ledger,
+    pub switches: Arc<Switches>,
+    pub client: SwitchClient,
+    pub config: Arc<ArcSwap<Config>>,
+    pub metrics: Metrics,
+}
+
+/// How the reconciler left one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Committed,
+    Declined,
+    ReleasedNotSent,
+    ReleasedNotFound,
+    StillUnknown,
+}
+
+impl Resolution {
+    fn label(self) -> &'static str {
+        match self {
+            Resolution::Committed => "committed",
+            Resolution::Declined => "declined",
+            Resolution::ReleasedNotSent => "released_not_sent",
+            Resolution::ReleasedNotFound => "released_not_found",
+            Resolution::StillUnknown => "still_unknown",
+        }
+    }
+}
+
+impl Reconciler {
+    /// One pass: claim a batch and resolve what can be resolved.
+    pub async fn pass(&self) -> Result<Vec<Resolution>, LedgerError> {
+        let cfg = self.config.load().reconciler.clone();
+        let claimed = self
+            .ledger
+            .claim_stale(
+                cfg.stale_after_ms as i64,
+                cfg.lease_ms as i64,
+                cfg.batch_max,
+            )
+            .await?;
+        let timeout = Duration::from_millis(cfg.requery_timeout_ms);
+        let mut resolutions = Vec::with_capacity(claimed.len());
+        for record in claimed {
+            let resolution = self.resolve(&record, timeout).await?;
+            self.metrics
+                .reconciler
+                .with_label_values(&[resolution.label()])
+                .inc();
+            tracing::info!(
+                transaction_id = %record.id,
+                outcome = resolution.label(),
+                requeries = record.requeries,
+                "reconciled"
+            );
+            resolutions.push(resolution);
+        }
+        if let Ok(n) = self.ledger.count_unfinished().await {
+            self.metrics.pending.set(n);
+        }
+        Ok(resolutions)
+    }
+
+    async fn resolve(
+        &self,
+        record: &TransactionRecord,
+        timeout: Duration,
+    ) -> Result<Resolution, LedgerError> {
+        let id = &record.id;
+        let switch_name = match (&record.switch, record.attempts) {
+            (Some(name), n) if n > 0 => name,
+            _ => {
+                // Write-ahead: no recorded attempt means nothing was sent.
+                self.ledger
+                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
+                    .await?;
+                return Ok(Resolution::ReleasedNotSent);
+            }
+        };
+        let table = self.switches.snapshot();
+        let Some(switch) = table.entries.iter().find(|e| e.name() == switch_name) else {
+            self.ledger
+                .note_requery(id, &format!("switch {switch_name} is no longer configured"))
+                .await?;
+            return Ok(Resolution::StillUnknown);
+        };
+        let answer = self
+            .client
+            .query(&switch.switch, id.as_str(), "reconciler", timeout)
+            .await;
+        let result = if answer.is_ok() { "answered" } else { "failed" };
+        self.metrics
+            .requeries
+            .with_label_values(&[switch_name, result])
+            .inc();
+        Ok(match answer {
+            Ok(Answer::Approved { reference }) => {
+                self.ledger
+                    .commit(id, switch_name, &reference, RENDER)
+                    .await?;
+                Resolution::Committed
+            }
+            Ok(Answer::Declined { .. }) => {
+                self.ledger
+                    .release(id, TxStatus::Declined, "declined_by_switch", RENDER)
+                    .await?;
+                Resolution::Declined
+            }
+            Ok(Answer::NotFound) => {
+                self.ledger
+                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
+                    .await?;
+                Resolution::ReleasedNotFound
+            }
+            Ok(Answer::NotProcessed) => {
+                self.ledger
+                    .note_requery(id, "switch answered not_processed to a requery")
+                    .await?;
+                Resolution::StillUnknown
+            }
+            Err(e) => {
+                self.ledger.note_requery(id, &e.to_string()).await?;
+                Resolution::StillUnknown
+            }
+        })
+    }
+
+    /// Passes until `shutdown`; the first one at once.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "reconciler pass failed; retrying next interval");
+            }
+            let interval = Duration::from_millis(self.config.load().reconciler.interval_ms);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Live configuration: the switch list and the per-request limits reload on
+//! a change of a config file or on SIGHUP, without dropping connections or
+//! in-flight transactions.
+//!
+//! A reload re-reads every layer and validates it whole; an invalid result
+//! is rejected with its problems logged, and the running config is kept.
+//! Settings fixed at start-up (listen addresses, TLS files, the database, log
+//! format, connection-level timeouts) keep their running values; a change to
+//! them is logged as needing a restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, Sources};
+use crate::metrics::Metrics;
+use crate::switch::Switches;
+
+/// File events are coalesced for this long before a reload.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// Pending file events kept; one is enough to trigger a reload.
+const EVENTS_MAX: usize = 16;
+
+pub struct Reloader {
+    pub sources: Sources,
+    pub config: Arc<ArcSwap<Config>>,
+    pub switches: Arc<Switches>,
+    pub metrics: Metrics,
+}
+
+impl Reloader {
+    /// Re-reads and applies the configuration.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let result = Config::load(&self.sources).map(|new| self.apply(new));
+        match &result {
+            Ok(()) => self.metrics.config_reloads.with_label_values(&["ok"]).inc(),
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::warn!(problems = ?e.problems, "configuration rejected; keeping the running one");
+            }
+        }
+        result
+    }
+
+    fn apply(&self, mut new: Config) {
+        let old = self.config.load_full();
+        let fixed_changed = new.server.listen != old.server.listen
+            || new.server.ops_listen != old.server.ops_listen
+            || new.server.tls_cert != old.server.tls_cert
+            || new.server.tls_key != old.server.tls_key
+            || new.server.client_ca != old.server.client_ca
+            || new.server.connections_max != old.server.connections_max
+            || format!("{:?}", new.database) != format!("{:?}", old.database);
+        if fixed_changed {
+            tracing::warn!(
+                "listeners, TLS files, connection limits and the database change only on restart"
+            );
+        }
+        // Keep what cannot change while running.
+        new.server.listen = old.server.listen;
+        new.server.ops_listen = old.server.ops_listen;
+        new.server.tls_cert = old.server.tls_cert.clone();
+        new.server.tls_key = old.server.tls_key.clone();
+        new.server.client_ca = old.server.client_ca.clone();
+        new.server.connections_max = old.server.connections_max;
+        new.server.header_read_timeout_ms = old.server.header_read_timeout_ms;
+        new.server.keepalive_idle_timeout_ms = old.server.keepalive_idle_timeout_ms;
+        new.server.tls_handshake_timeout_ms = old.server.tls_handshake_timeout_ms;
+        new.server.h2_streams_max = old.server.h2_streams_max;
+        new.database = old.database.clone();
+        new.log = old.log.clone();
+
+        let (added, removed) = self
+            .switches
+            .replace(&new.switches, new.health.passive_failures_max);
+        for name in &removed {
+            let _ = self.metrics.switch_up.remove_label_values(&[name]);
+        }
+        tracing::info!(
+            ?added,
+            ?removed,
+            switches = new.switches.len(),
+            "configuration reloaded"
+        );
+        self.config.store(Arc::new(new));
+    }
+
+    /// Watches the config files and SIGHUP until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (tx, mut rx) = mpsc::channel::<()>(EVENTS_MAX);
+        let files = self.sources.files();
+        let _watcher = match watch(&files, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch config files; SIGHUP still reloads");
+                None
+            }
+        };
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup => tracing::info!("SIGHUP: reloading configuration"),
+                Some(()) = rx.recv() => {
+                    // Editors write in several steps: wait for the last one.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                    tracing::info!("config file changed: reloading");
+                }
+            }
+            let _ = self.reload();
+        }
+    }
+}
+
+/// Watches the directories of `files` (editors replace files by rename) and
+/// sends one `()` per relevant event, dropping events while one is queued.
+fn watch(files: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let names: Vec<PathBuf> = files.to_vec();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if !matches!(
+            event.kind,
+            EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_)
+        ) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            names
+                .iter()
+                .any(|n| p.file_name().is_some_and(|f| Some(f) == n.file_name()))
+        });
+        if relevant {
+            let _ = tx.try_send(());
+        }
+    })?;
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| {
+            f.parent().map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_owned()
+                }
+            })
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}
