@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{Authenticator, Principal};
@@ -42,6 +43,26 @@ pub struct AppState {
     pub switch_client: SwitchClient,
     /// Set once start-up finished; cleared when shutdown begins.
     pub ready: AtomicBool,
+    /// Transactions being forwarded. They finish even when their client
+    /// hangs up, and shutdown waits for them.
+    pub transactions: TaskTracker,
+}
+
+/// Counts a request in flight until dropped, even if hyper drops the
+/// request's future because the client went away.
+struct InFlightGuard(prometheus::IntGauge);
+
+impl InFlightGuard {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The HTTPS handler.
@@ -59,7 +80,7 @@ impl Handler for Api {
         let route = route_label(req.uri().path());
         let span =
             tracing::info_span!("request", request_id = %request_id, method = %req.method(), route);
-        state.metrics.http_in_flight.inc();
+        let in_flight = InFlightGuard::new(&state.metrics.http_in_flight);
         let deadline = started + state.config.load().server.request_deadline();
         let work = route_request(state, req, &request_id, deadline);
         let mut resp = match tokio::time::timeout_at(deadline, work)
@@ -70,7 +91,7 @@ impl Handler for Api {
             Ok(Err(e)) => e.into_response(),
             Err(_) => ApiError::DeadlineExceeded.into_response(),
         };
-        state.metrics.http_in_flight.dec();
+        drop(in_flight);
         let status = resp.status();
         state
             .metrics
@@ -372,14 +393,25 @@ async fn post_transaction(
         }
         Reserved::Fresh(_) => {
             let forwarder = Forwarder {
-                ledger: &state.ledger,
-                switches: &state.switches,
-                client: &state.switch_client,
-                metrics: &state.metrics,
+                ledger: state.ledger.clone(),
+                switches: state.switches.clone(),
+                client: state.switch_client.clone(),
+                metrics: state.metrics.clone(),
                 attempts_max: config.forwarding.attempts_max,
                 attempt_timeout: config.forwarding.attempt_timeout(),
             };
-            match forwarder.run(&tx, request_id, deadline).await? {
+            // Once money is reserved the flow runs to its end on its own
+            // task: a client hanging up must not strand the transaction.
+            let request_id = request_id.to_owned();
+            let span = tracing::Span::current();
+            let task = state.transactions.spawn(
+                async move { forwarder.run(&tx, &request_id, deadline).await }.instrument(span),
+            );
+            let outcome = task.await.map_err(|e| {
+                tracing::error!(error = %e, "transaction task failed");
+                ApiError::Internal
+            })??;
+            match outcome {
                 Outcome::Final(stored) => {
                     let outcome = match stored.status {
                         201 => "committed",
@@ -393,7 +425,8 @@ async fn post_transaction(
                     count(state, "pending");
                     let mut resp =
                         json_response(StatusCode::ACCEPTED, &flow::transaction_json(&record));
-                    if let Ok(v) = HeaderValue::from_str(&format!("/v1/transactions/{}", tx.id)) {
+                    if let Ok(v) = HeaderValue::from_str(&format!("/v1/transactions/{}", record.id))
+                    {
                         resp.headers_mut().insert(header::LOCATION, v);
                     }
                     Ok(resp)

@@ -87,6 +87,7 @@ impl Application {
             ledger,
             config: Arc::new(ArcSwap::from_pointee(config)),
             ready: Default::default(),
+            transactions: TaskTracker::new(),
         };
         tracing::info!(
             ledger = state.ledger.backend_name(),
@@ -195,10 +196,16 @@ impl Application {
             in_flight = tracker.len(),
             "draining"
         );
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        state.transactions.close();
+        let drained = async {
+            tracker.wait().await;
+            state.transactions.wait().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!(
                 connections = tracker.len(),
-                "grace period over; closing remaining connections"
+                transactions = state.transactions.len(),
+                "grace period over; the reconciler finishes what is left"
             );
         }
         state.ledger.close().await;

@@ -52,6 +52,15 @@ pub enum Command {
         /// Remember processed transactions in this file across restarts.
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this CA (mTLS); needs --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
     },
     /// Print a JWT signed with the configured development key.
     Token {
@@ -177,6 +186,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             latency_ms,
             fail_rate,
             state,
+            tls_cert,
+            tls_key,
+            client_ca,
         } => {
             // The sim needs no gateway config, but logging and `--config` are shared.
             load_config(&cli)?;
@@ -189,6 +201,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             opts.latency_ms = *latency_ms;
             opts.fail_rate = *fail_rate;
             opts.state_file = state.clone();
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                opts.tls = Some(crate::sim::SimTls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: client_ca.clone(),
+                });
+            }
             let sim = crate::sim::Sim::bind(*listen, opts)
                 .await
                 .map_err(Failure::other)?;

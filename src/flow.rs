@@ -36,17 +36,17 @@ pub enum Outcome {
     Pending(Box<TransactionRecord>),
 }
 
-pub struct Forwarder<'a> {
-    pub ledger: &'a Ledger,
-    pub switches: &'a Switches,
-    pub client: &'a SwitchClient,
-    pub metrics: &'a Metrics,
+pub struct Forwarder {
+    pub ledger: Ledger,
+    pub switches: Arc<Switches>,
+    pub client: SwitchClient,
+    pub metrics: Metrics,
     pub attempts_max: u32,
     /// One attempt or requery on a switch, at most.
     pub attempt_timeout: Duration,
 }
 
-impl Forwarder<'_> {
+impl Forwarder {
     /// Sends a freshly reserved transaction to switches until one decides it,
     /// none is left, or the deadline nears.
     pub async fn run(

@@ -41,13 +41,14 @@ struct Args {
     /// CA that signed the gateway's certificate.
     #[arg(long, default_value = "certs/ca.pem")]
     cacert: PathBuf,
-    /// HS256 development secret used to sign tokens (as the gateway's).
+    /// HS256 development secret used to sign tokens (as the gateway's);
+    /// defaults to `.env`'s when run from the repository.
     #[arg(
         long,
         env = "SWITCHBOARD__AUTH__DEV_HS256_SECRET",
         hide_env_values = true
     )]
-    secret: String,
+    secret: Option<String>,
     /// Total requests (bounded).
     #[arg(long, default_value_t = 10_000)]
     requests: usize,
@@ -71,16 +72,29 @@ struct Args {
     /// Stop issuing new requests after this many seconds.
     #[arg(long, default_value_t = 600)]
     max_duration_s: u64,
+    /// Also print latency per window of this many seconds (by request start).
+    #[arg(long)]
+    window_s: Option<u64>,
+    /// Instead of load: open this many TLS keep-alive connections, make one
+    /// request on each, and hold them idle for --hold-s seconds.
+    #[arg(long)]
+    idle_connections: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    hold_s: u64,
 }
 
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u64>,
+    /// (start offset ms, latency us, ok) of every request, for windows.
+    samples: Vec<(u64, u64, bool)>,
     outcomes: BTreeMap<String, usize>,
     bad: Vec<String>,
 }
 
 fn main() -> ExitCode {
+    // The same development secret as the gateway, when run from the repository.
+    let _ = dotenvy::dotenv();
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,6 +128,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     switchboard::tls::install_crypto_provider();
     let roots = switchboard::tls::root_store(&args.cacert)?;
+    if let Some(n) = args.idle_connections {
+        return hold_idle(&args, roots, n).await;
+    }
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -129,8 +146,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let auth_cfg = switchboard::config::Config::from_toml("")
         .map_err(|e| anyhow::anyhow!(e.to_string()))?
         .auth;
+    let secret = args.secret.clone().ok_or_else(|| {
+        anyhow::anyhow!("--secret (or SWITCHBOARD__AUTH__DEV_HS256_SECRET) is required")
+    })?;
     let auth = switchboard::auth::Authenticator::new(&switchboard::config::AuthConfig {
-        dev_hs256_secret: Some(SecretString::from(args.secret.clone())),
+        dev_hs256_secret: Some(SecretString::from(secret)),
         ..auth_cfg
     });
     let run_id = args
@@ -194,11 +214,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 });
                 let t0 = Instant::now();
                 let result = post(&client, &url, "/v1/transactions", &token, &body).await;
-                tally.latencies_us.push(t0.elapsed().as_micros() as u64);
+                let latency_us = t0.elapsed().as_micros() as u64;
+                tally.latencies_us.push(latency_us);
                 let outcome = match result {
                     Ok((status, text, json)) => check(status, &text, json.as_ref(), &id),
                     Err(e) => Err(format!("transport: {e}")),
                 };
+                let offset_ms = t0.duration_since(started).as_millis() as u64;
+                let ok = outcome.as_ref().is_ok_and(|l| {
+                    l.starts_with("201") || l.starts_with("202") || l.contains("insufficient_funds")
+                });
+                tally.samples.push((offset_ms, latency_us, ok));
                 match outcome {
                     Ok(label) => *tally.outcomes.entry(label).or_default() += 1,
                     Err(bad) => {
@@ -216,6 +242,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     while let Some(t) = workers.join_next().await {
         let t = t?;
         all.latencies_us.extend(t.latencies_us);
+        all.samples.extend(t.samples);
         for (k, v) in t.outcomes {
             *all.outcomes.entry(k).or_default() += v;
         }
@@ -247,6 +274,28 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for (outcome, n) in &all.outcomes {
         println!("outcome       {outcome:<24} {n}");
     }
+    if let Some(w) = args.window_s.filter(|w| *w > 0) {
+        let mut windows: BTreeMap<u64, Vec<(u64, bool)>> = BTreeMap::new();
+        for (offset_ms, latency_us, ok) in &all.samples {
+            windows
+                .entry(offset_ms / (w * 1000))
+                .or_default()
+                .push((*latency_us, *ok));
+        }
+        for (i, mut v) in windows {
+            v.sort_unstable();
+            let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].0 as f64 / 1000.0;
+            let failed = v.iter().filter(|(_, ok)| !ok).count();
+            println!(
+                "window {:>4}s  n {:>6}  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  not-ok {failed}",
+                i * w,
+                v.len(),
+                p(0.5),
+                p(0.99),
+                p(1.0)
+            );
+        }
+    }
     for account in &accounts {
         let (status, text, json) = get(
             &client,
@@ -265,6 +314,68 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         println!("unexpected    {bad}");
     }
     Ok(!all.outcomes.contains_key("unexpected"))
+}
+
+/// Opens `n` TLS connections, makes one keep-alive request on each, holds
+/// them idle, then closes them. For measuring the gateway's memory per
+/// connection from outside (`ps -o rss`).
+async fn hold_idle(args: &Args, roots: rustls::RootCertStore, n: usize) -> anyhow::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = args
+        .url
+        .strip_prefix("https://")
+        .unwrap_or(&args.url)
+        .trim_end_matches('/')
+        .to_owned();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    let permits = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (connector, name, addr, permits) = (
+            connector.clone(),
+            name.clone(),
+            addr.clone(),
+            permits.clone(),
+        );
+        tasks.spawn(async move {
+            let _p = permits.acquire_owned().await?;
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let mut stream = connector.connect(name, tcp).await?;
+            stream
+                .write_all(b"GET /keepalive HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await?;
+            let mut buf = vec![0u8; 2048];
+            let read = stream.read(&mut buf).await?;
+            anyhow::ensure!(
+                buf[..read].starts_with(b"HTTP/1.1 404"),
+                "unexpected answer"
+            );
+            Ok::<_, anyhow::Error>(stream)
+        });
+    }
+    let mut failed = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(stream) => conns.push(stream),
+            Err(_) => failed += 1,
+        }
+    }
+    println!(
+        "opened {} idle TLS keep-alive connections ({failed} failed) in {:.1} s; holding {} s",
+        conns.len(),
+        started.elapsed().as_secs_f64(),
+        args.hold_s
+    );
+    tokio::time::sleep(Duration::from_secs(args.hold_s)).await;
+    drop(conns);
+    Ok(failed == 0)
 }
 
 /// Labels an answer, or says why it is not one the API may give.

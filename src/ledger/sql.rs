@@ -484,10 +484,11 @@ macro_rules! impl_ledger_ops {
                 // Any refusal below returns early: dropping `tx` rolls the
                 // insert back, so nothing is stored.
                 match &req.movement {
-                    Movement::Debit { account } => {
-                        let rows = Self::lock_accounts(tx.conn(), &[account]).await?;
-                        check_owned(rows.first(), client, &req.currency)?;
-                    }
+                    // A debit's checks ride in its guarded update below, so
+                    // the account row is locked only by an update that takes
+                    // the money: a refusal never holds a hot account through
+                    // its commit.
+                    Movement::Debit { .. } => {}
                     Movement::Credit { account } => {
                         let row = Self::fetch_account(tx.conn(), account).await?;
                         check_owned(row.as_ref(), client, &req.currency)?;
@@ -505,18 +506,24 @@ macro_rules! impl_ledger_ops {
                 if let Some(source) = req.movement.source() {
                     let taken = sqlx::query(
                         "UPDATE accounts SET balance = balance - $1 \
-                         WHERE id = $2 AND balance >= $1",
+                         WHERE id = $2 AND balance >= $1 \
+                         AND owner = $3 AND currency = $4 AND kind = 'customer'",
                     )
                     .bind(amount)
                     .bind(source.as_str())
+                    .bind(client.as_str())
+                    .bind(req.currency.as_str())
                     .execute(tx.conn())
                     .await?
                     .rows_affected();
                     match taken {
                         1 => {}
-                        // The account is locked and was checked: only the
-                        // funds guard can have refused.
                         0 => {
+                            // Missing, not the client's or another currency:
+                            // refused with nothing stored. Otherwise only the
+                            // funds guard can have refused.
+                            let row = Self::fetch_account(tx.conn(), source).await?;
+                            check_owned(row.as_ref(), client, &req.currency)?;
                             let mut row = new_record(client, req, TxStatus::Declined, now);
                             row.reason =
                                 Some($crate::ledger::REASON_INSUFFICIENT_FUNDS.to_owned());

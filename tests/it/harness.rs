@@ -117,6 +117,13 @@ pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
     let (addr, ops, state) = (app.https_addr(), app.ops_addr(), app.state());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run(shutdown.clone()));
+    // Started means the first probe round is done and the listeners accept.
+    let started = state.clone();
+    eventually(Duration::from_secs(10), "the gateway started", || {
+        let started = started.clone();
+        async move { started.ready.load(std::sync::atomic::Ordering::Acquire) }
+    })
+    .await;
     TestGateway {
         addr,
         ops,

@@ -570,3 +570,56 @@ async fn a_live_switch_list_reload_adds_removes_and_rejects_broken_files() {
 fn uuid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
+
+#[tokio::test]
+async fn https_switches_are_verified_and_client_certificates_presented() {
+    let certs = harness::certs();
+    let mut opts = SimOptions::new("secure-1");
+    opts.tls = Some(sim::SimTls {
+        cert: certs.server_cert(),
+        key: certs.server_key(),
+        client_ca: Some(certs.ca_cert()),
+    });
+    let secure = sim::spawn("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .unwrap();
+    assert!(secure.url().starts_with("https://"));
+    let switches = vec![(secure.name.clone(), secure.url())];
+    let ca = format!("ca_bundle = \"{}\"\n", certs.ca_cert().display());
+
+    let with_cert = spawn_gateway_with(Options {
+        switches: switches.clone(),
+        toml: FAST.replace(
+            "[forwarding]\n",
+            &format!(
+                "[forwarding]\n{ca}client_cert = \"{}\"\nclient_key = \"{}\"\n",
+                certs.client_cert().display(),
+                certs.client_key().display()
+            ),
+        ),
+        ..Options::default()
+    })
+    .await;
+    with_cert.account("s1", "sue", "EUR", 100).await;
+    let token = with_cert.token("sue", &["transact"]);
+    let r = with_cert
+        .post("/v1/transactions", &token, &debit("tls-1", "s1", 10))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(secure.stats().await.received, 1);
+
+    // Without a client certificate the handshake fails: the probe marks the
+    // switch down and nothing is reserved.
+    let without_cert = spawn_gateway_with(Options {
+        switches,
+        toml: FAST.replace("[forwarding]\n", &format!("[forwarding]\n{ca}")),
+        ..Options::default()
+    })
+    .await;
+    without_cert.account("s2", "sue", "EUR", 100).await;
+    let r = without_cert
+        .post("/v1/transactions", &token, &debit("tls-2", "s2", 10))
+        .await;
+    assert_eq!((r.status, r.code()), (503, "no_switch_available"));
+    assert_eq!(secure.stats().await.received, 1);
+}
