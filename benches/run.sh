@@ -59,6 +59,20 @@ level = "warn"
 [database]
 url = "$BENCH_URL"
 connections_max = 32
+# One client on one address drives the whole load: lift its limits.
+[limits]
+per_ip_per_s = 1000000
+per_ip_burst = 1000000
+transactions_in_flight_max = 100000
+[limits.roles.transact]
+per_s = 1000000
+burst = 1000000
+[limits.roles.auditor]
+per_s = 1000000
+burst = 1000000
+[limits.roles.operator]
+per_s = 1000000
+burst = 1000000
 [[switches]]
 name = "sim-1"
 url = "http://127.0.0.1:9101"

@@ -28,6 +28,7 @@ use crate::domain::{
 use crate::error::{ApiError, Body, json_response};
 use crate::flow::{self, Forwarder, Outcome};
 use crate::ledger::{Account, AccountKind, Ledger, NewAccount, Reserved};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::server::{ConnInfo, Handler};
 use crate::switch::{SwitchClient, Switches};
@@ -37,9 +38,12 @@ pub struct AppState {
     /// The running configuration; reloads swap it whole.
     pub config: Arc<ArcSwap<Config>>,
     pub ledger: Ledger,
-    pub auth: Authenticator,
+    /// Token verification; reloads swap it whole with the key set.
+    pub auth: Arc<ArcSwap<Authenticator>>,
     pub metrics: Metrics,
     pub switches: Arc<Switches>,
+    /// Per-IP and per-client rate limits and the in-flight transaction cap.
+    pub limiter: Arc<Limiter>,
     pub switch_client: SwitchClient,
     /// Set once start-up finished; cleared when shutdown begins.
     pub ready: AtomicBool,
@@ -69,11 +73,14 @@ impl Drop for InFlightGuard {
 #[derive(Clone)]
 pub struct Api(pub Arc<AppState>);
 
+/// How long past its deadline a request may run before the backstop answers 504.
+const DEADLINE_BACKSTOP: Duration = Duration::from_secs(1);
+
 /// Longest accepted incoming `X-Request-Id`.
 const REQUEST_ID_LEN_MAX: usize = 128;
 
 impl Handler for Api {
-    async fn call(&self, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
+    async fn call(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
         let state = &self.0;
         let started = Instant::now();
         let request_id = request_id(&req);
@@ -82,8 +89,11 @@ impl Handler for Api {
             tracing::info_span!("request", request_id = %request_id, method = %req.method(), route);
         let in_flight = InFlightGuard::new(&state.metrics.http_in_flight);
         let deadline = started + state.config.load().server.request_deadline();
-        let work = route_request(state, req, &request_id, deadline);
-        let mut resp = match tokio::time::timeout_at(deadline, work)
+        let work = route_request(state, req, &conn, &request_id, deadline);
+        // Handlers answer by `deadline` themselves (a transaction answers
+        // 202); this backstop only catches one that does not.
+        let backstop = deadline + DEADLINE_BACKSTOP;
+        let mut resp = match tokio::time::timeout_at(backstop, work)
             .instrument(span.clone())
             .await
         {
@@ -131,76 +141,179 @@ fn request_id<B>(req: &Request<B>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// One route of the client API and the roles that may call it.
+#[derive(Debug)]
+pub struct Route {
+    pub method: Method,
+    /// The path template; `{id}` matches one segment.
+    pub path: &'static str,
+    /// A token needs one of these.
+    pub roles: &'static [Role],
+    pub endpoint: Endpoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    PostTransaction,
+    GetTransaction,
+    PostAccount,
+    GetAccount,
+    GetSwitches,
+}
+
+/// **The** table of who may call what. Routing, authorization, the OpenAPI
+/// document's sync test and the role tests all read it.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::POST,
+        path: "/v1/transactions",
+        roles: &[Role::Transact],
+        endpoint: Endpoint::PostTransaction,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/transactions/{id}",
+        roles: &[Role::Transact, Role::Auditor],
+        endpoint: Endpoint::GetTransaction,
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/accounts",
+        roles: &[Role::Operator],
+        endpoint: Endpoint::PostAccount,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/accounts/{id}",
+        roles: &[Role::Transact, Role::Auditor],
+        endpoint: Endpoint::GetAccount,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/switches",
+        roles: &[Role::Operator],
+        endpoint: Endpoint::GetSwitches,
+    },
+];
+
+/// Matches `path` against a template; returns the `{id}` segment, if any.
+fn match_path<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
+    let mut id = None;
+    let mut t = template.trim_matches('/').split('/');
+    let mut p = path.trim_matches('/').split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(id),
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(seg),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The route for a request: `Ok((route, id))`, or 404 / 405 with `Allow`.
+fn find_route<'p>(method: &Method, path: &'p str) -> Result<(&'static Route, &'p str), ApiError> {
+    let mut allowed: Vec<&'static str> = Vec::new();
+    for route in ROUTES {
+        if let Some(id) = match_path(route.path, path) {
+            if route.method == *method {
+                return Ok((route, id.unwrap_or_default()));
+            }
+            allowed.push(route.method.as_str());
+        }
+    }
+    match allowed.as_slice() {
+        [] => Err(ApiError::NotFound),
+        // Every path has one method today; the Allow header names it.
+        [only, ..] => Err(ApiError::MethodNotAllowed { allow: only }),
+    }
+}
+
 /// The route template: a bounded label for metrics and logs.
 fn route_label(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["v1", "transactions"] => "/v1/transactions",
-        ["v1", "transactions", _] => "/v1/transactions/{id}",
-        ["v1", "accounts"] => "/v1/accounts",
-        ["v1", "accounts", _] => "/v1/accounts/{id}",
-        ["v1", "switches"] => "/v1/switches",
-        _ => "unknown",
-    }
+    ROUTES
+        .iter()
+        .find(|r| match_path(r.path, path).is_some())
+        .map_or("unknown", |r| r.path)
 }
 
 async fn route_request(
     state: &AppState,
     req: Request<Incoming>,
+    conn: &ConnInfo,
     request_id: &str,
     deadline: Instant,
 ) -> Result<Response<Body>, ApiError> {
+    // Before any signature is checked: a flood of garbage tokens from one
+    // address costs a hash-map lookup each.
+    state.limiter.check_ip(conn.peer.ip()).map_err(|r| {
+        deny(state, None, "rate_limited_ip");
+        ApiError::from(r)
+    })?;
     let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    match (segments.as_slice(), method) {
-        (["v1", "transactions"], Method::POST) => {
-            let who = authorize(state, &req, &[Role::Transact])?;
-            post_transaction(state, who, req, request_id, deadline).await
-        }
-        (["v1", "transactions", id], Method::GET) => {
-            let who = authorize(state, &req, &[Role::Transact, Role::Auditor])?;
-            get_transaction(state, &who, id).await
-        }
-        (["v1", "accounts"], Method::POST) => {
-            authorize(state, &req, &[Role::Operator])?;
-            post_account(state, req).await
-        }
-        (["v1", "accounts", id], Method::GET) => {
-            let who = authorize(state, &req, &[Role::Transact, Role::Auditor])?;
-            get_account(state, &who, id).await
-        }
-        (["v1", "switches"], Method::GET) => {
-            authorize(state, &req, &[Role::Operator])?;
-            Ok(get_switches(state))
-        }
-        (["v1", "transactions"] | ["v1", "accounts"], _) => {
-            Err(ApiError::MethodNotAllowed { allow: "POST" })
-        }
-        (["v1", "transactions" | "accounts", _] | ["v1", "switches"], _) => {
-            Err(ApiError::MethodNotAllowed { allow: "GET" })
-        }
-        _ => Err(ApiError::NotFound),
+    let (route, id) = find_route(req.method(), &path)?;
+    let who = authorize(state, &req, conn, route.roles)?;
+    state
+        .limiter
+        .check_client(&who.client, &who.roles)
+        .map_err(|r| {
+            deny(state, Some(&who), "rate_limited_client");
+            ApiError::from(r)
+        })?;
+    match route.endpoint {
+        Endpoint::PostTransaction => post_transaction(state, who, req, request_id, deadline).await,
+        Endpoint::GetTransaction => get_transaction(state, &who, id).await,
+        Endpoint::PostAccount => post_account(state, req).await,
+        Endpoint::GetAccount => get_account(state, &who, id).await,
+        Endpoint::GetSwitches => Ok(get_switches(state)),
     }
 }
 
 /// Verifies the bearer token and that it carries one of `roles`.
-fn authorize<B>(state: &AppState, req: &Request<B>, roles: &[Role]) -> Result<Principal, ApiError> {
+fn authorize<B>(
+    state: &AppState,
+    req: &Request<B>,
+    conn: &ConnInfo,
+    roles: &[Role],
+) -> Result<Principal, ApiError> {
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let who = state.auth.verify(header).map_err(|e| {
-        tracing::info!(reason = %e, "unauthorized");
+    let who = state.auth.load().verify(header).map_err(|e| {
+        deny(state, None, e.reason());
         ApiError::Unauthorized("a valid bearer token is required")
     })?;
+    let config = state.config.load();
+    if config.auth.require_sub_match_client_cert
+        && config.server.client_ca.is_some()
+        && conn.client_cert_cn.as_deref() != Some(who.client.as_str())
+    {
+        deny(state, Some(&who), "client_cert_mismatch");
+        return Err(ApiError::Unauthorized(
+            "the token's subject does not match the client certificate",
+        ));
+    }
     if !roles.iter().any(|r| who.has(*r)) {
-        tracing::info!(client = %who.client, "forbidden: missing role");
+        deny(state, Some(&who), "missing_role");
         return Err(ApiError::Forbidden(
             "the token lacks the role this route needs",
         ));
     }
     Ok(who)
+}
+
+/// The audit trail of a refusal: one log line (inside the request's span,
+/// so with its request id and route) and one count by reason. Never the
+/// token itself.
+fn deny(state: &AppState, who: Option<&Principal>, reason: &'static str) {
+    state.metrics.denied.with_label_values(&[reason]).inc();
+    match who {
+        Some(who) => {
+            tracing::warn!(target: "switchboard::audit", client = %who.client, reason, "denied")
+        }
+        None => tracing::warn!(target: "switchboard::audit", reason, "denied"),
+    }
 }
 
 /// Reads a bounded JSON body into `T`, naming the offending field on error.
@@ -350,90 +463,152 @@ async fn post_transaction(
     let config = state.config.load();
     let body: TransactionBody = read_json(req, config.server.body_bytes_max).await?;
     let tx = body.parse(config.ledger.amount_max)?;
+    let retry_after = Duration::from_secs(config.ledger.in_progress_retry_after_s);
 
-    // Fail closed: with no healthy switch to send it to, reserve nothing.
+    // Fail closed: with no healthy switch, reserve nothing. A known id still
+    // gets its idempotent answer, so a client never retries a done
+    // transaction under a new id.
     if !state.switches.any_available() {
+        if let Some(record) = state.ledger.transaction(&tx.id).await? {
+            return existing(state, &who, &tx, &record, retry_after);
+        }
         count(state, "no_switch");
         return Err(ApiError::NoSwitchAvailable);
     }
 
-    let reserve_started = Instant::now();
-    let reserved = state.ledger.reserve(&who.client, &tx, flow::RENDER).await;
-    state
-        .metrics
-        .ledger_duration
-        .observe(reserve_started.elapsed().as_secs_f64());
-    match reserved? {
-        Reserved::Existing(record) => {
-            // Another client's id, or this id with another payload: "reused",
-            // never a look at someone else's transaction.
-            if record.client != who.client.as_str() || record.fingerprint != tx.fingerprint() {
-                count(state, "reused");
-                return Err(ApiError::TransactionIdReused);
-            }
-            match &record.response {
-                Some(stored) if record.status.is_final() => {
-                    count(state, "replayed");
-                    let mut resp = stored_response(stored);
-                    resp.headers_mut()
-                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                    Ok(resp)
-                }
-                _ => {
-                    count(state, "in_progress");
-                    Err(ApiError::TransactionInProgress {
-                        retry_after: Duration::from_secs(config.ledger.in_progress_retry_after_s),
-                    })
-                }
+    // Shed load rather than queue: the permit travels with the transaction.
+    let permit = state.limiter.try_begin_transaction().ok_or_else(|| {
+        count(state, "overloaded");
+        ApiError::Overloaded
+    })?;
+
+    // Reserve and forward on a task of their own: neither a client hanging
+    // up nor the deadline may cancel a ledger write midway or strand money.
+    let forwarder = Forwarder {
+        ledger: state.ledger.clone(),
+        switches: state.switches.clone(),
+        client: state.switch_client.clone(),
+        metrics: state.metrics.clone(),
+        attempts_max: config.forwarding.attempts_max,
+        attempt_timeout: config.forwarding.attempt_timeout(),
+    };
+    let client = who.client.clone();
+    let work_tx = tx.clone();
+    let request_id = request_id.to_owned();
+    let task = state.transactions.spawn(
+        async move {
+            let _permit = permit;
+            let started = Instant::now();
+            let reserved = forwarder
+                .ledger
+                .reserve(&client, &work_tx, flow::RENDER)
+                .await;
+            forwarder
+                .metrics
+                .ledger_duration
+                .observe(started.elapsed().as_secs_f64());
+            match reserved {
+                Ok(Reserved::Fresh(_)) => Ok(Flow::Forwarded(
+                    forwarder.run(&work_tx, &request_id, deadline).await,
+                )),
+                Ok(other) => Ok(Flow::Reserved(Box::new(other))),
+                Err(e) => Err(ApiError::from(e)),
             }
         }
-        Reserved::InsufficientFunds(record) => {
+        .instrument(tracing::Span::current()),
+    );
+    let flow = match tokio::time::timeout_at(deadline, task).await {
+        Ok(Ok(flow)) => flow?,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "transaction task failed");
+            return Err(ApiError::Internal);
+        }
+        Err(_) => {
+            // Still running: it finishes on its own; the client polls.
+            count(state, "pending");
+            return Ok(pending_response(&tx.id, None));
+        }
+    };
+    let flow = match flow {
+        Flow::Reserved(reserved) => Ok(*reserved),
+        Flow::Forwarded(outcome) => Err(outcome),
+    };
+    match flow {
+        Ok(Reserved::Existing(record)) => existing(state, &who, &tx, &record, retry_after),
+        Ok(Reserved::InsufficientFunds(record)) => {
             count(state, "insufficient_funds");
             Ok(stored_response(&flow::stored(&record)))
         }
-        Reserved::Fresh(_) => {
-            let forwarder = Forwarder {
-                ledger: state.ledger.clone(),
-                switches: state.switches.clone(),
-                client: state.switch_client.clone(),
-                metrics: state.metrics.clone(),
-                attempts_max: config.forwarding.attempts_max,
-                attempt_timeout: config.forwarding.attempt_timeout(),
+        Ok(Reserved::Fresh(record)) => {
+            // `Fresh` is always forwarded above; answer as in flight if not.
+            Ok(pending_response(&record.id, Some(&record)))
+        }
+        Err(Outcome::Final(stored)) => {
+            let outcome = match stored.status {
+                201 => "committed",
+                422 => "declined",
+                _ => "failed",
             };
-            // Once money is reserved the flow runs to its end on its own
-            // task: a client hanging up must not strand the transaction.
-            let request_id = request_id.to_owned();
-            let span = tracing::Span::current();
-            let task = state.transactions.spawn(
-                async move { forwarder.run(&tx, &request_id, deadline).await }.instrument(span),
-            );
-            let outcome = task.await.map_err(|e| {
-                tracing::error!(error = %e, "transaction task failed");
-                ApiError::Internal
-            })??;
-            match outcome {
-                Outcome::Final(stored) => {
-                    let outcome = match stored.status {
-                        201 => "committed",
-                        422 => "declined",
-                        _ => "failed",
-                    };
-                    count(state, outcome);
-                    Ok(stored_response(&stored))
-                }
-                Outcome::Pending(record) => {
-                    count(state, "pending");
-                    let mut resp =
-                        json_response(StatusCode::ACCEPTED, &flow::transaction_json(&record));
-                    if let Ok(v) = HeaderValue::from_str(&format!("/v1/transactions/{}", record.id))
-                    {
-                        resp.headers_mut().insert(header::LOCATION, v);
-                    }
-                    Ok(resp)
-                }
-            }
+            count(state, outcome);
+            Ok(stored_response(&stored))
+        }
+        Err(Outcome::Pending(id, record)) => {
+            count(state, "pending");
+            Ok(pending_response(&id, record.as_deref()))
         }
     }
+}
+
+/// What the transaction task ended with.
+enum Flow {
+    /// `reserve` answered without a new reservation (replay, refusal).
+    Reserved(Box<Reserved>),
+    Forwarded(Outcome),
+}
+
+/// The answer for an id already in the ledger: replay, in progress, or reused.
+fn existing(
+    state: &AppState,
+    who: &Principal,
+    tx: &TransactionRequest,
+    record: &crate::ledger::TransactionRecord,
+    retry_after: Duration,
+) -> Result<Response<Body>, ApiError> {
+    // Another client's id, or this id with another payload: "reused", never
+    // a look at someone else's transaction.
+    if record.client != who.client.as_str() || record.fingerprint != tx.fingerprint() {
+        count(state, "reused");
+        return Err(ApiError::TransactionIdReused);
+    }
+    match &record.response {
+        Some(stored) if record.status.is_final() => {
+            count(state, "replayed");
+            let mut resp = stored_response(stored);
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(resp)
+        }
+        _ => {
+            count(state, "in_progress");
+            Err(ApiError::TransactionInProgress { retry_after })
+        }
+    }
+}
+
+/// 202 with `Location`: the outcome is not known yet.
+fn pending_response(
+    id: &TransactionId,
+    record: Option<&crate::ledger::TransactionRecord>,
+) -> Response<Body> {
+    let body = match record {
+        Some(r) => flow::transaction_json(r),
+        None => serde_json::json!({ "transactionId": id, "status": "pending" }),
+    };
+    let mut resp = json_response(StatusCode::ACCEPTED, &body);
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/transactions/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 fn count(state: &AppState, outcome: &str) {
@@ -547,7 +722,11 @@ fn get_switches(state: &AppState) -> Response<Body> {
     json_response(StatusCode::OK, &serde_json::json!({ "switches": switches }))
 }
 
-/// The ops listener: `/healthz`, `/readyz`, `/metrics`.
+/// The OpenAPI 3 document of the client API (kept in sync with [`ROUTES`]
+/// by a test).
+pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
+
+/// The ops listener: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
 #[derive(Clone)]
 pub struct Ops(pub Arc<AppState>);
 
@@ -580,6 +759,15 @@ impl Handler for Ops {
                         "switches": switches_ok,
                     }),
                 )
+            }
+            "/openapi.json" => {
+                let mut resp =
+                    Response::new(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp
             }
             "/metrics" => {
                 let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));

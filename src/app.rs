@@ -21,6 +21,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ForwardingConfig, Sources};
 use crate::health::HealthMonitor;
 use crate::ledger::{Ledger, LedgerError};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
 use crate::reload::Reloader;
@@ -42,6 +43,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("auth keys: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 pub struct Application {
@@ -67,6 +70,7 @@ impl Application {
     ) -> Result<Self, StartError> {
         let tls = tls::server_config(&config.server)?;
         let switch_tls = switch_tls_config(&config.forwarding)?;
+        let auth = Authenticator::new(&config.auth)?;
         let ledger = Ledger::connect(&config.database).await?;
         if config.database.migrate_on_start {
             ledger.migrate().await?;
@@ -80,9 +84,10 @@ impl Application {
             config.health.passive_failures_max,
         ));
         let state = AppState {
-            auth: Authenticator::new(&config.auth),
+            auth: Arc::new(ArcSwap::from_pointee(auth)),
             metrics: Metrics::new(),
             switches,
+            limiter: Arc::new(Limiter::new(&config.limits)),
             switch_client: SwitchClient::new(&config.forwarding, switch_tls),
             ledger,
             config: Arc::new(ArcSwap::from_pointee(config)),
@@ -147,10 +152,13 @@ impl Application {
             }
             .run(shutdown.clone()),
         );
+        tracker.spawn(housekeeping(state.clone(), shutdown.clone()));
         if let Some(sources) = self.sources {
             tracker.spawn(
                 Reloader {
                     sources,
+                    auth: state.auth.clone(),
+                    limiter: state.limiter.clone(),
                     config: state.config.clone(),
                     switches: state.switches.clone(),
                     metrics: state.metrics.clone(),
@@ -211,6 +219,37 @@ impl Application {
         state.ledger.close().await;
         tracing::info!("stopped");
     }
+}
+
+/// Prunes the keyed rate limiters and refreshes the gauges of bounded
+/// structures, every `limits.prune_interval_ms`, until `shutdown`.
+async fn housekeeping(state: Arc<AppState>, shutdown: CancellationToken) {
+    loop {
+        let interval =
+            std::time::Duration::from_millis(state.config.load().limits.prune_interval_ms);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        state.limiter.prune();
+        report_sizes(&state);
+    }
+}
+
+/// Sizes of the bounded structures, as gauges.
+pub fn report_sizes(state: &AppState) {
+    let (ip_keys, client_keys) = state.limiter.sizes();
+    let m = &state.metrics;
+    m.limiter_keys
+        .with_label_values(&["ip"])
+        .set(ip_keys as i64);
+    m.limiter_keys
+        .with_label_values(&["client"])
+        .set(client_keys as i64);
+    m.auth_cache_entries
+        .set(state.auth.load().cache_len() as i64);
+    m.transactions_in_flight
+        .set(state.limiter.transactions_in_flight() as i64);
 }
 
 /// TLS for HTTPS switches: the configured CA bundle (else the public web PKI

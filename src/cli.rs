@@ -236,6 +236,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             crate::domain::ClientId::parse(sub).map_err(|e| Failure::usage(e.to_string()))?;
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             let token = crate::auth::Authenticator::new(&config.auth)
+                .map_err(|e| Failure::usage(e.to_string()))?
                 .sign(sub, &roles, ttl_s.unwrap_or(config.auth.token_ttl_s))
                 .map_err(Failure::other)?;
             println!("{token}");

@@ -90,6 +90,7 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     pub health: HealthConfig,
     pub reconciler: ReconcilerConfig,
+    pub limits: LimitsConfig,
     pub switches: Vec<SwitchConfig>,
     /// `SWITCHBOARD_ENV`, e.g. `production`, `test`.
     pub env_name: Option<String>,
@@ -230,6 +231,39 @@ pub struct AuthConfig {
     pub leeway_s: u64,
     /// Default lifetime of tokens printed by `switchboard token`, seconds.
     pub token_ttl_s: u64,
+    /// When set, the `iss` claim must equal it.
+    pub issuer: Option<String>,
+    /// When set, the `aud` claim must contain it.
+    pub audience: Option<String>,
+    /// When set, tokens living longer than this (`exp - iat`, or `exp - now`
+    /// without `iat`) are refused, seconds.
+    pub token_lifetime_max_s: Option<u64>,
+    /// Where roles are: `roles` (a JSON array claim) or `scope` (a
+    /// space-separated string claim, as OAuth 2 scopes).
+    pub roles_claim: String,
+    /// Verified tokens kept (until their `exp`) so a hot client skips the
+    /// signature check; 0 turns the cache off.
+    pub cache_entries_max: usize,
+    /// A local JWKS file (RFC 7517) of public keys, each with `kid` and `alg`.
+    pub jwks_file: Option<PathBuf>,
+    /// Public keys in PEM, each bound to one algorithm.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// With mTLS on (`server.client_ca`), the token's `sub` must equal the
+    /// client certificate's subject common name.
+    pub require_sub_match_client_cert: bool,
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The `kid` tokens name in their header.
+    pub kid: String,
+    /// `RS256`, `ES256` or `EdDSA`: the only algorithm this key verifies.
+    pub algorithm: String,
+    /// PEM file with the public key.
+    pub public_key: PathBuf,
 }
 
 impl fmt::Debug for AuthConfig {
@@ -241,8 +275,65 @@ impl fmt::Debug for AuthConfig {
             )
             .field("leeway_s", &self.leeway_s)
             .field("token_ttl_s", &self.token_ttl_s)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("token_lifetime_max_s", &self.token_lifetime_max_s)
+            .field("roles_claim", &self.roles_claim)
+            .field("cache_entries_max", &self.cache_entries_max)
+            .field("jwks_file", &self.jwks_file)
+            .field("keys", &self.keys)
+            .field(
+                "require_sub_match_client_cert",
+                &self.require_sub_match_client_cert,
+            )
             .finish()
     }
+}
+
+/// `[limits]`: rate limits and load shedding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second one client IP may make, checked before any token
+    /// is verified.
+    pub per_ip_per_s: u32,
+    /// Burst above `per_ip_per_s` one IP may make at once.
+    pub per_ip_burst: u32,
+    /// Quotas per role, by `sub`: a client gets the largest of its roles'.
+    pub roles: RoleQuotas,
+    /// Per-client overrides, by `sub`.
+    #[serde(default)]
+    pub clients: Vec<ClientQuota>,
+    /// Transactions being processed at once; past it, 503 `overloaded`.
+    pub transactions_in_flight_max: usize,
+    /// How often idle keys are pruned from the keyed limiters, ms.
+    pub prune_interval_ms: u64,
+}
+
+/// `[limits.roles.*]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleQuotas {
+    pub transact: Quota,
+    pub auditor: Quota,
+    pub operator: Quota,
+}
+
+/// A rate: `per_s` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub per_s: u32,
+    pub burst: u32,
+}
+
+/// One `[[limits.clients]]` override.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientQuota {
+    pub sub: String,
+    pub per_s: u32,
+    pub burst: u32,
 }
 
 /// `[ledger]`
@@ -353,6 +444,13 @@ fn default_weight() -> u32 {
 /// Most switches in the list.
 pub const SWITCHES_MAX: usize = 64;
 
+/// Transactions the reconciler resolves at once within a pass.
+pub const RECONCILE_CONCURRENCY: u64 = 8;
+
+/// Largest duration accepted where one is stored as a signed millisecond
+/// count (a week).
+const MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
 impl Config {
     /// Reads every layer and validates the result.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
@@ -413,7 +511,8 @@ impl Config {
         let mut problems = Vec::new();
 
         // Unknown top-level sections are typos.
-        const SECTIONS: [&str; 9] = [
+        const SECTIONS: [&str; 10] = [
+            "limits",
             "server",
             "log",
             "database",
@@ -457,6 +556,7 @@ impl Config {
         let forwarding = section::<ForwardingConfig>(&raw, "forwarding", &mut problems);
         let health = section::<HealthConfig>(&raw, "health", &mut problems);
         let reconciler = section::<ReconcilerConfig>(&raw, "reconciler", &mut problems);
+        let limits = section::<LimitsConfig>(&raw, "limits", &mut problems);
         let switches = match raw.get::<Vec<SwitchConfig>>("switches") {
             Ok(v) => Some(v),
             Err(config::ConfigError::NotFound(_)) => Some(Vec::new()),
@@ -475,9 +575,10 @@ impl Config {
             Some(forwarding),
             Some(health),
             Some(reconciler),
+            Some(limits),
             Some(switches),
         ) = (
-            server, log, database, auth, ledger, forwarding, health, reconciler, switches,
+            server, log, database, auth, ledger, forwarding, health, reconciler, limits, switches,
         )
         else {
             return Err(ConfigError { problems });
@@ -491,6 +592,7 @@ impl Config {
             forwarding,
             health,
             reconciler,
+            limits,
             switches,
             env_name,
         };
@@ -559,14 +661,90 @@ impl Config {
                 d.url_redacted()
             ));
         }
+        let l = &self.limits;
+        for (key, q) in [
+            (
+                "limits.per_ip",
+                Quota {
+                    per_s: l.per_ip_per_s,
+                    burst: l.per_ip_burst,
+                },
+            ),
+            ("limits.roles.transact", l.roles.transact),
+            ("limits.roles.auditor", l.roles.auditor),
+            ("limits.roles.operator", l.roles.operator),
+        ]
+        .into_iter()
+        .chain(l.clients.iter().map(|c| {
+            (
+                "limits.clients",
+                Quota {
+                    per_s: c.per_s,
+                    burst: c.burst,
+                },
+            )
+        })) {
+            if q.per_s == 0 || q.burst == 0 {
+                p.push(format!("{key}: per_s and burst must be greater than 0"));
+            }
+        }
+        if l.transactions_in_flight_max == 0 {
+            p.push("limits.transactions_in_flight_max: must be greater than 0".into());
+        }
+        if l.prune_interval_ms == 0 {
+            p.push("limits.prune_interval_ms: must be greater than 0".into());
+        }
+        if !matches!(self.auth.roles_claim.as_str(), "roles" | "scope") {
+            p.push(format!(
+                "auth.roles_claim: must be \"roles\" or \"scope\" (got {:?})",
+                self.auth.roles_claim
+            ));
+        }
+        let mut kids = std::collections::HashSet::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            if !matches!(k.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
+                p.push(format!(
+                    "auth.keys[{i}].algorithm: must be RS256, ES256 or EdDSA (got {:?})",
+                    k.algorithm
+                ));
+            }
+            if k.kid.is_empty() || !kids.insert(k.kid.as_str()) {
+                p.push(format!("auth.keys[{i}].kid: must be non-empty and unique"));
+            }
+        }
         if f.connect_timeout_ms >= f.attempt_timeout_ms {
             p.push(
                 "forwarding.connect_timeout_ms: must be less than forwarding.attempt_timeout_ms"
                     .into(),
             );
         }
-        if self.reconciler.stale_after_ms <= s.request_deadline_ms {
-            p.push("reconciler.stale_after_ms: must exceed server.request_deadline_ms".into());
+        // The reconciler must never take a transaction a live request still
+        // works on: a request may run to its deadline plus one attempt, after
+        // waiting for a pooled connection twice.
+        let live_ms = s
+            .request_deadline_ms
+            .saturating_add(f.attempt_timeout_ms)
+            .saturating_add(d.acquire_timeout_ms.saturating_mul(2));
+        if self.reconciler.stale_after_ms <= live_ms {
+            p.push(format!(
+                "reconciler.stale_after_ms: must exceed server.request_deadline_ms + forwarding.attempt_timeout_ms + 2 * database.acquire_timeout_ms ({live_ms})"
+            ));
+        }
+        // A lease must outlast the pass that holds it.
+        let pass_ms = (u64::from(self.reconciler.batch_max) / RECONCILE_CONCURRENCY + 1)
+            .saturating_mul(self.reconciler.requery_timeout_ms);
+        if self.reconciler.lease_ms <= pass_ms {
+            p.push(format!(
+                "reconciler.lease_ms: must exceed one pass (batch_max / {RECONCILE_CONCURRENCY} + 1) * requery_timeout_ms ({pass_ms})"
+            ));
+        }
+        for (key, value) in [
+            ("reconciler.stale_after_ms", self.reconciler.stale_after_ms),
+            ("reconciler.lease_ms", self.reconciler.lease_ms),
+        ] {
+            if value > MS_MAX {
+                p.push(format!("{key}: at most {MS_MAX}"));
+            }
         }
         if f.client_cert.is_some() != f.client_key.is_some() {
             p.push("forwarding.client_cert: client_cert and client_key go together".into());
@@ -606,7 +784,11 @@ impl Config {
         };
         rebase(&mut self.server.tls_cert);
         rebase(&mut self.server.tls_key);
+        for key in &mut self.auth.keys {
+            rebase(&mut key.public_key);
+        }
         for path in [
+            &mut self.auth.jwks_file,
             &mut self.server.client_ca,
             &mut self.forwarding.ca_bundle,
             &mut self.forwarding.client_cert,

@@ -72,7 +72,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             .await?;
     }
 
-    let auth = Authenticator::new(&config.auth);
+    let auth = Authenticator::new(&config.auth)?;
     let ttl_s = 24 * 3600;
     let alice = auth.sign("alice", &["transact"], ttl_s)?;
     let operator = auth.sign("ops", &["operator", "auditor"], ttl_s)?;

@@ -12,6 +12,7 @@ use http_body_util::Full;
 
 use crate::domain::FieldError;
 use crate::ledger::LedgerError;
+use crate::limits::RateLimited;
 
 pub type Body = Full<Bytes>;
 
@@ -44,6 +45,15 @@ pub enum ApiError {
     AccountExists,
     #[error("transaction is still being processed")]
     TransactionInProgress { retry_after: Duration },
+    #[error("too many requests; retry after {retry_after_s} s")]
+    RateLimited {
+        limit: u32,
+        remaining: u32,
+        reset_s: u64,
+        retry_after_s: u64,
+    },
+    #[error("the gateway is at capacity; retry shortly")]
+    Overloaded,
     #[error("no switch is available to process the transaction")]
     NoSwitchAvailable,
     #[error("the ledger is unavailable")]
@@ -71,7 +81,8 @@ impl ApiError {
             ApiError::AccountExists | ApiError::TransactionInProgress { .. } => {
                 StatusCode::CONFLICT
             }
-            ApiError::NoSwitchAvailable | ApiError::LedgerUnavailable => {
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NoSwitchAvailable | ApiError::LedgerUnavailable | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
@@ -95,6 +106,8 @@ impl ApiError {
             ApiError::CurrencyMismatch { .. } => "currency_mismatch",
             ApiError::AccountExists => "account_exists",
             ApiError::TransactionInProgress { .. } => "transaction_in_progress",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Overloaded => "overloaded",
             ApiError::NoSwitchAvailable => "no_switch_available",
             ApiError::LedgerUnavailable => "ledger_unavailable",
             ApiError::DeadlineExceeded => "deadline_exceeded",
@@ -116,6 +129,20 @@ impl ApiError {
             }
             ApiError::TransactionInProgress { retry_after } => {
                 headers.insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());
+            }
+            ApiError::RateLimited {
+                limit,
+                remaining,
+                reset_s,
+                retry_after_s,
+            } => {
+                headers.insert(header::RETRY_AFTER, (*retry_after_s).max(1).into());
+                headers.insert("ratelimit-limit", (*limit).into());
+                headers.insert("ratelimit-remaining", (*remaining).into());
+                headers.insert("ratelimit-reset", (*reset_s).into());
+            }
+            ApiError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, 1.into());
             }
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -149,6 +176,17 @@ impl From<LedgerError> for ApiError {
                 tracing::error!(%reason, "ledger refused a state change");
                 ApiError::Internal
             }
+        }
+    }
+}
+
+impl From<RateLimited> for ApiError {
+    fn from(r: RateLimited) -> Self {
+        ApiError::RateLimited {
+            limit: r.info.limit,
+            remaining: r.info.remaining,
+            reset_s: r.info.reset_s,
+            retry_after_s: r.retry_after_s,
         }
     }
 }

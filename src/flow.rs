@@ -22,8 +22,8 @@ use crate::ledger::{Ledger, Render, StoredResponse, TransactionRecord};
 use crate::metrics::Metrics;
 use crate::switch::{Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches};
 
-/// First pause between requeries of an unknown outcome; doubles up to the max.
-const REQUERY_BACKOFF_START: Duration = Duration::from_millis(50);
+/// Pause before the first requery of an unknown outcome; doubles up to the max.
+const REQUERY_BACKOFF_START: Duration = Duration::from_millis(100);
 const REQUERY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Kept back from the request deadline for the final ledger write and the answer.
 const DEADLINE_RESERVE: Duration = Duration::from_millis(250);
@@ -32,8 +32,9 @@ const DEADLINE_RESERVE: Duration = Duration::from_millis(250);
 pub enum Outcome {
     /// A final answer (committed, declined, failed), stored for replays.
     Final(StoredResponse),
-    /// The outcome is not known yet: 202 with `Location`.
-    Pending(Box<TransactionRecord>),
+    /// The outcome is not known yet: 202 with `Location`. The record is
+    /// absent when the ledger could not be read back.
+    Pending(TransactionId, Option<Box<TransactionRecord>>),
 }
 
 pub struct Forwarder {
@@ -46,15 +47,26 @@ pub struct Forwarder {
     pub attempt_timeout: Duration,
 }
 
+/// What one step of the flow decided.
+enum Step {
+    Done(Outcome),
+    /// Try the next switch: this one provably did not process it.
+    Next(&'static str),
+}
+
 impl Forwarder {
     /// Sends a freshly reserved transaction to switches until one decides it,
     /// none is left, or the deadline nears.
+    ///
+    /// Once an attempt is recorded, a failing ledger write never becomes an
+    /// error for the client: the answer is 202 and the reconciler, which
+    /// knows which switch to ask, finishes the transaction.
     pub async fn run(
         &self,
         req: &TransactionRequest,
         request_id: &str,
         deadline: Instant,
-    ) -> Result<Outcome, ApiError> {
+    ) -> Outcome {
         let id = &req.id;
         let payload = Bytes::from(switch_payload(req).to_string());
         let budget_end = deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline);
@@ -67,95 +79,164 @@ impl Forwarder {
             else {
                 break;
             };
-            let remaining = budget_end.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            if budget_end <= Instant::now() {
                 break;
             }
-            let attempt_no = self.ledger.record_attempt(id, switch.name()).await?;
-            let _in_flight = switch.begin();
-            let started = Instant::now();
-            let result = self
-                .client
-                .forward(
-                    &switch.switch,
-                    id.as_str(),
-                    request_id,
-                    payload.clone(),
-                    remaining.min(self.attempt_timeout),
+            let attempt_no = match self.ledger.record_attempt(id, switch.name()).await {
+                Ok(n) => n,
+                // Not recorded, so not sent: the reconciler will release it
+                // (or it is already being reconciled).
+                Err(e) => {
+                    return self
+                        .unsettled(id, &format!("recording the attempt: {e}"))
+                        .await;
+                }
+            };
+            // Read the budget after the write: waiting for a pooled
+            // connection must not push the attempt past the deadline.
+            let remaining = budget_end.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                self.note(
+                    id,
+                    &switch,
+                    attempt_no,
+                    "not_sent",
+                    Some("deadline reached"),
                 )
                 .await;
-            self.metrics
-                .forward_duration
-                .with_label_values(&[switch.name()])
-                .observe(started.elapsed().as_secs_f64());
-
-            let answer = match result {
-                Ok(answer) => answer,
-                Err(ForwardError::NotSent(reason)) => {
-                    self.note(id, &switch, attempt_no, "not_sent", Some(&reason))
-                        .await?;
-                    tracing::warn!(switch = switch.name(), %reason, "switch unreachable; trying another");
-                    self.retry("not_sent");
+                break;
+            }
+            match self
+                .attempt(
+                    req, &switch, attempt_no, request_id, &payload, remaining, budget_end,
+                )
+                .await
+            {
+                Step::Done(outcome) => return outcome,
+                Step::Next(reason) => {
+                    self.metrics.retries.with_label_values(&[reason]).inc();
                     tried.push(switch);
-                    continue;
                 }
-                Err(ForwardError::Unknown(reason)) => {
-                    self.note(id, &switch, attempt_no, "unknown", Some(&reason))
-                        .await?;
-                    tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
-                    match self.requery(&switch, req, request_id, budget_end).await {
-                        Some(Answer::NotFound) => {
-                            // Never processed: as safe as a refused connection.
-                            self.retry("not_found");
-                            tried.push(switch);
-                            continue;
-                        }
-                        Some(answer) => answer,
-                        None => {
-                            let record = self.ledger.mark_pending(id, &reason).await?;
-                            return Ok(Outcome::Pending(Box::new(record)));
-                        }
-                    }
-                }
-            };
-            return match answer {
-                Answer::Approved { reference } => {
-                    self.note(id, &switch, attempt_no, "approved", None).await?;
-                    let record = self
-                        .ledger
-                        .commit(id, switch.name(), &reference, render)
-                        .await?;
-                    Ok(Outcome::Final(stored(&record)))
-                }
-                Answer::Declined { reason } => {
-                    self.note(id, &switch, attempt_no, "declined", Some(&reason))
-                        .await?;
-                    let record = self
-                        .ledger
-                        .release(id, TxStatus::Declined, "declined_by_switch", render)
-                        .await?;
-                    Ok(Outcome::Final(stored(&record)))
-                }
-                Answer::NotProcessed | Answer::NotFound => {
-                    self.note(id, &switch, attempt_no, "not_processed", None)
-                        .await?;
-                    self.retry("not_processed");
-                    tried.push(switch);
-                    continue;
-                }
-            };
+            }
         }
 
         // Every switch tried said, provably, that it did not process it.
-        let record = self
+        match self
             .ledger
             .release(id, TxStatus::Failed, "no_switch_available", render)
-            .await?;
-        Ok(Outcome::Final(stored(&record)))
+            .await
+        {
+            Ok(record) => Outcome::Final(stored(&record)),
+            Err(e) => self.unsettled(id, &format!("releasing: {e}")).await,
+        }
     }
 
-    fn retry(&self, reason: &str) {
-        self.metrics.retries.with_label_values(&[reason]).inc();
+    /// One attempt on one switch, and whatever it takes to learn its outcome.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        req: &TransactionRequest,
+        switch: &Arc<SwitchState>,
+        attempt_no: u32,
+        request_id: &str,
+        payload: &Bytes,
+        remaining: Duration,
+        budget_end: Instant,
+    ) -> Step {
+        let id = &req.id;
+        let _in_flight = switch.begin();
+        let started = Instant::now();
+        let result = self
+            .client
+            .forward(
+                &switch.switch,
+                id.as_str(),
+                request_id,
+                payload.clone(),
+                remaining.min(self.attempt_timeout),
+            )
+            .await;
+        self.metrics
+            .forward_duration
+            .with_label_values(&[switch.name()])
+            .observe(started.elapsed().as_secs_f64());
+
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(ForwardError::NotSent(reason)) => {
+                tracing::warn!(switch = switch.name(), %reason, "switch unreachable; trying another");
+                self.note(id, switch, attempt_no, "not_sent", Some(&reason))
+                    .await;
+                return Step::Next("not_sent");
+            }
+            Err(ForwardError::Unknown(reason)) => {
+                tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
+                self.note(id, switch, attempt_no, "unknown", Some(&reason))
+                    .await;
+                match self.requery(switch, req, request_id, budget_end).await {
+                    // Never received: as safe as a refused connection.
+                    Some(Answer::NotFound) => return Step::Next("not_found"),
+                    Some(answer) => answer,
+                    None => {
+                        return match self.ledger.mark_pending(id, &reason).await {
+                            Ok(record) => Outcome::Pending(id.clone(), Some(Box::new(record))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not mark pending; the reconciler will");
+                                Outcome::Pending(id.clone(), None)
+                            }
+                        }
+                        .into();
+                    }
+                }
+            }
+        };
+        match answer {
+            Answer::Approved { reference } => {
+                let decided = self
+                    .ledger
+                    .commit(id, switch.name(), &reference, render)
+                    .await;
+                self.note(id, switch, attempt_no, "approved", None).await;
+                match decided {
+                    Ok(record) => Outcome::Final(stored(&record)).into(),
+                    Err(e) => self.unsettled(id, &format!("committing: {e}")).await.into(),
+                }
+            }
+            Answer::Declined { reason } => {
+                let decided = self
+                    .ledger
+                    .release(id, TxStatus::Declined, "declined_by_switch", render)
+                    .await;
+                self.note(id, switch, attempt_no, "declined", Some(&reason))
+                    .await;
+                match decided {
+                    Ok(record) => Outcome::Final(stored(&record)).into(),
+                    Err(e) => self.unsettled(id, &format!("releasing: {e}")).await.into(),
+                }
+            }
+            Answer::NotProcessed | Answer::NotFound => {
+                self.note(id, switch, attempt_no, "not_processed", None)
+                    .await;
+                Step::Next("not_processed")
+            }
+        }
+    }
+
+    /// The ledger could not record the end of the flow: 202, and the
+    /// reconciler finishes it. Logged, with the record if it can be read.
+    async fn unsettled(&self, id: &TransactionId, why: &str) -> Outcome {
+        tracing::error!(transaction_id = %id, reason = why, "ledger write failed after an attempt; leaving it to the reconciler");
+        let record = self
+            .ledger
+            .transaction(id)
+            .await
+            .ok()
+            .flatten()
+            .map(Box::new);
+        match record {
+            Some(r) if r.status.is_final() => Outcome::Final(stored(&r)),
+            record => Outcome::Pending(id.clone(), record),
+        }
     }
 
     /// Asks `switch` what became of the transaction, with backoff, until it
@@ -167,8 +248,13 @@ impl Forwarder {
         request_id: &str,
         budget_end: Instant,
     ) -> Option<Answer> {
+        // A pause before the first question too: a switch that queues work
+        // may not have recorded a POST that just timed out.
         let mut backoff = REQUERY_BACKOFF_START;
         loop {
+            let pause = backoff.min(budget_end.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(REQUERY_BACKOFF_MAX);
             let remaining = budget_end.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return None;
@@ -198,13 +284,11 @@ impl Forwarder {
                     tracing::debug!(switch = switch.name(), error = %e, "requery failed");
                 }
             }
-            let pause = backoff.min(budget_end.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(REQUERY_BACKOFF_MAX);
         }
     }
 
-    /// Records how an attempt ended, in the ledger and the metrics.
+    /// Records how an attempt ended, in the metrics and (best effort: the
+    /// reconciler does not need it) in the ledger.
     async fn note(
         &self,
         id: &TransactionId,
@@ -212,20 +296,30 @@ impl Forwarder {
         attempt_no: u32,
         outcome: &str,
         error: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) {
         self.metrics
             .forwards
             .with_label_values(&[switch.name(), outcome])
             .inc();
-        switch.record_forward(match outcome {
+        let result = match outcome {
             "approved" => ForwardResult::Approved,
             "declined" => ForwardResult::Declined,
             _ => ForwardResult::Failed,
-        });
-        self.ledger
+        };
+        switch.record_forward(result, self.switches.passive_failures_max());
+        if let Err(e) = self
+            .ledger
             .finish_attempt(id, attempt_no, outcome, error)
-            .await?;
-        Ok(())
+            .await
+        {
+            tracing::warn!(error = %e, attempt_no, "could not record the attempt's outcome");
+        }
+    }
+}
+
+impl From<Outcome> for Step {
+    fn from(outcome: Outcome) -> Self {
+        Step::Done(outcome)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod flow;
 pub mod health;
 pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod reconciler;
 pub mod reload;

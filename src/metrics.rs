@@ -33,6 +33,10 @@ pub struct Metrics {
     pub pending: IntGauge,
     pub reconciler: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub denied: IntCounterVec,
+    pub limiter_keys: IntGaugeVec,
+    pub auth_cache_entries: IntGauge,
+    pub transactions_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -147,7 +151,7 @@ impl Metrics {
             reconciler: IntCounterVec::new(
                 Opts::new(
                     "reconciler_outcomes_total",
-                    "Transactions the reconciler handled, by outcome (committed, declined, released_not_sent, released_not_found, still_unknown).",
+                    "Transactions the reconciler handled, by outcome (committed, declined, released_not_sent, released_not_found, still_unknown, error).",
                 ),
                 &["outcome"],
             )
@@ -155,6 +159,29 @@ impl Metrics {
             config_reloads: IntCounterVec::new(
                 Opts::new("config_reloads_total", "Configuration reloads, by result (ok, rejected)."),
                 &["result"],
+            )
+            .expect("valid metric"),
+            denied: IntCounterVec::new(
+                Opts::new(
+                    "requests_denied_total",
+                    "Requests refused by authentication, authorization or limits, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            limiter_keys: IntGaugeVec::new(
+                Opts::new("rate_limiter_keys", "Keys held by the keyed rate limiters (ip, client)."),
+                &["limiter"],
+            )
+            .expect("valid metric"),
+            auth_cache_entries: IntGauge::new(
+                "auth_token_cache_entries",
+                "Verified tokens cached until their expiry.",
+            )
+            .expect("valid metric"),
+            transactions_in_flight: IntGauge::new(
+                "transactions_in_flight",
+                "Transactions being processed now (capped by limits.transactions_in_flight_max).",
             )
             .expect("valid metric"),
             registry,
@@ -185,6 +212,10 @@ impl Metrics {
             Box::new(m.pending.clone()),
             Box::new(m.reconciler.clone()),
             Box::new(m.config_reloads.clone()),
+            Box::new(m.denied.clone()),
+            Box::new(m.limiter_keys.clone()),
+            Box::new(m.auth_cache_entries.clone()),
+            Box::new(m.transactions_in_flight.clone()),
             Box::new(build_info),
         ];
         for c in collectors {

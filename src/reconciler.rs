@@ -6,7 +6,8 @@
 //! can run it at once without resolving one transaction twice. For each it
 //! asks the switch of the last recorded attempt:
 //!
-//! - no attempt recorded → it was never sent → released (`failed`);
+//! - no attempt recorded, or the last one recorded as not sent / not
+//!   processed → nothing ran → released (`failed`);
 //! - approved / declined → committed / released as declined;
 //! - 404 → that switch never got it, and earlier switches provably did not
 //!   process it either (the flow only moves on when they could not have) →
@@ -19,12 +20,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, RECONCILE_CONCURRENCY};
 use crate::domain::TxStatus;
 use crate::flow::RENDER;
 use crate::ledger::{Ledger, LedgerError, TransactionRecord};
 use crate::metrics::Metrics;
 use crate::switch::{Answer, SwitchClient, Switches};
+use futures_util::StreamExt;
 
 pub struct Reconciler {
     pub ledger: Ledger,
@@ -69,21 +71,35 @@ impl Reconciler {
             )
             .await?;
         let timeout = Duration::from_millis(cfg.requery_timeout_ms);
-        let mut resolutions = Vec::with_capacity(claimed.len());
-        for record in claimed {
-            let resolution = self.resolve(&record, timeout).await?;
-            self.metrics
-                .reconciler
-                .with_label_values(&[resolution.label()])
-                .inc();
-            tracing::info!(
-                transaction_id = %record.id,
-                outcome = resolution.label(),
-                requeries = record.requeries,
-                "reconciled"
-            );
-            resolutions.push(resolution);
-        }
+        let resolved: Vec<Option<Resolution>> = futures_util::stream::iter(claimed)
+            .map(|record| async move {
+                // One row that fails must not hold up the rest of the batch:
+                // log it and go on; its lease expires and it is tried again.
+                match self.resolve(&record, timeout).await {
+                    Ok(resolution) => {
+                        self.metrics
+                            .reconciler
+                            .with_label_values(&[resolution.label()])
+                            .inc();
+                        tracing::info!(
+                            transaction_id = %record.id,
+                            outcome = resolution.label(),
+                            requeries = record.requeries,
+                            "reconciled"
+                        );
+                        Some(resolution)
+                    }
+                    Err(e) => {
+                        tracing::warn!(transaction_id = %record.id, error = %e, "could not reconcile; will retry");
+                        self.metrics.reconciler.with_label_values(&["error"]).inc();
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(RECONCILE_CONCURRENCY as usize)
+            .collect()
+            .await;
+        let resolutions: Vec<Resolution> = resolved.into_iter().flatten().collect();
         if let Ok(n) = self.ledger.count_unfinished().await {
             self.metrics.pending.set(n);
         }
@@ -106,6 +122,17 @@ impl Reconciler {
                 return Ok(Resolution::ReleasedNotSent);
             }
         };
+        // An attempt recorded as provably unprocessed needs no question (the
+        // switch may be gone for good).
+        let attempts = self.ledger.attempts(id).await?;
+        if let Some(last) = attempts.last() {
+            if matches!(last.outcome.as_deref(), Some("not_sent" | "not_processed")) {
+                self.ledger
+                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
+                    .await?;
+                return Ok(Resolution::ReleasedNotSent);
+            }
+        }
         let table = self.switches.snapshot();
         let Some(switch) = table.entries.iter().find(|e| e.name() == switch_name) else {
             self.ledger

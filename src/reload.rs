@@ -17,7 +17,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Sources};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::switch::Switches;
 
@@ -28,6 +30,8 @@ const EVENTS_MAX: usize = 16;
 
 pub struct Reloader {
     pub sources: Sources,
+    pub auth: Arc<ArcSwap<Authenticator>>,
+    pub limiter: Arc<Limiter>,
     pub config: Arc<ArcSwap<Config>>,
     pub switches: Arc<Switches>,
     pub metrics: Metrics,
@@ -36,7 +40,18 @@ pub struct Reloader {
 impl Reloader {
     /// Re-reads and applies the configuration.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        let result = Config::load(&self.sources).map(|new| self.apply(new));
+        let result = Config::load(&self.sources).and_then(|new| {
+            self.check_identities(&new)?;
+            // Keys are part of the config: a key file that does not load
+            // rejects the whole reload.
+            let auth = Authenticator::new(&new.auth).map_err(|e| ConfigError {
+                problems: vec![format!("auth: {e}")],
+            })?;
+            self.auth.store(Arc::new(auth));
+            self.limiter.update(&new.limits);
+            self.apply(new);
+            Ok(())
+        });
         match &result {
             Ok(()) => self.metrics.config_reloads.with_label_values(&["ok"]).inc(),
             Err(e) => {
@@ -48,6 +63,32 @@ impl Reloader {
             }
         }
         result
+    }
+
+    /// A switch is known by its name in the ledger's attempts: the
+    /// reconciler asks the switch of that name. Re-pointing a name at another
+    /// URL would send its questions to a switch that never saw the
+    /// transactions, so it takes a new name.
+    fn check_identities(&self, new: &Config) -> Result<(), ConfigError> {
+        let old = self.config.load();
+        let problems: Vec<String> = new
+            .switches
+            .iter()
+            .filter_map(|n| {
+                let o = old.switches.iter().find(|o| o.name == n.name)?;
+                (o.url != n.url).then(|| {
+                    format!(
+                        "switches: {:?} changed its URL; give the new endpoint a new name",
+                        n.name
+                    )
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
     }
 
     fn apply(&self, mut new: Config) {

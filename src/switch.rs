@@ -262,9 +262,12 @@ pub struct SwitchState {
     healthy: AtomicBool,
     /// Set after the first probe: until then a switch is not in rotation.
     probed: AtomicBool,
-    /// Consecutive failed forwards (request path); at the passive limit the
-    /// switch leaves the rotation at once, and only probes bring it back.
+    /// Consecutive failed forwards (request path).
     forward_failures: AtomicU32,
+    /// Set by the request path when `forward_failures` reaches the passive
+    /// limit: out of rotation at once. Only the health monitor clears it, so
+    /// a late success of an older request cannot undo an ejection.
+    ejected: AtomicBool,
     probe_successes: AtomicU32,
     probe_failures: AtomicU32,
     last_probe_unix_ms: AtomicI64,
@@ -292,6 +295,7 @@ impl SwitchState {
             healthy: AtomicBool::new(false),
             probed: AtomicBool::new(false),
             forward_failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
             probe_successes: AtomicU32::new(0),
             probe_failures: AtomicU32::new(0),
             last_probe_unix_ms: AtomicI64::new(0),
@@ -317,8 +321,8 @@ impl SwitchState {
     }
 
     /// In rotation: healthy by probes and not passively ejected.
-    pub fn is_available(&self, passive_failures_max: u32) -> bool {
-        self.is_healthy() && self.forward_failures.load(Ordering::Relaxed) < passive_failures_max
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.ejected.load(Ordering::Acquire)
     }
 
     /// Applies one probe result; returns the new health. Health monitor only.
@@ -337,7 +341,7 @@ impl SwitchState {
         let first = !self.probed.swap(true, Ordering::AcqRel);
         let was_healthy = self.is_healthy();
         let mut healthy = was_healthy;
-        if healthy && self.forward_failures.load(Ordering::Relaxed) >= t.passive_failures {
+        if self.ejected.swap(false, Ordering::AcqRel) {
             // Passively ejected: out until `healthy` probes in a row bring it back.
             healthy = false;
             self.probe_successes.store(0, Ordering::Relaxed);
@@ -371,7 +375,7 @@ impl SwitchState {
 
     /// Request path: how an attempt ended. Only a decided answer resets the
     /// passive-failure count.
-    pub fn record_forward(&self, result: ForwardResult) {
+    pub fn record_forward(&self, result: ForwardResult, passive_failures_max: u32) {
         match result {
             ForwardResult::Approved => {
                 self.approved.fetch_add(1, Ordering::Relaxed);
@@ -383,7 +387,10 @@ impl SwitchState {
             }
             ForwardResult::Failed => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                self.forward_failures.fetch_add(1, Ordering::Relaxed);
+                let failures = self.forward_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= passive_failures_max {
+                    self.ejected.store(true, Ordering::Release);
+                }
             }
         }
     }
@@ -401,6 +408,7 @@ impl SwitchState {
             "lastProbeOk": self.last_probe_ok.load(Ordering::Relaxed),
             "lastProbeLatencyMs": self.last_probe_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
             "consecutiveForwardFailures": self.forward_failures.load(Ordering::Relaxed),
+            "ejected": self.ejected.load(Ordering::Relaxed),
             "inFlight": self.in_flight.load(Ordering::Relaxed),
             "approved": self.approved.load(Ordering::Relaxed),
             "declined": self.declined.load(Ordering::Relaxed),
@@ -529,8 +537,7 @@ impl Switches {
 
     /// Any switch in rotation now.
     pub fn any_available(&self) -> bool {
-        let max = self.passive_failures_max();
-        self.snapshot().entries.iter().any(|e| e.is_available(max))
+        self.snapshot().entries.iter().any(|e| e.is_available())
     }
 
     /// The next available switch in rotation that `allowed` accepts (not yet
@@ -538,14 +545,22 @@ impl Switches {
     /// looked at, at most one full turn of the rotation.
     pub fn pick(&self, allowed: impl Fn(&SwitchState) -> bool) -> Option<Arc<SwitchState>> {
         let table = self.snapshot();
-        let max = self.passive_failures_max();
         let len = table.sequence.len();
-        for _ in 0..len {
-            // Skipped slots are consumed too, so the remaining switches keep
-            // their shares in proportion to their weights.
-            let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % len;
+        if len == 0 {
+            return None;
+        }
+        // One increment per pick, then a local scan of one full turn: with
+        // concurrent pickers interleaving increments, a scan driven by the
+        // shared cursor could miss the only eligible switch. Skipped slots
+        // move the cursor on, so the others keep their weighted shares.
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..len {
+            let slot = start.wrapping_add(i) % len;
             let entry = &table.entries[table.sequence[slot] as usize];
-            if entry.is_available(max) && allowed(entry) {
+            if entry.is_available() && allowed(entry) {
+                if i > 0 {
+                    self.cursor.fetch_add(i, Ordering::Relaxed);
+                }
                 return Some(entry.clone());
             }
         }
@@ -620,8 +635,11 @@ mod tests {
         up(&s);
         let a = s.snapshot().entries[0].clone();
         for _ in 0..3 {
-            a.record_forward(ForwardResult::Failed);
+            a.record_forward(ForwardResult::Failed, T.passive_failures);
         }
+        assert_eq!(names(&s, 3, |_| true), "bbb");
+        // A late success of a request sent before the ejection changes nothing.
+        a.record_forward(ForwardResult::Approved, T.passive_failures);
         assert_eq!(names(&s, 3, |_| true), "bbb");
         assert!(
             !a.record_probe(true, Duration::ZERO, 2, T),
@@ -648,6 +666,23 @@ mod tests {
         assert!(!a.record_probe(false, Duration::ZERO, 5, T));
         assert!(!a.record_probe(true, Duration::ZERO, 6, T));
         assert!(a.record_probe(true, Duration::ZERO, 7, T));
+    }
+
+    #[test]
+    fn concurrent_picks_always_find_the_one_eligible_switch() {
+        let s = Arc::new(Switches::new(&[cfg("a", 5), cfg("b", 1), cfg("c", 1)], 3));
+        up(&s);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    (0..10_000).all(|_| s.pick(|e| e.name() == "c").is_some())
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap(), "a pick missed the eligible switch");
+        }
     }
 
     #[test]

@@ -152,7 +152,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let auth = switchboard::auth::Authenticator::new(&switchboard::config::AuthConfig {
         dev_hs256_secret: Some(SecretString::from(secret)),
         ..auth_cfg
-    });
+    })?;
     let run_id = args
         .run_id
         .clone()

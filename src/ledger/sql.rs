@@ -258,13 +258,18 @@ pub(super) fn check_owned(
 }
 
 /// Money may arrive in this account: it exists, is a customer account, in the
-/// request's currency (any owner).
+/// request's currency (any owner). Someone else's account in another
+/// currency answers as absent: its currency is not the caller's to learn.
 pub(super) fn check_destination(
     row: Option<&AccountRow>,
+    client: &ClientId,
     currency: &Currency,
 ) -> Result<(), LedgerError> {
     let row = row.ok_or(LedgerError::AccountNotFound)?;
     if row.kind != "customer" {
+        return Err(LedgerError::AccountNotFound);
+    }
+    if row.owner != client.as_str() && row.currency != currency.as_str() {
         return Err(LedgerError::AccountNotFound);
     }
     check_currency(row, currency)
@@ -497,7 +502,7 @@ macro_rules! impl_ledger_ops {
                         let rows = Self::lock_accounts(tx.conn(), &[from, to]).await?;
                         let find = |id: &AccountId| rows.iter().find(|r| r.id() == id.as_str());
                         check_owned(find(from), client, &req.currency)?;
-                        check_destination(find(to), &req.currency)?;
+                        check_destination(find(to), client, &req.currency)?;
                     }
                 }
 
@@ -561,6 +566,7 @@ macro_rules! impl_ledger_ops {
                             "UPDATE transactions \
                              SET attempts = attempts + 1, switch = $2, updated_at_ms = $3 \
                              WHERE id = $1 AND status IN ('reserved', 'pending') \
+                             AND (lease_until_ms IS NULL OR lease_until_ms < $3) \
                              RETURNING attempts",
                         )
                         .bind(id.as_str())

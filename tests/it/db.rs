@@ -113,7 +113,8 @@ pub async fn fresh_postgres_url() -> String {
 pub fn database_config(url: &str) -> DatabaseConfig {
     Config::from_toml(&format!(
         "[database]\nurl = \"{url}\"\nacquire_timeout_ms = {TEST_ACQUIRE_TIMEOUT_MS}\n\
-         conflict_retries_max = 0\n"
+         conflict_retries_max = 0\n\
+         [reconciler]\nstale_after_ms = 3600000\n"
     ))
     .expect("test database config must validate")
     .database

@@ -401,3 +401,55 @@ fn certs_command_writes_a_ca_and_leaves_that_rustls_accepts() {
         .unwrap();
     assert_eq!(again.status.code(), Some(64));
 }
+
+#[tokio::test]
+async fn mtls_requires_a_client_certificate_and_can_bind_the_token_subject_to_it() {
+    let certs = harness::certs();
+    let gw = spawn_gateway_with(Options {
+        toml: format!(
+            "[server]\nclient_ca = \"{}\"\n[auth]\nrequire_sub_match_client_cert = true\n",
+            certs.ca_cert().display()
+        ),
+        ..sqlite()
+    })
+    .await;
+    let url = format!("{}/v1/accounts/m1", gw.base);
+    let cn = switchboard::certs::CLIENT_COMMON_NAME;
+
+    // No client certificate: refused at the handshake.
+    assert!(gw.client.get(&url).send().await.is_err());
+
+    let ca = std::fs::read(certs.ca_cert()).unwrap();
+    let mut identity = std::fs::read(certs.client_cert()).unwrap();
+    identity.extend(std::fs::read(certs.client_key()).unwrap());
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .resolve("localhost", std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .build()
+        .unwrap();
+    let as_cn = gw.token(cn, &["operator", "transact"]);
+    let created = client
+        .post(format!("{}/v1/accounts", gw.base))
+        .bearer_auth(&as_cn)
+        .json(&serde_json::json!({"accountId": "m1", "owner": cn, "currency": "EUR", "openingBalance": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let mine = harness::read(client.get(&url).bearer_auth(&as_cn).send().await.unwrap()).await;
+    assert_eq!((mine.status, mine.json["balance"].as_i64()), (200, Some(5)));
+
+    // A valid token for another subject over this certificate: refused.
+    let alice = gw.token("alice", &["transact", "auditor"]);
+    let r = harness::read(client.get(&url).bearer_auth(&alice).send().await.unwrap()).await;
+    assert_eq!((r.status, r.code()), (401, "unauthorized"));
+    let (_, metrics) = gw.ops_get("/metrics").await;
+    assert!(
+        harness::metric(
+            &metrics,
+            "switchboard_requests_denied_total{reason=\"client_cert_mismatch\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}

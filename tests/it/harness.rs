@@ -110,7 +110,7 @@ pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
         Some(sources) => Config::load(sources).unwrap_or_else(|e| panic!("test config: {e}")),
         None => config,
     };
-    let auth = Authenticator::new(&config.auth);
+    let auth = Authenticator::new(&config.auth).expect("test auth keys");
     let app = Application::build_with_sources(config, sources)
         .await
         .expect("build the application");
@@ -153,6 +153,21 @@ url = "{url}"
 connections_max = 8
 [auth]
 dev_hs256_secret = "{SECRET}"
+# Load tests come from one address and few clients: limits are the business
+# of the tests that set them.
+[limits]
+per_ip_per_s = 1000000
+per_ip_burst = 1000000
+transactions_in_flight_max = 100000
+[limits.roles.transact]
+per_s = 1000000
+burst = 1000000
+[limits.roles.auditor]
+per_s = 1000000
+burst = 1000000
+[limits.roles.operator]
+per_s = 1000000
+burst = 1000000
 "#,
         cert = certs.server_cert().display(),
         key = certs.server_key().display(),
@@ -456,4 +471,10 @@ pub async fn ledger_at(url: &str) -> switchboard::ledger::Ledger {
     switchboard::ledger::Ledger::connect(&crate::db::database_config(url))
         .await
         .expect("connect to the ledger")
+}
+
+/// Signs tokens the way every test gateway verifies them (`SECRET`).
+pub fn test_auth() -> Authenticator {
+    let config = Config::from_toml(&base_toml("sqlite::memory:")).expect("test config");
+    Authenticator::new(&config.auth).expect("test auth keys")
 }

@@ -31,10 +31,12 @@ timeout_ms = 150
 unhealthy_threshold = 2
 healthy_threshold = 2
 passive_failures_max = 3
+[database]
+acquire_timeout_ms = 500
 [reconciler]
 interval_ms = 300
-stale_after_ms = 3000
-lease_ms = 5000
+stale_after_ms = 4500
+lease_ms = 8000
 requery_timeout_ms = 500
 "#;
 
@@ -297,6 +299,10 @@ async fn with_every_sim_down_nothing_is_reserved_and_probes_bring_them_back() {
     let gw = gateway(&sims).await;
     gw.account("d1", "dee", "EUR", 100).await;
     let token = gw.token("dee", &["transact"]);
+    let done = gw
+        .post("/v1/transactions", &token, &debit("down-0", "d1", 5))
+        .await;
+    assert_eq!(done.status, 201);
     for s in &sims {
         s.set_faults(Mode::Down, None, None);
     }
@@ -310,7 +316,14 @@ async fn with_every_sim_down_nothing_is_reserved_and_probes_bring_them_back() {
         .post("/v1/transactions", &token, &debit("down-1", "d1", 10))
         .await;
     assert_eq!((r.status, r.code()), (503, "no_switch_available"));
-    assert_eq!(gw.balance("d1").await, 100);
+    assert_eq!(gw.balance("d1").await, 95);
+    // A replay of a finished transaction is still answered from the ledger.
+    let replay = gw
+        .post("/v1/transactions", &token, &debit("down-0", "d1", 5))
+        .await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json, done.json);
     assert_eq!(
         gw.get("/v1/transactions/down-1", &token).await.status,
         404,
@@ -352,11 +365,7 @@ async fn the_gateway_killed_mid_load_recovers_every_transaction_after_restart() 
         s.set_faults(Mode::Slow, Some(40), None);
     }
     let mut gw = GatewayProcess::start(dir.path(), &url, &toml).await;
-    let auth = switchboard::auth::Authenticator::new(
-        &switchboard::config::Config::from_toml(&harness::base_toml(&url))
-            .unwrap()
-            .auth,
-    );
+    let auth = harness::test_auth();
     let client = harness::https_client();
     let op = auth.sign("op", &["operator"], 600).unwrap();
     for i in 0..4 {
@@ -423,11 +432,7 @@ async fn two_gateways_on_one_postgres_never_duplicate_and_never_double_resolve()
     }
     let a = GatewayProcess::start(dir_a.path(), &url, &toml).await;
     let b = GatewayProcess::start(dir_b.path(), &url, &toml).await;
-    let auth = switchboard::auth::Authenticator::new(
-        &switchboard::config::Config::from_toml(&harness::base_toml(&url))
-            .unwrap()
-            .auth,
-    );
+    let auth = harness::test_auth();
     let client = harness::https_client();
     let op = auth.sign("op", &["operator"], 600).unwrap();
     let r = client

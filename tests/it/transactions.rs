@@ -12,7 +12,7 @@ async fn gateway(db: Db, sims: &[switchboard::sim::SimHandle]) -> TestGateway {
 }
 
 /// Generous deadlines: these tests are about the ledger and the API, not time.
-const PATIENT: &str = "[server]\nrequest_deadline_ms = 60000\n[database]\nconnections_max = 16\nacquire_timeout_ms = 30000\n[reconciler]\nstale_after_ms = 120000\n";
+const PATIENT: &str = "[server]\nrequest_deadline_ms = 60000\n[database]\nconnections_max = 16\nacquire_timeout_ms = 30000\n[reconciler]\nstale_after_ms = 600000\n";
 
 async fn gateway_with(db: Db, sims: &[switchboard::sim::SimHandle], extra: &str) -> TestGateway {
     spawn_gateway_with(Options {
@@ -395,6 +395,19 @@ async fn another_clients_account_is_indistinguishable_from_a_missing_one() {
     assert_eq!(debit_theirs.status, 404);
     assert_eq!(debit_theirs.json, debit_missing.json);
     assert_eq!(gw.balance("theirs").await, 100);
+
+    // A transfer to their account in another currency answers like one to
+    // no account: their account's currency is not mine to learn.
+    gw.account("mine-usd", "me", "USD", 100).await;
+    let transfer = |id: &str, to: &str| json!({"transactionId": id, "type": "transfer", "from": "mine-usd", "to": to, "amount": 1, "currency": "USD"});
+    let to_theirs = gw
+        .post("/v1/transactions", &me, &transfer("x-usd-1", "theirs"))
+        .await;
+    let to_nobody = gw
+        .post("/v1/transactions", &me, &transfer("x-usd-2", "nobody"))
+        .await;
+    assert_eq!(to_theirs.status, 404);
+    assert_eq!(to_theirs.json, to_nobody.json);
 
     // Their transaction is hidden from me too.
     let them = gw.token("them", &["transact"]);
