@@ -6,6 +6,10 @@
 #   benches/run.sh withdrawals  10,000 concurrent withdrawals of 2 from 10,000 (one hot account)
 #   benches/run.sh sustained    transactions per second at concurrency 64 on 64 accounts
 #   benches/run.sh failover     concurrency 64, sim-1 killed after 5 s: errors, ejection time, p99 by second
+#   benches/run.sh flood        legitimate load from 127.0.0.1 while 127.0.0.2 floods invalid tokens
+#
+# BENCH_TOML (optional) is appended to the gateway's config, e.g.
+#   BENCH_TOML=$'[auth]\ncache_entries_max = 0' benches/run.sh sustained
 #
 # Postgres: DATABASE_URL from the environment or .env.test (a fresh database
 # is created and dropped). Needs psql. Build first: cargo build --release.
@@ -48,6 +52,9 @@ for i in 0 1 2; do
     PIDS+=($!); SIM_PIDS+=($!)
 done
 
+# The flood scenario keeps the default per-IP limit; the others lift it.
+PER_IP=1000000
+[[ $SCENARIO == flood ]] && PER_IP=1000
 cat >"$WORK/bench.toml" <<EOF
 [server]
 listen = "127.0.0.1:8543"
@@ -61,8 +68,8 @@ url = "$BENCH_URL"
 connections_max = 32
 # One client on one address drives the whole load: lift its limits.
 [limits]
-per_ip_per_s = 1000000
-per_ip_burst = 1000000
+per_ip_per_s = $PER_IP
+per_ip_burst = $((PER_IP * 2))
 transactions_in_flight_max = 100000
 [limits.roles.transact]
 per_s = 1000000
@@ -73,6 +80,7 @@ burst = 1000000
 [limits.roles.operator]
 per_s = 1000000
 burst = 1000000
+${BENCH_TOML:-}
 [[switches]]
 name = "sim-1"
 url = "http://127.0.0.1:9101"
@@ -131,6 +139,20 @@ failover)
     echo "sim-1 left the rotation $(( ($(date +%s%N) - KILLED_AT) / 1000000 )) ms after SIGKILL (at t=5 s)"
     wait $LOADER || true
     cat "$WORK/failover.out"
+    ;;
+flood)
+    echo "== baseline: legitimate load alone (127.0.0.1)"
+    load --accounts 64 --balance 1000000000 --amount 1 --requests 6000 --concurrency 32 | grep -v "^balance"
+    echo "== with a flood of invalid tokens from 127.0.0.2 (64 connections)"
+    load --local-ip 127.0.0.2 --garbage-tokens --requests 10000000 --concurrency 64 \
+        --max-duration-s 20 >"$WORK/flood.out" &
+    FLOODER=$!
+    sleep 2
+    load --accounts 64 --balance 1000000000 --amount 1 --requests 6000 --concurrency 32 | grep -v "^balance"
+    wait "$FLOODER" || true
+    echo "== the flood (20 s)"
+    cat "$WORK/flood.out"
+    curl -fsS http://127.0.0.1:9190/metrics | grep -E '^switchboard_requests_denied_total'
     ;;
 *)
     echo "unknown scenario $SCENARIO" >&2; exit 64

@@ -1,7 +1,9 @@
 //! The client API (HTTPS) and the ops endpoints (plain HTTP).
 //!
-//! Order of the front end, per request: request id → deadline → route →
-//! authentication → role → body parsing into domain types → handler.
+//! Order of the front end, per request: request id → deadline → per-IP
+//! limit → route (404/405) → authentication → mTLS subject binding → role →
+//! per-client limit → body parsing into domain types → handler (a
+//! transaction also takes an in-flight permit).
 //! Handlers return `Result<_, ApiError>`; `ApiError::into_response` is the one
 //! place an error becomes HTTP.
 

@@ -694,6 +694,13 @@ impl Config {
         if l.prune_interval_ms == 0 {
             p.push("limits.prune_interval_ms: must be greater than 0".into());
         }
+        if let Some(max) = self.auth.token_lifetime_max_s {
+            if self.auth.token_ttl_s > max {
+                p.push(format!(
+                    "auth.token_ttl_s: must not exceed auth.token_lifetime_max_s ({max}), or `switchboard token` prints tokens the gateway refuses"
+                ));
+            }
+        }
         if !matches!(self.auth.roles_claim.as_str(), "roles" | "scope") {
             p.push(format!(
                 "auth.roles_claim: must be \"roles\" or \"scope\" (got {:?})",

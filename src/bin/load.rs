@@ -81,6 +81,13 @@ struct Args {
     idle_connections: Option<usize>,
     #[arg(long, default_value_t = 30)]
     hold_s: u64,
+    /// Connect from this local address (e.g. 127.0.0.2, to be another client IP).
+    #[arg(long)]
+    local_ip: Option<std::net::IpAddr>,
+    /// Send invalid tokens (a flood); no accounts are created. Answers of
+    /// 401 and 429 count as expected.
+    #[arg(long)]
+    garbage_tokens: bool,
 }
 
 #[derive(Default)]
@@ -134,11 +141,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_local_address(args.local_ip);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     let client: HttpsClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(args.concurrency)
         .build(https);
@@ -164,7 +175,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let accounts: Vec<String> = (0..args.accounts.max(1))
         .map(|i| format!("{run_id}-acct-{i}"))
         .collect();
-    for account in &accounts {
+    for account in accounts.iter().filter(|_| !args.garbage_tokens) {
         let body = serde_json::json!({
             "accountId": account, "owner": client_id,
             "currency": args.currency, "openingBalance": args.balance,
@@ -199,6 +210,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             run_id.clone(),
         );
         let (requests, amount, currency) = (args.requests, args.amount, args.currency.clone());
+        let garbage = args.garbage_tokens;
         workers.spawn(async move {
             let mut tally = Tally::default();
             loop {
@@ -213,11 +225,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     "amount": amount, "currency": currency,
                 });
                 let t0 = Instant::now();
+                let token = if garbage {
+                    format!("garbage.{i}.token")
+                } else {
+                    token.clone()
+                };
                 let result = post(&client, &url, "/v1/transactions", &token, &body).await;
                 let latency_us = t0.elapsed().as_micros() as u64;
                 tally.latencies_us.push(latency_us);
                 let outcome = match result {
-                    Ok((status, text, json)) => check(status, &text, json.as_ref(), &id),
+                    Ok((status, text, json)) => check(status, &text, json.as_ref(), &id, garbage),
                     Err(e) => Err(format!("transport: {e}")),
                 };
                 let offset_ms = t0.duration_since(started).as_millis() as u64;
@@ -296,7 +313,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             );
         }
     }
-    for account in &accounts {
+    for account in accounts.iter().filter(|_| !args.garbage_tokens) {
         let (status, text, json) = get(
             &client,
             &args.url,
@@ -384,6 +401,7 @@ fn check(
     text: &str,
     json: Option<&serde_json::Value>,
     id: &str,
+    garbage: bool,
 ) -> Result<String, String> {
     let Some(json) = json else {
         return Err(format!("{status}: not JSON: {text}"));
@@ -394,7 +412,8 @@ fn check(
             status.as_u16(),
             json["status"].as_str().unwrap_or("?")
         )),
-        409 | 422 | 429 | 503 => match json["error"]["code"].as_str() {
+        401 if !garbage => Err(format!("{status}: {text}")),
+        401 | 409 | 422 | 429 | 503 => match json["error"]["code"].as_str() {
             Some(code) => Ok(format!("{} {code}", status.as_u16())),
             None => Err(format!("{status}: no error code: {text}")),
         },

@@ -484,3 +484,143 @@ async fn cached_tokens_are_still_refused_once_expired() {
     }
     assert_refused(&gw, "expired after caching", &token, "expired").await;
 }
+
+/// Every route with every role: allowed exactly where `ROUTES` says.
+#[tokio::test]
+async fn each_route_admits_exactly_the_roles_the_table_names() {
+    use switchboard::api::ROUTES;
+    use switchboard::domain::Role;
+
+    let sims = crate::harness::spawn_sims(1).await;
+    let gw = spawn_gateway_with(Options {
+        switches: crate::harness::switch_list(&sims),
+        ..Options::default()
+    })
+    .await;
+    gw.account("rm-1", "role-tester", "EUR", 1_000).await;
+    for (i, route) in ROUTES.iter().enumerate() {
+        for role in [Role::Transact, Role::Auditor, Role::Operator] {
+            let token = gw.token("role-tester", &[role.as_str()]);
+            let path = route.path.replace("{id}", "rm-1");
+            let url = format!("{}{path}", gw.base);
+            let body = if path.starts_with("/v1/transactions") {
+                serde_json::json!({"transactionId": format!("rm-{i}-{}", role.as_str()), "type": "debit", "accountId": "rm-1", "amount": 1, "currency": "EUR"})
+            } else {
+                serde_json::json!({"accountId": format!("rm-{i}-{}", role.as_str()), "owner": "role-tester", "currency": "EUR", "openingBalance": 0})
+            };
+            let request = gw
+                .client
+                .request(route.method.clone(), &url)
+                .bearer_auth(&token);
+            let request = if route.method == http::Method::POST {
+                request.json(&body)
+            } else {
+                request
+            };
+            let r = crate::harness::read(request.send().await.unwrap()).await;
+            if route.roles.contains(&role) {
+                assert!(
+                    r.status != 401 && r.status != 403,
+                    "{} {} as {}: {} {:?}",
+                    route.method,
+                    route.path,
+                    role.as_str(),
+                    r.status,
+                    r.json
+                );
+            } else {
+                assert_eq!(
+                    (r.status, r.code()),
+                    (403, "forbidden"),
+                    "{} {} as {}",
+                    route.method,
+                    route.path,
+                    role.as_str()
+                );
+            }
+        }
+        // No token at all: 401 everywhere.
+        let path = route.path.replace("{id}", "rm-1");
+        let r = crate::harness::read(
+            gw.client
+                .request(route.method.clone(), format!("{}{path}", gw.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (401, "unauthorized"),
+            "{}",
+            route.path
+        );
+    }
+}
+
+/// Rotation without a restart: the key set reloads with the config file.
+#[tokio::test]
+async fn the_key_set_reloads_with_the_config_file() {
+    let k = keys();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchboard.toml");
+    let write = |kids: &[(&str, &str)]| {
+        let mut text = format!("[auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n");
+        for (kid, pem) in kids {
+            text.push_str(&format!(
+                "[[auth.keys]]\nkid = \"{kid}\"\nalgorithm = \"ES256\"\npublic_key = \"{}\"\n",
+                k.dir.join(pem).display()
+            ));
+        }
+        std::fs::write(&file, text).unwrap();
+    };
+    write(&[("ec-old", "ec-old.pem")]);
+    let gw = spawn_gateway_with(Options {
+        config_file: Some(file.clone()),
+        ..Options::default()
+    })
+    .await;
+    gw.account("auth-probe", "alice", "EUR", 100).await;
+    let c = claims(json!({}));
+    let old = sign(Algorithm::ES256, Some("ec-old"), &k.ec_old.private, &c);
+    let new = sign(Algorithm::ES256, Some("ec-new"), &k.ec_new.private, &c);
+    assert_ok(&gw, "old kid before rotation", &old).await;
+    assert_refused(&gw, "new kid before rotation", &new, "unknown_kid").await;
+
+    // Both live: old and new tokens pass.
+    write(&[("ec-old", "ec-old.pem"), ("ec-new", "ec-new.pem")]);
+    crate::harness::eventually(Duration::from_secs(10), "the new key is loaded", || async {
+        gw.get(ACCOUNT, &new).await.status == 200
+    })
+    .await;
+    assert_ok(&gw, "old kid during rotation", &old).await;
+
+    // The old key retired: its tokens stop working at once (no stale cache).
+    write(&[("ec-new", "ec-new.pem")]);
+    crate::harness::eventually(
+        Duration::from_secs(10),
+        "the old key is retired",
+        || async { gw.get(ACCOUNT, &old).await.status == 401 },
+    )
+    .await;
+    assert_ok(&gw, "new kid after rotation", &new).await;
+
+    // A key file that does not load rejects the whole reload.
+    std::fs::write(
+        &file,
+        "[[auth.keys]]\nkid = \"broken\"\nalgorithm = \"ES256\"\npublic_key = \"/nonexistent.pem\"\n",
+    )
+    .unwrap();
+    crate::harness::eventually(
+        Duration::from_secs(10),
+        "the broken key set is rejected",
+        || async {
+            metric(
+                &gw.ops_get("/metrics").await.1,
+                "switchboard_config_reloads_total{result=\"rejected\"}",
+            ) >= 1.0
+        },
+    )
+    .await;
+    assert_ok(&gw, "new kid after a rejected reload", &new).await;
+}
