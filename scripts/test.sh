@@ -300,6 +300,26 @@ fi
 export DATABASE_URL
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+# --- schemathesis (tests/it/openapi.rs fuzzes the live gateway with it) -------
+
+if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]] && ! have schemathesis; then
+    pip_hint="install it yourself: python3 -m pip install 'schemathesis>=4,<5'"
+    [[ ${SWITCHBOARD_NO_INSTALL:-0} != 1 ]] \
+        || die "schemathesis not found and SWITCHBOARD_NO_INSTALL=1: $pip_hint"
+    if ! have python3 || ! python3 -m pip --version >/dev/null 2>&1; then
+        die "schemathesis not found and pip is unavailable (Debian/Ubuntu: apt-get install python3-pip), then $pip_hint"
+    fi
+    say "schemathesis not found: installing it (python3 -m pip install schemathesis)"
+    # A Debian system Python refuses plain installs (PEP 668): then --user.
+    python3 -m pip install --quiet 'schemathesis>=4,<5' \
+        || python3 -m pip install --quiet --user --break-system-packages 'schemathesis>=4,<5' \
+        || die "pip could not install schemathesis (see above); $pip_hint"
+    # pip's script directories need not be on PATH (pyenv, --user installs).
+    PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin"
+    hash -r
+    have schemathesis || die "installed schemathesis, but no 'schemathesis' command is on PATH"
+fi
+
 # --- run the tests ---------------------------------------------------------------
 
 # The tests run as a child the script waits for, so that a SIGTERM/SIGINT to

@@ -325,7 +325,8 @@ async fn read_json<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-        if !ct.starts_with("application/json") {
+        let media_type = ct.split(';').next().unwrap_or_default().trim();
+        if media_type != "application/json" {
             return Err(ApiError::UnsupportedMediaType);
         }
     }
@@ -354,7 +355,7 @@ async fn read_json<T: DeserializeOwned>(
 /// Parses JSON into `T`; the error names the field (`amount: invalid type ...`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = if path == "." || path.is_empty() {
@@ -364,6 +365,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::InvalidRequest(message)
     })?;
+    // One JSON document and nothing after it: trailing bytes would otherwise
+    // be ignored, and a second document silently dropped.
+    de.end()
+        .map_err(|e| ApiError::InvalidRequest(format!("body: {e}")))?;
     Ok(value)
 }
 
