@@ -168,6 +168,7 @@ impl Application {
         }
         let limits = ConnLimits {
             header_read_timeout: cfg.header_read_timeout(),
+            header_bytes_max: cfg.header_bytes_max,
             idle_timeout: cfg.keepalive_idle_timeout(),
             h2_streams_max: cfg.h2_streams_max,
         };

@@ -112,6 +112,9 @@ pub struct ServerConfig {
     pub client_ca: Option<PathBuf>,
     /// Largest accepted request body, bytes.
     pub body_bytes_max: usize,
+    /// Largest request head (HTTP/1 read buffer, HTTP/2 header list), bytes;
+    /// past it, 431.
+    pub header_bytes_max: usize,
     /// A client must send all request headers within this, ms.
     pub header_read_timeout_ms: u64,
     /// A client must finish the TLS handshake within this, ms.
@@ -660,6 +663,9 @@ impl Config {
                 "database.url: must start with postgres://, postgresql:// or sqlite: (got {})",
                 d.url_redacted()
             ));
+        }
+        if !(8192..=1 << 20).contains(&s.header_bytes_max) {
+            p.push("server.header_bytes_max: must be 8192 to 1048576".into());
         }
         let l = &self.limits;
         for (key, q) in [

@@ -56,6 +56,7 @@ pub trait Handler: Clone + Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
+    pub header_bytes_max: usize,
     pub idle_timeout: Duration,
     pub h2_streams_max: u32,
 }
@@ -207,11 +208,11 @@ fn http_builder(limits: &ConnLimits) -> Protocols {
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(limits.header_bytes_max);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_streams_max)
-        .max_header_list_size(64 * 1024)
+        .max_header_list_size(limits.header_bytes_max as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     Protocols { h1, h2 }
