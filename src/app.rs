@@ -270,6 +270,17 @@ fn switch_tls_config(cfg: &ForwardingConfig) -> Result<rustls::ClientConfig, Tls
     })
 }
 
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    token
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

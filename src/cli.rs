@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Application};
 use crate::config::{Config, ConfigError, Sources};
@@ -166,12 +165,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let app = Application::build_with_sources(config, Some(sources))
                 .await
                 .map_err(Failure::other)?;
-            let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                app::shutdown_signal().await;
-                signal.cancel();
-            });
+            let shutdown = app::cancel_on_signal();
             app.run(shutdown).await;
             Ok(())
         }
@@ -211,12 +205,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let sim = crate::sim::Sim::bind(*listen, opts)
                 .await
                 .map_err(Failure::other)?;
-            let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                app::shutdown_signal().await;
-                signal.cancel();
-            });
+            let shutdown = app::cancel_on_signal();
             sim.run(shutdown).await.map_err(Failure::other)
         }
         Command::Token { sub, roles, ttl_s } => {

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use secrecy::SecretString;
-use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Application};
 use crate::auth::Authenticator;
@@ -121,12 +120,7 @@ Ctrl-C stops it.
         ops = app.ops_addr(),
     );
 
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        app::shutdown_signal().await;
-        signal.cancel();
-    });
+    let shutdown = app::cancel_on_signal();
     app.run(shutdown).await;
     for sim in sims {
         sim.shutdown().await;

@@ -195,8 +195,9 @@ pub fn error_body(code: &str, message: &str) -> serde_json::Value {
     serde_json::json!({ "error": { "code": code, "message": message } })
 }
 
-/// A JSON response. Serialising a `serde_json::Value` cannot fail.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+/// A JSON response. Our bodies are plain values and structs: serialising
+/// them cannot fail.
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;

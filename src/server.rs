@@ -26,8 +26,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -76,27 +76,7 @@ pub async fn serve_tls<H: Handler>(
 ) {
     let permits = Arc::new(Semaphore::new(connections_max));
     let builder = Arc::new(http_builder(&limits));
-    loop {
-        // At the cap we stop accepting rather than accept-and-drop.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((permit, tcp, peer)) = accept_next(&listener, &permits, &shutdown).await {
         let _ = tcp.set_nodelay(true);
         let (acceptor, handler, metrics, shutdown, builder, limits) = (
             acceptor.clone(),
@@ -159,22 +139,7 @@ pub async fn serve_plain<H: Handler>(
 ) {
     let permits = Arc::new(Semaphore::new(connections_max));
     let builder = Arc::new(http_builder(&limits));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ops accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((permit, tcp, peer)) = accept_next(&listener, &permits, &shutdown).await {
         let (handler, metrics, shutdown, builder, limits) = (
             handler.clone(),
             metrics.clone(),
@@ -202,6 +167,33 @@ pub async fn serve_plain<H: Handler>(
 pub struct Protocols {
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// Waits for a connection slot, then the next connection; `None` once
+/// shutdown begins. At the cap the listener stops accepting rather than
+/// accepting and dropping: the kernel backlog holds the rest.
+async fn accept_next(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let permit = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        p = permits.clone().acquire_owned() => p.ok()?,
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => return Some((permit, tcp, peer)),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 fn http_builder(limits: &ConnLimits) -> Protocols {

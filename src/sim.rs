@@ -1017,15 +1017,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Resp {
-    // Our bodies are plain maps and structs: serializing them cannot fail.
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    crate::error::json_response(status, body)
 }
 
 fn invalid(reason: String) -> Resp {

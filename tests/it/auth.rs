@@ -605,10 +605,9 @@ async fn the_key_set_reloads_with_the_config_file() {
         Duration::from_secs(10),
         "the broken key set is rejected",
         || async {
-            metric(
-                &gw.ops_get("/metrics").await.1,
-                "switchboard_config_reloads_total{result=\"rejected\"}",
-            ) >= 1.0
+            gw.metric("switchboard_config_reloads_total{result=\"rejected\"}")
+                .await
+                >= 1.0
         },
     )
     .await;

@@ -250,6 +250,11 @@ impl TestGateway {
         r.json["balance"].as_i64().expect("balance")
     }
 
+    /// One sample of the gateway's metrics (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric(&self.ops_get("/metrics").await.1, sample)
+    }
+
     pub async fn ops_get(&self, path: &str) -> (u16, String) {
         let resp = reqwest::get(format!("http://{}{path}", self.ops))
             .await

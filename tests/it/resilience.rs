@@ -561,10 +561,9 @@ async fn a_live_switch_list_reload_adds_removes_and_rejects_broken_files() {
         Duration::from_secs(10),
         "the broken file is rejected",
         || async {
-            metric(
-                &gw.ops_get("/metrics").await.1,
-                "switchboard_config_reloads_total{result=\"rejected\"}",
-            ) >= 1.0
+            gw.metric("switchboard_config_reloads_total{result=\"rejected\"}")
+                .await
+                >= 1.0
         },
     )
     .await;
