@@ -300,6 +300,56 @@ fi
 export DATABASE_URL
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+# --- tools other tests drive: docker-compose, chromium, promtool ----------------
+# tests/it/compose.rs runs `docker-compose config` on the compose files, the
+# status-page test drives a headless chromium, and the alert rules are checked
+# with promtool. Each comes from a Debian package (promtool from `prometheus`),
+# installed as root with apt-get when missing, as is pip when schemathesis
+# (next block) is missing and pip with it. `apt-get update` runs at most once
+# (APT_UPDATED=1 says it already ran), and only when something is missing.
+
+if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]]; then
+    tools_missing=()   # commands, for messages
+    tools_pkgs=()      # Debian packages providing them
+    have docker-compose || { tools_missing+=(docker-compose); tools_pkgs+=(docker-compose); }
+    have chromium || { tools_missing+=(chromium); tools_pkgs+=(chromium); }
+    have promtool || { tools_missing+=(promtool); tools_pkgs+=(prometheus); }
+    if ! have schemathesis && ! { have python3 && python3 -m pip --version >/dev/null 2>&1; }; then
+        tools_missing+=("pip (for schemathesis)"); tools_pkgs+=(python3-pip)
+    fi
+    if ((${#tools_pkgs[@]} > 0)); then
+        tools_hint="apt-get install --no-install-recommends ${tools_pkgs[*]}"
+        [[ ${SWITCHBOARD_NO_INSTALL:-0} != 1 ]] \
+            || die "not found: ${tools_missing[*]}; SWITCHBOARD_NO_INSTALL=1, so install them yourself (Debian/Ubuntu: sudo $tools_hint)"
+        if [[ $EUID -ne 0 ]] || ! have apt-get; then
+            die "not found: ${tools_missing[*]}; install them (Debian/Ubuntu: sudo $tools_hint), or run this script as root to have them installed"
+        fi
+        say "not found: ${tools_missing[*]}: installing ${tools_pkgs[*]} (apt-get)"
+        if [[ ${APT_UPDATED:-0} != 1 ]]; then
+            apt-get update -qq || die "apt-get update failed (see above)"
+            APT_UPDATED=1
+        fi
+        # No recommends: docker-compose's would bring a Docker engine.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${tools_pkgs[@]}" >/dev/null \
+            || die "apt-get could not install ${tools_pkgs[*]} (see above)"
+        # `prometheus` is here for promtool: under systemd, stop the daemon
+        # its installation started.
+        if [[ " ${tools_pkgs[*]} " == *" prometheus "* ]]; then
+            if [[ -d /run/systemd/system ]]; then
+                systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+            fi
+            # Without systemd an init script may have started it: it would
+            # hold port 9090, which the README test's demo needs.
+            pkill -x prometheus >/dev/null 2>&1 || true
+        fi
+        hash -r
+        for tool in docker-compose chromium promtool; do
+            have "$tool" || die "installed ${tools_pkgs[*]}, but no '$tool' command is on PATH"
+        done
+    fi
+fi
+
 # --- schemathesis (tests/it/openapi.rs fuzzes the live gateway with it) -------
 
 if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]] && ! have schemathesis; then

@@ -733,7 +733,7 @@ fn get_switches(state: &AppState) -> Response<Body> {
 /// by a test).
 pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
 
-/// The ops listener: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+/// The ops listener: `/` (status page), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
 #[derive(Clone)]
 pub struct Ops(pub Arc<AppState>);
 
@@ -744,6 +744,7 @@ impl Handler for Ops {
             return ApiError::MethodNotAllowed { allow: "GET" }.into_response();
         }
         match req.uri().path() {
+            "/" => crate::status::response(state),
             "/healthz" => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             "/readyz" => {
                 let started = state.ready.load(Ordering::Acquire);

@@ -21,6 +21,7 @@ pub mod reconciler;
 pub mod reload;
 pub mod server;
 pub mod sim;
+pub mod status;
 pub mod switch;
 pub mod telemetry;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! The one integration-test binary: real TLS, real Postgres, real simulated switches.
 
 mod auth;
+mod compose;
 mod db;
 mod foundation;
 mod harness;
@@ -8,7 +9,10 @@ mod hostile;
 mod ledger;
 mod limits;
 mod openapi;
+mod ops_docs;
 mod props;
+mod readme;
 mod resilience;
 mod sim;
+mod status_page;
 mod transactions;

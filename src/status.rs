@@ -1,0 +1,237 @@
+//! The status page on the ops listener (`GET /`), in the spirit of HAProxy's
+//! stats page: one self-contained HTML document (inline CSS, no script,
+//! nothing fetched) that refreshes itself every 2 s.
+//!
+//! Every value sits in an element with a stable `id` or `data-` attribute
+//! (`<tr data-switch="sim-1">`, `<td data-outcome="committed">`,
+//! `<td data-reason="missing_role">`, `id="unfinished"`), so tests and
+//! scrapers can find it. Switch rows come from [`SwitchState::view`], so the
+//! page and `GET /v1/switches` agree.
+//!
+//! [`SwitchState::view`]: crate::switch::SwitchState::view
+
+use std::fmt::Write;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+use http_body_util::Full;
+use prometheus::IntCounterVec;
+use prometheus::core::Collector;
+use serde_json::Value;
+
+use crate::api::AppState;
+use crate::error::Body;
+
+/// Outcomes always listed, in this order, even at 0; others follow as seen.
+const OUTCOMES: &[&str] = &[
+    "committed",
+    "declined",
+    "insufficient_funds",
+    "failed",
+    "pending",
+    "replayed",
+    "in_progress",
+    "reused",
+    "overloaded",
+    "no_switch",
+];
+
+/// Refusal reasons always listed, even at 0; others follow as seen.
+const REASONS: &[&str] = &[
+    "rate_limited_ip",
+    "rate_limited_client",
+    "malformed",
+    "expired",
+    "missing_role",
+];
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#f6f6f4}\
+h1{margin:0;font-size:1.5em}h2{font-size:1.1em;margin:1.4em 0 .4em}header p{margin:.2em 0;color:#555}\
+table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0002}\
+th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}th{background:#e4e4e0}\
+td.n{text-align:right;font-variant-numeric:tabular-nums}\
+.grid{display:flex;flex-wrap:wrap;gap:2em}\
+tr.up td.status{background:#2e7d32;color:#fff}tr.down td.status{background:#c62828;color:#fff}\
+tr.ejected td.status{background:#ef6c00;color:#fff}tr.unprobed td.status{background:#9e9e9e;color:#fff}\
+tr.down{background:#fdecea}tr.ejected{background:#fff3e0}tr.unprobed{background:#f2f2f2}\
+td.status{font-weight:bold;text-align:center}";
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A switch's state as the page shows it: UP, DOWN, EJECTED or UNPROBED.
+pub fn switch_status(view: &Value) -> &'static str {
+    let flag = |k: &str| view[k].as_bool().unwrap_or(false);
+    if !flag("probed") {
+        "UNPROBED"
+    } else if flag("ejected") {
+        "EJECTED"
+    } else if flag("healthy") {
+        "UP"
+    } else {
+        "DOWN"
+    }
+}
+
+/// Every label value of a one-label counter and its count: the `known`
+/// labels first (0 when never counted), then any other in collection order.
+fn counts(vec: &IntCounterVec, known: &[&str]) -> Vec<(String, u64)> {
+    let mut rows: Vec<(String, u64)> = known.iter().map(|k| (k.to_string(), 0)).collect();
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let Some(label) = m.get_label().first() else {
+                continue;
+            };
+            let value = m.get_counter().get_value() as u64;
+            match rows.iter_mut().find(|(k, _)| k == label.value()) {
+                Some(row) => row.1 = value,
+                None => rows.push((label.value().to_owned(), value)),
+            }
+        }
+    }
+    rows
+}
+
+/// One two-column table of label → count, each count in `<td data-{attr}="label">`.
+fn count_table(out: &mut String, title: &str, id: &str, attr: &str, rows: &[(String, u64)]) {
+    let _ = write!(
+        out,
+        "<section><h2>{title}</h2><table id=\"{id}\"><tr><th>{attr}</th><th>count</th></tr>"
+    );
+    for (label, n) in rows {
+        let label = escape(label);
+        let _ = write!(
+            out,
+            "<tr><td>{label}</td><td class=\"n\" data-{attr}=\"{label}\">{n}</td></tr>"
+        );
+    }
+    out.push_str("</table></section>");
+}
+
+/// The status page as one HTML document.
+pub fn render(state: &AppState) -> String {
+    let m = &state.metrics;
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let now = crate::flow::rfc3339_ms(now_ms);
+    let mut out = String::with_capacity(8192);
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"2\"><title>Switchboard status</title>\
+         <style>{STYLE}</style></head><body><header><h1>Switchboard \
+         <span id=\"version\">{version}</span></h1><p>Status at <time id=\"now\">{now}</time>; \
+         this page refreshes every 2 s.</p></header>",
+        version = escape(env!("CARGO_PKG_VERSION")),
+        now = escape(&now),
+    );
+
+    out.push_str(
+        "<section><h2>Switches</h2><table id=\"switches\"><tr><th>name</th><th>URL</th>\
+         <th>status</th><th>last probe</th><th>latency</th><th>in flight</th>\
+         <th>approved</th><th>declined</th><th>failed</th><th>weight</th></tr>",
+    );
+    for entry in &state.switches.snapshot().entries {
+        let v = entry.view();
+        let status = switch_status(&v);
+        let text = |k: &str| escape(v[k].as_str().unwrap_or_default());
+        let num = |k: &str| v[k].to_string();
+        let probe = match v["lastProbeAt"].as_str() {
+            Some(at) if v["lastProbeOk"].as_bool() == Some(true) => format!("{} ok", escape(at)),
+            Some(at) => format!("{} failed", escape(at)),
+            None => "never".to_owned(),
+        };
+        let latency = v["lastProbeLatencyMs"].as_f64().unwrap_or(0.0);
+        let _ = write!(
+            out,
+            "<tr data-switch=\"{name}\" class=\"{class}\"><td class=\"name\">{name}</td>\
+             <td class=\"url\">{url}</td><td class=\"status\">{status}</td>\
+             <td class=\"last-probe\">{probe}</td><td class=\"n latency\">{latency:.1} ms</td>\
+             <td class=\"n in-flight\">{in_flight}</td><td class=\"n approved\">{approved}</td>\
+             <td class=\"n declined\">{declined}</td><td class=\"n failed\">{failed}</td>\
+             <td class=\"n weight\">{weight}</td></tr>",
+            name = text("name"),
+            url = text("url"),
+            class = status.to_ascii_lowercase(),
+            in_flight = num("inFlight"),
+            approved = num("approved"),
+            declined = num("declined"),
+            failed = num("failed"),
+            weight = num("weight"),
+        );
+    }
+    out.push_str("</table></section><div class=\"grid\">");
+
+    count_table(
+        &mut out,
+        "Transactions by outcome",
+        "transactions",
+        "outcome",
+        &counts(&m.transactions, OUTCOMES),
+    );
+    count_table(
+        &mut out,
+        "Refusals by reason (rate limits, authentication, roles)",
+        "denied",
+        "reason",
+        &counts(&m.denied, REASONS),
+    );
+    let _ = write!(
+        out,
+        "<section><h2>Now</h2><table id=\"now-table\">\
+         <tr><td>unfinished transactions (reserved or pending)</td><td class=\"n\" id=\"unfinished\">{}</td></tr>\
+         <tr><td>transactions in flight</td><td class=\"n\" id=\"transactions-in-flight\">{}</td></tr>\
+         <tr><td>client connections open</td><td class=\"n\" id=\"connections-open\">{}</td></tr>\
+         </table></section></div></body></html>",
+        m.pending.get(),
+        m.transactions_in_flight.get(),
+        m.connections_open.get(),
+    );
+    out
+}
+
+/// `GET /` on the ops listener: [`render`] as `text/html`, never cached.
+pub fn response(state: &AppState) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(render(state))));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_covers_the_five_characters() {
+        assert_eq!(
+            escape(r#"<a href="x">Tom & 'Jerry'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;Tom &amp; &#39;Jerry&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn status_precedence() {
+        let v = |probed, healthy, ejected| serde_json::json!({"probed": probed, "healthy": healthy, "ejected": ejected});
+        assert_eq!(switch_status(&v(false, false, false)), "UNPROBED");
+        assert_eq!(switch_status(&v(true, true, true)), "EJECTED");
+        assert_eq!(switch_status(&v(true, true, false)), "UP");
+        assert_eq!(switch_status(&v(true, false, false)), "DOWN");
+    }
+}
