@@ -518,7 +518,10 @@ async fn post_transaction(
                 Ok(Reserved::Fresh(_)) => Ok(Flow::Forwarded(
                     forwarder.run(&work_tx, &request_id, deadline).await,
                 )),
-                Ok(other) => Ok(Flow::Reserved(Box::new(other))),
+                Ok(Reserved::Existing(record)) => Ok(Flow::Existing(Box::new(record))),
+                Ok(Reserved::InsufficientFunds(record)) => {
+                    Ok(Flow::InsufficientFunds(Box::new(record)))
+                }
                 Err(e) => Err(ApiError::from(e)),
             }
         }
@@ -536,21 +539,13 @@ async fn post_transaction(
             return Ok(pending_response(&tx.id, None));
         }
     };
-    let flow = match flow {
-        Flow::Reserved(reserved) => Ok(*reserved),
-        Flow::Forwarded(outcome) => Err(outcome),
-    };
     match flow {
-        Ok(Reserved::Existing(record)) => existing(state, &who, &tx, &record, retry_after),
-        Ok(Reserved::InsufficientFunds(record)) => {
+        Flow::Existing(record) => existing(state, &who, &tx, &record, retry_after),
+        Flow::InsufficientFunds(record) => {
             count(state, "insufficient_funds");
             Ok(stored_response(&flow::stored(&record)))
         }
-        Ok(Reserved::Fresh(record)) => {
-            // `Fresh` is always forwarded above; answer as in flight if not.
-            Ok(pending_response(&record.id, Some(&record)))
-        }
-        Err(Outcome::Final(stored)) => {
+        Flow::Forwarded(Outcome::Final(stored)) => {
             let outcome = match stored.status {
                 201 => "committed",
                 422 => "declined",
@@ -559,7 +554,7 @@ async fn post_transaction(
             count(state, outcome);
             Ok(stored_response(&stored))
         }
-        Err(Outcome::Pending(id, record)) => {
+        Flow::Forwarded(Outcome::Pending(id, record)) => {
             count(state, "pending");
             Ok(pending_response(&id, record.as_deref()))
         }
@@ -568,8 +563,11 @@ async fn post_transaction(
 
 /// What the transaction task ended with.
 enum Flow {
-    /// `reserve` answered without a new reservation (replay, refusal).
-    Reserved(Box<Reserved>),
+    /// The id was already in the ledger: replay, in progress or reused.
+    Existing(Box<crate::ledger::TransactionRecord>),
+    /// Stored as declined for insufficient funds; never forwarded.
+    InsufficientFunds(Box<crate::ledger::TransactionRecord>),
+    /// Reserved and forwarded.
     Forwarded(Outcome),
 }
 

@@ -66,18 +66,6 @@ impl PgLedger {
             .map_err(|e| LedgerError::Unavailable(format!("migrate: {e}")))
     }
 
-    pub(super) async fn ping(&self) -> Result<(), LedgerError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| unavailable("ping", e))
-    }
-
-    pub(super) async fn close(&self) {
-        self.pool.close().await;
-    }
-
     async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         Ok(WriteTx(self.pool.begin().await?))
     }

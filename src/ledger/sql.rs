@@ -325,6 +325,19 @@ pub(super) fn new_record(
 macro_rules! impl_ledger_ops {
     (ledger: $ledger:ty, lock: $lock:literal, claim_lock: $claim_lock:literal $(,)?) => {
         impl $ledger {
+            /// `SELECT 1`, for `/readyz`.
+            pub(super) async fn ping(&self) -> Result<(), $crate::ledger::LedgerError> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map(drop)
+                    .map_err(|e| $crate::ledger::sql::unavailable("ping", e))
+            }
+
+            pub(super) async fn close(&self) {
+                self.pool.close().await;
+            }
+
             pub(super) async fn create_account(
                 &self,
                 new: &$crate::ledger::NewAccount,

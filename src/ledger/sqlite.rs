@@ -104,18 +104,6 @@ impl SqliteLedger {
             .map_err(|e| LedgerError::Unavailable(format!("migrate: {e}")))
     }
 
-    pub(super) async fn ping(&self) -> Result<(), LedgerError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| unavailable("ping", e))
-    }
-
-    pub(super) async fn close(&self) {
-        self.pool.close().await;
-    }
-
     async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         let turn = tokio::time::timeout(self.writer_wait, self.writer.clone().lock_owned())
             .await
