@@ -506,17 +506,30 @@ async fn post_transaction(
         async move {
             let _permit = permit;
             let started = Instant::now();
-            let reserved = forwarder
-                .ledger
-                .reserve(&client, &work_tx, flow::RENDER)
-                .await;
+            // The first switch is picked before the reserve, so its attempt
+            // is recorded in the same batch (write-ahead).
+            let first = forwarder.switches.pick(|_| true);
+            let reserved = match &first {
+                Some(switch) => {
+                    forwarder
+                        .ledger
+                        .reserve_with_attempt(&client, &work_tx, switch.name(), flow::RENDER)
+                        .await
+                }
+                None => {
+                    forwarder
+                        .ledger
+                        .reserve(&client, &work_tx, flow::RENDER)
+                        .await
+                }
+            };
             forwarder
                 .metrics
                 .ledger_duration
                 .observe(started.elapsed().as_secs_f64());
             match reserved {
                 Ok(Reserved::Fresh(_)) => Ok(Flow::Forwarded(
-                    forwarder.run(&work_tx, &request_id, deadline).await,
+                    forwarder.run(&work_tx, first, &request_id, deadline).await,
                 )),
                 Ok(Reserved::Existing(record)) => Ok(Flow::Existing(Box::new(record))),
                 Ok(Reserved::InsufficientFunds(record)) => {

@@ -71,7 +71,7 @@ impl Application {
         let tls = tls::server_config(&config.server)?;
         let switch_tls = switch_tls_config(&config.forwarding)?;
         let auth = Authenticator::new(&config.auth)?;
-        let ledger = Ledger::connect(&config.database).await?;
+        let ledger = Ledger::connect_with(&config.database, config.ledger.batching()).await?;
         if config.database.migrate_on_start {
             ledger.migrate().await?;
         }
@@ -83,9 +83,11 @@ impl Application {
             &config.switches,
             config.health.passive_failures_max,
         ));
+        let metrics = Metrics::new();
+        metrics.register_all(ledger.collectors());
         let state = AppState {
             auth: Arc::new(ArcSwap::from_pointee(auth)),
-            metrics: Metrics::new(),
+            metrics,
             switches,
             limiter: Arc::new(Limiter::new(&config.limits)),
             switch_client: SwitchClient::new(&config.forwarding, switch_tls),

@@ -349,6 +349,24 @@ pub struct LedgerConfig {
     pub opening_balance_max: i64,
     /// `Retry-After` sent with `409 transaction_in_progress`, seconds.
     pub in_progress_retry_after_s: u64,
+    /// Most ledger operations applied together in one database transaction.
+    pub batch_max: usize,
+    /// Most ledger operations waiting for their batch, per queue (reserve,
+    /// finish).
+    pub queue_max: usize,
+    /// Longest wait for room in a full ledger queue before answering 503, ms.
+    pub queue_wait_ms: u64,
+}
+
+impl LedgerConfig {
+    /// The group-commit bounds the ledger is started with.
+    pub fn batching(&self) -> crate::ledger::GroupConfig {
+        crate::ledger::GroupConfig {
+            batch_max: self.batch_max,
+            queue_max: self.queue_max,
+            queue_wait: Duration::from_millis(self.queue_wait_ms),
+        }
+    }
 }
 
 /// `[forwarding]`: how transactions reach switches.
@@ -638,6 +656,9 @@ impl Config {
         positive("forwarding.attempts_max", f.attempts_max as u64);
         positive("forwarding.response_bytes_max", f.response_bytes_max as u64);
         positive("ledger.amount_max", self.ledger.amount_max.max(0) as u64);
+        positive("ledger.batch_max", self.ledger.batch_max as u64);
+        positive("ledger.queue_max", self.ledger.queue_max as u64);
+        positive("ledger.queue_wait_ms", self.ledger.queue_wait_ms);
         let h = &self.health;
         positive("health.interval_ms", h.interval_ms);
         positive("health.timeout_ms", h.timeout_ms);

@@ -115,7 +115,7 @@ impl ApiError {
         }
     }
 
-    /// The JSON error body of DESIGN.md.
+    /// The JSON error body of docs/design.md ("Errors").
     pub fn body(&self) -> serde_json::Value {
         error_body(self.code(), &self.to_string())
     }

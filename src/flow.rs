@@ -18,7 +18,9 @@ use tokio::time::Instant;
 
 use crate::domain::{Movement, TransactionId, TransactionRequest, TxStatus};
 use crate::error::ApiError;
-use crate::ledger::{Ledger, Render, StoredResponse, TransactionRecord};
+use crate::ledger::{
+    AttemptEnd, AttemptOutcome, Decision, Ledger, Render, StoredResponse, TransactionRecord,
+};
 use crate::metrics::Metrics;
 use crate::switch::{Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches};
 
@@ -61,9 +63,12 @@ impl Forwarder {
     /// Once an attempt is recorded, a failing ledger write never becomes an
     /// error for the client: the answer is 202 and the reconciler, which
     /// knows which switch to ask, finishes the transaction.
+    /// `first` is the switch whose attempt 1 the reservation recorded (see
+    /// [`Ledger::reserve_with_attempt`]); `None` when none was available then.
     pub async fn run(
         &self,
         req: &TransactionRequest,
+        first: Option<Arc<SwitchState>>,
         request_id: &str,
         deadline: Instant,
     ) -> Outcome {
@@ -71,39 +76,27 @@ impl Forwarder {
         let payload = Bytes::from(switch_payload(req).to_string());
         let budget_end = deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline);
         let mut tried: Vec<Arc<SwitchState>> = Vec::new();
+        let mut first = first.map(|switch| (switch, 1));
 
         while (tried.len() as u32) < self.attempts_max {
-            let Some(switch) = self
-                .switches
-                .pick(|s| !tried.iter().any(|t| t.name() == s.name()))
-            else {
-                break;
-            };
-            if budget_end <= Instant::now() {
-                break;
-            }
-            let attempt_no = match self.ledger.record_attempt(id, switch.name()).await {
-                Ok(n) => n,
-                // Not recorded, so not sent: the reconciler will release it
-                // (or it is already being reconciled).
-                Err(e) => {
-                    return self
-                        .unsettled(id, &format!("recording the attempt: {e}"))
-                        .await;
-                }
+            let (switch, attempt_no) = match first.take() {
+                Some(recorded) => recorded,
+                None => match self.next_attempt(id, &tried, budget_end).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
+                    Err(outcome) => return outcome,
+                },
             };
             // Read the budget after the write: waiting for a pooled
             // connection must not push the attempt past the deadline.
             let remaining = budget_end.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                self.note(
-                    id,
-                    &switch,
+                let end = AttemptEnd {
                     attempt_no,
-                    "not_sent",
-                    Some("deadline reached"),
-                )
-                .await;
+                    outcome: AttemptOutcome::NotSent,
+                    error: Some("deadline reached".into()),
+                };
+                self.note(id, &switch, end).await;
                 break;
             }
             match self
@@ -128,6 +121,34 @@ impl Forwarder {
         {
             Ok(record) => Outcome::Final(stored(&record)),
             Err(e) => self.unsettled(id, &format!("releasing: {e}")).await,
+        }
+    }
+
+    /// Picks a switch not tried yet and records the attempt on it (a second
+    /// or later attempt: one database transaction of its own). `None`: no
+    /// switch left or no time left.
+    async fn next_attempt(
+        &self,
+        id: &TransactionId,
+        tried: &[Arc<SwitchState>],
+        budget_end: Instant,
+    ) -> Result<Option<(Arc<SwitchState>, u32)>, Outcome> {
+        let Some(switch) = self
+            .switches
+            .pick(|s| !tried.iter().any(|t| t.name() == s.name()))
+        else {
+            return Ok(None);
+        };
+        if budget_end <= Instant::now() {
+            return Ok(None);
+        }
+        match self.ledger.record_attempt(id, switch.name()).await {
+            Ok(n) => Ok(Some((switch, n))),
+            // Not recorded, so not sent: the reconciler will release it
+            // (or it is already being reconciled).
+            Err(e) => Err(self
+                .unsettled(id, &format!("recording the attempt: {e}"))
+                .await),
         }
     }
 
@@ -161,17 +182,22 @@ impl Forwarder {
             .with_label_values(&[switch.name()])
             .observe(started.elapsed().as_secs_f64());
 
+        let end = |outcome, error: Option<&str>| AttemptEnd {
+            attempt_no,
+            outcome,
+            error: error.map(str::to_owned),
+        };
         let answer = match result {
             Ok(answer) => answer,
             Err(ForwardError::NotSent(reason)) => {
                 tracing::warn!(switch = switch.name(), %reason, "switch unreachable; trying another");
-                self.note(id, switch, attempt_no, "not_sent", Some(&reason))
+                self.note(id, switch, end(AttemptOutcome::NotSent, Some(&reason)))
                     .await;
                 return Step::Next("not_sent");
             }
             Err(ForwardError::Unknown(reason)) => {
                 tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
-                self.note(id, switch, attempt_no, "unknown", Some(&reason))
+                self.note(id, switch, end(AttemptOutcome::Unknown, Some(&reason)))
                     .await;
                 match self.requery(switch, req, request_id, budget_end).await {
                     // Never received: as safe as a refused connection.
@@ -190,35 +216,32 @@ impl Forwarder {
                 }
             }
         };
-        match answer {
-            Answer::Approved { reference } => {
-                let decided = self
-                    .ledger
-                    .commit(id, switch.name(), &reference, render)
-                    .await;
-                self.note(id, switch, attempt_no, "approved", None).await;
-                match decided {
-                    Ok(record) => Outcome::Final(stored(&record)).into(),
-                    Err(e) => self.unsettled(id, &format!("committing: {e}")).await.into(),
-                }
-            }
-            Answer::Declined { reason } => {
-                let decided = self
-                    .ledger
-                    .release(id, TxStatus::Declined, "declined_by_switch", render)
-                    .await;
-                self.note(id, switch, attempt_no, "declined", Some(&reason))
-                    .await;
-                match decided {
-                    Ok(record) => Outcome::Final(stored(&record)).into(),
-                    Err(e) => self.unsettled(id, &format!("releasing: {e}")).await.into(),
-                }
-            }
+        let (decision, end) = match answer {
+            Answer::Approved { reference } => (
+                Decision::Commit {
+                    switch: switch.name().to_owned(),
+                    reference,
+                },
+                end(AttemptOutcome::Approved, None),
+            ),
+            Answer::Declined { reason } => (
+                Decision::Release {
+                    status: TxStatus::Declined,
+                    reason: "declined_by_switch".into(),
+                },
+                end(AttemptOutcome::Declined, Some(&reason)),
+            ),
             Answer::NotProcessed | Answer::NotFound => {
-                self.note(id, switch, attempt_no, "not_processed", None)
+                self.note(id, switch, end(AttemptOutcome::NotProcessed, None))
                     .await;
-                Step::Next("not_processed")
+                return Step::Next("not_processed");
             }
+        };
+        // The decision and the attempt's outcome in one batched write.
+        self.observe(switch, end.outcome);
+        match self.ledger.finish(id, decision, Some(end), render).await {
+            Ok(record) => Outcome::Final(stored(&record)).into(),
+            Err(e) => self.unsettled(id, &format!("finishing: {e}")).await.into(),
         }
     }
 
@@ -287,32 +310,32 @@ impl Forwarder {
         }
     }
 
-    /// Records how an attempt ended, in the metrics and (best effort: the
-    /// reconciler does not need it) in the ledger.
-    async fn note(
-        &self,
-        id: &TransactionId,
-        switch: &SwitchState,
-        attempt_no: u32,
-        outcome: &str,
-        error: Option<&str>,
-    ) {
+    /// Counts how an attempt ended and feeds the switch's passive health.
+    fn observe(&self, switch: &SwitchState, outcome: AttemptOutcome) {
         self.metrics
             .forwards
-            .with_label_values(&[switch.name(), outcome])
+            .with_label_values(&[switch.name(), outcome.as_str()])
             .inc();
         let result = match outcome {
-            "approved" => ForwardResult::Approved,
-            "declined" => ForwardResult::Declined,
-            _ => ForwardResult::Failed,
+            AttemptOutcome::Approved => ForwardResult::Approved,
+            AttemptOutcome::Declined => ForwardResult::Declined,
+            AttemptOutcome::NotSent | AttemptOutcome::NotProcessed | AttemptOutcome::Unknown => {
+                ForwardResult::Failed
+            }
         };
         switch.record_forward(result, self.switches.passive_failures_max());
+    }
+
+    /// Records how an attempt that decided nothing ended, in the metrics and
+    /// (best effort: the reconciler does not need it) in the ledger.
+    async fn note(&self, id: &TransactionId, switch: &SwitchState, end: AttemptEnd) {
+        self.observe(switch, end.outcome);
         if let Err(e) = self
             .ledger
-            .finish_attempt(id, attempt_no, outcome, error)
+            .finish_attempt(id, end.attempt_no, end.outcome.as_str(), end.error.as_deref())
             .await
         {
-            tracing::warn!(error = %e, attempt_no, "could not record the attempt's outcome");
+            tracing::warn!(error = %e, attempt_no = end.attempt_no, "could not record the attempt's outcome");
         }
     }
 }
@@ -375,7 +398,7 @@ pub fn render(record: &TransactionRecord) -> StoredResponse {
     }
 }
 
-/// A transaction as the API shows it (DESIGN.md, "Client API").
+/// A transaction as the API shows it (docs/design.md, "Reading a transaction").
 pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
     let mut body = serde_json::json!({
         "transactionId": r.id,

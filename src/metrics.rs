@@ -224,6 +224,16 @@ impl Metrics {
         m
     }
 
+    /// Registers metrics another part owns (the ledger's batch metrics).
+    /// A collector already registered is left as it is.
+    pub fn register_all(&self, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
+        for c in collectors {
+            if let Err(e) = self.registry.register(c) {
+                tracing::debug!(error = %e, "metric not registered");
+            }
+        }
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

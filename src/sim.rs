@@ -1,4 +1,4 @@
-//! `switchboard sim`: a real implementation of the switch protocol (DESIGN.md,
+//! `switchboard sim`: a real implementation of the switch protocol (docs/design.md,
 //! "Switch protocol") for demos and tests.
 //!
 //! The sim remembers every outcome it recorded (in memory, and optionally in an
@@ -52,7 +52,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// A TLS handshake not finished within this closes the connection.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How the sim treats requests; see DESIGN.md "Switch protocol".
+/// How the sim treats requests; see docs/design.md "The simulated switch".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Healthy,

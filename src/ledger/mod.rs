@@ -21,27 +21,22 @@
 //! - Locks are taken in one order: the transaction row first, then accounts in
 //!   ascending id (byte) order, so opposite transfers cannot deadlock.
 //!
-//! **Later: batching a hot account.** Today each `reserve` is its own database
-//! transaction, and reservations on one account serialise on that account's row
-//! lock, so one hot account is bounded by one round trip plus one commit per
-//! reservation. The plan, with no change to this interface: a per-account
-//! batcher in front of `reserve` (one bounded queue per hot source account, a
-//! task that drains it every few hundred microseconds or at N requests) runs one
-//! database transaction per batch: insert all the rows with `ON CONFLICT DO
-//! NOTHING … RETURNING id` to split fresh ids from replays, then one
-//! `UPDATE accounts … FROM (VALUES (id, amount, ordinal), …)` that admits the
-//! longest prefix, in arrival order, whose running sum (a window `SUM() OVER
-//! (ORDER BY ordinal)`) fits the balance, and marks the rest `declined /
-//! insufficient_funds`, then answers each waiting caller with its own
-//! [`Reserved`]. The same shape serves the settlement account, which every
-//! debit commit touches. The database constraints stay the last line of
-//! defence, so a batcher bug can fail requests but cannot overdraw.
+//! **Group commit.** The hot operations — `reserve` (with the first attempt)
+//! and the finishing `commit`/`release` (with the attempt's outcome) — go
+//! through bounded queues and are applied in batches, one database
+//! transaction per batch (see [`group`]). The other operations (later
+//! attempts, requeries, the reconciler's claims, reads) are one database
+//! transaction each.
 
+mod group;
 mod postgres;
 mod sql;
 mod sqlite;
 
 use std::fmt;
+use std::sync::Arc;
+
+pub use group::{AttemptEnd, Decision, GroupConfig};
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
@@ -50,7 +45,7 @@ use crate::domain::{
 
 /// What the ledger can refuse or fail with. The HTTP layer maps each variant to
 /// one response.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
     /// Database down, pool acquire timeout, conflict retries exhausted
     /// → HTTP 503 ledger_unavailable
@@ -167,6 +162,33 @@ pub enum Reserved {
     Existing(TransactionRecord),
 }
 
+/// How one attempt on a switch ended, as stored in `attempts.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The switch approved it.
+    Approved,
+    /// The switch declined it (a business answer).
+    Declined,
+    /// The request provably never reached the switch.
+    NotSent,
+    /// The switch said `503 not_processed`, or a requery found nothing.
+    NotProcessed,
+    /// Sent, and no answer: the switch may or may not have processed it.
+    Unknown,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Approved => "approved",
+            AttemptOutcome::Declined => "declined",
+            AttemptOutcome::NotSent => "not_sent",
+            AttemptOutcome::NotProcessed => "not_processed",
+            AttemptOutcome::Unknown => "unknown",
+        }
+    }
+}
+
 /// The reason stored with a reservation refused for lack of funds.
 pub const REASON_INSUFFICIENT_FUNDS: &str = "insufficient_funds";
 
@@ -174,6 +196,8 @@ pub const REASON_INSUFFICIENT_FUNDS: &str = "insufficient_funds";
 #[derive(Clone)]
 pub struct Ledger {
     backend: Backend,
+    /// The batch queues of the hot operations.
+    group: Arc<group::Group>,
 }
 
 #[derive(Clone)]
@@ -203,13 +227,38 @@ macro_rules! dispatch {
 impl Ledger {
     /// `postgres://…` or `sqlite:…` (the file is created if missing;
     /// `sqlite::memory:` is one connection that never closes).
+    /// Group commit runs with its default bounds; see [`Ledger::connect_with`].
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Ledger, LedgerError> {
-        let backend = if cfg.is_postgres() {
-            Backend::Postgres(postgres::PgLedger::connect(cfg).await?)
+        Self::connect_with(cfg, GroupConfig::default()).await
+    }
+
+    /// Connects and starts the batch writers (on the current runtime).
+    pub async fn connect_with(
+        cfg: &DatabaseConfig,
+        batching: GroupConfig,
+    ) -> Result<Ledger, LedgerError> {
+        let (backend, store) = if cfg.is_postgres() {
+            let l = postgres::PgLedger::connect(cfg).await?;
+            (Backend::Postgres(l.clone()), group::Store::Postgres(l))
         } else {
-            Backend::Sqlite(sqlite::SqliteLedger::connect(cfg).await?)
+            let l = sqlite::SqliteLedger::connect(cfg).await?;
+            (Backend::Sqlite(l.clone()), group::Store::Sqlite(l))
         };
-        Ok(Ledger { backend })
+        let group = group::Group::start(store, batching, cfg.conflict_retries_max);
+        Ok(Ledger {
+            backend,
+            group: Arc::new(group),
+        })
+    }
+
+    /// The ledger's own metrics (batch sizes and latency), for the
+    /// application's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let m = self.group.metrics();
+        vec![
+            Box::new(m.batch_size.clone()),
+            Box::new(m.batch_duration.clone()),
+        ]
     }
 
     /// Applies the embedded migrations of this backend (`migrations/postgres`
@@ -247,15 +296,30 @@ impl Ledger {
     }
 
     /// Inserts the transaction and holds the money, in one database
-    /// transaction; see [`Reserved`]. Refusals (`AccountNotFound`,
-    /// `CurrencyMismatch`) store nothing.
+    /// transaction (shared with the other reservations of its batch); see
+    /// [`Reserved`]. Refusals (`AccountNotFound`, `CurrencyMismatch`) store
+    /// nothing.
     pub async fn reserve(
         &self,
         client: &ClientId,
         req: &TransactionRequest,
         render: Render,
     ) -> Result<Reserved, LedgerError> {
-        dispatch!(self, l => l.reserve(client, req, render).await)
+        self.group.reserve(client, req, None, render).await
+    }
+
+    /// [`Ledger::reserve`], and when the transaction is admitted, records its
+    /// first attempt on `switch` in the same database transaction (write
+    /// ahead: durable before the request leaves). A `Fresh` record then has
+    /// `attempts == 1`.
+    pub async fn reserve_with_attempt(
+        &self,
+        client: &ClientId,
+        req: &TransactionRequest,
+        switch: &str,
+        render: Render,
+    ) -> Result<Reserved, LedgerError> {
+        self.group.reserve(client, req, Some(switch), render).await
     }
 
     /// Records, durably, that the transaction is about to be sent to `switch`;
@@ -289,7 +353,11 @@ impl Ledger {
         reference: &str,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
-        dispatch!(self, l => l.commit(id, switch, reference, render).await)
+        let decision = Decision::Commit {
+            switch: switch.to_owned(),
+            reference: reference.to_owned(),
+        };
+        self.finish(id, decision, None, render).await
     }
 
     /// Gives held money back and stores `status` (`Declined` or `Failed`) with
@@ -301,7 +369,30 @@ impl Ledger {
         reason: &str,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
-        dispatch!(self, l => l.release(id, status, reason, render).await)
+        if !matches!(status, TxStatus::Declined | TxStatus::Failed) {
+            return Err(LedgerError::InvalidState(format!(
+                "release to {}",
+                status.as_str()
+            )));
+        }
+        let decision = Decision::Release {
+            status,
+            reason: reason.to_owned(),
+        };
+        self.finish(id, decision, None, render).await
+    }
+
+    /// Commits or releases (see [`Ledger::commit`], [`Ledger::release`]) and
+    /// stores how the deciding attempt ended, in one database transaction
+    /// shared with the other finishes of its batch.
+    pub async fn finish(
+        &self,
+        id: &TransactionId,
+        decision: Decision,
+        attempt: Option<AttemptEnd>,
+        render: Render,
+    ) -> Result<TransactionRecord, LedgerError> {
+        self.group.finish(id, decision, attempt, render).await
     }
 
     /// Outcome unknown: `reserved`/`pending` → `pending`, with `last_error`.

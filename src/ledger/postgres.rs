@@ -22,14 +22,14 @@ pub(super) struct PgLedger {
 }
 
 /// One write transaction (`READ COMMITTED`, the server default).
-struct WriteTx(Transaction<'static, Postgres>);
+pub(super) struct WriteTx(Transaction<'static, Postgres>);
 
 impl WriteTx {
-    fn conn(&mut self) -> &mut PgConnection {
+    pub(super) fn conn(&mut self) -> &mut PgConnection {
         &mut self.0
     }
 
-    async fn commit(self) -> Result<(), sqlx::Error> {
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
         self.0.commit().await
     }
 }
@@ -66,13 +66,13 @@ impl PgLedger {
             .map_err(|e| LedgerError::Unavailable(format!("migrate: {e}")))
     }
 
-    async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+    pub(super) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         Ok(WriteTx(self.pool.begin().await?))
     }
 
     /// Serialization failure (40001: also CockroachDB's "restart transaction")
     /// and deadlock (40P01) abort the whole transaction, which is safe to rerun.
-    fn is_conflict(e: &sqlx::Error) -> bool {
+    pub(super) fn is_conflict(e: &sqlx::Error) -> bool {
         matches!(
             e.as_database_error().and_then(|d| d.code()).as_deref(),
             Some("40001" | "40P01")

@@ -23,6 +23,9 @@ pub(super) enum Fail {
     Db(sqlx::Error),
     /// A ledger answer: never retried.
     Ledger(LedgerError),
+    /// Another writer got there first in a way the database does not report
+    /// as a conflict (an id inserted since the batch read): rerun, as for one.
+    Conflict(&'static str),
 }
 
 impl From<sqlx::Error> for Fail {
@@ -54,6 +57,16 @@ where
         match once().await {
             Ok(v) => return Ok(v),
             Err(Fail::Ledger(e)) => return Err(e),
+            Err(Fail::Conflict(why)) if retries < retries_max => {
+                retries += 1;
+                tracing::debug!(op, retries, why, "ledger: conflict, retrying");
+                tokio::time::sleep(backoff(retries)).await;
+            }
+            Err(Fail::Conflict(why)) => {
+                return Err(LedgerError::Unavailable(format!(
+                    "{op}: {why}, still after {retries} retries"
+                )));
+            }
             Err(Fail::Db(e)) if is_conflict(&e) => {
                 if retries >= retries_max {
                     tracing::warn!(op, retries, error = %e, "ledger: conflict retries exhausted");
@@ -72,7 +85,7 @@ where
 
 /// Jittered exponential backoff: up to 2 ms, 4 ms, … at most 64 ms, so
 /// retrying conflicting transactions spread out instead of colliding again.
-fn backoff(retry: u32) -> Duration {
+pub(super) fn backoff(retry: u32) -> Duration {
     let cap_us = 1_000u64 << retry.clamp(1, 6);
     Duration::from_micros(rand::random_range(cap_us / 4..=cap_us))
 }
@@ -203,6 +216,19 @@ pub(super) struct AccountRow {
 impl AccountRow {
     pub(super) fn id(&self) -> &str {
         &self.id
+    }
+
+    pub(super) fn balance(&self) -> i64 {
+        self.balance
+    }
+
+    pub(super) fn is_customer(&self) -> bool {
+        self.kind == "customer"
+    }
+
+    /// A settlement or equity account in `currency`.
+    pub(super) fn is_system_in(&self, currency: &Currency) -> bool {
+        self.kind == "settlement" && self.currency == currency.as_str()
     }
 
     pub(super) fn into_account(self) -> Result<Account, LedgerError> {
@@ -439,130 +465,6 @@ macro_rules! impl_ledger_ops {
                 .await
             }
 
-            pub(super) async fn reserve(
-                &self,
-                client: &$crate::domain::ClientId,
-                req: &$crate::domain::TransactionRequest,
-                render: $crate::ledger::Render,
-            ) -> Result<$crate::ledger::Reserved, $crate::ledger::LedgerError> {
-                $crate::ledger::sql::with_retries(
-                    "reserve",
-                    self.retries_max,
-                    Self::is_conflict,
-                    move || self.reserve_once(client, req, render),
-                )
-                .await
-            }
-
-            async fn reserve_once(
-                &self,
-                client: &$crate::domain::ClientId,
-                req: &$crate::domain::TransactionRequest,
-                render: $crate::ledger::Render,
-            ) -> Result<$crate::ledger::Reserved, $crate::ledger::sql::Fail> {
-                use $crate::domain::{AccountId, Movement, TxStatus};
-                use $crate::ledger::sql::{check_destination, check_owned, new_record};
-                use $crate::ledger::{LedgerError, Reserved};
-                let now = $crate::ledger::sql::now_ms();
-                let amount = req.amount.minor_units();
-                let mut tx = self.begin_write().await?;
-
-                // The id is the idempotency key: insert first, so a replay (or
-                // a concurrent twin) finds the row instead of racing a read.
-                let inserted = sqlx::query(
-                    "INSERT INTO transactions (id, client, kind, source, destination, amount, \
-                     currency, metadata, fingerprint, status, attempts, requeries, \
-                     created_at_ms, updated_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'reserved', 0, 0, $10, $10) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(req.id.as_str())
-                .bind(client.as_str())
-                .bind(req.movement.kind().as_str())
-                .bind(req.movement.source().map(AccountId::as_str))
-                .bind(req.movement.destination().map(AccountId::as_str))
-                .bind(amount)
-                .bind(req.currency.as_str())
-                .bind(req.metadata.as_ref().map(|m| m.to_string()))
-                .bind(req.fingerprint())
-                .bind(now)
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    let row = Self::fetch_tx(tx.conn(), &req.id, false)
-                        .await?
-                        .ok_or_else(|| {
-                            LedgerError::InvalidState("conflicting row not found".into())
-                        })?;
-                    tx.commit().await?;
-                    return Ok(Reserved::Existing(row));
-                }
-
-                // Any refusal below returns early: dropping `tx` rolls the
-                // insert back, so nothing is stored.
-                match &req.movement {
-                    // A debit's checks ride in its guarded update below, so
-                    // the account row is locked only by an update that takes
-                    // the money: a refusal never holds a hot account through
-                    // its commit.
-                    Movement::Debit { .. } => {}
-                    Movement::Credit { account } => {
-                        let row = Self::fetch_account(tx.conn(), account).await?;
-                        check_owned(row.as_ref(), client, &req.currency)?;
-                    }
-                    Movement::Transfer { from, to } => {
-                        let rows = Self::lock_accounts(tx.conn(), &[from, to]).await?;
-                        let find = |id: &AccountId| rows.iter().find(|r| r.id() == id.as_str());
-                        check_owned(find(from), client, &req.currency)?;
-                        check_destination(find(to), client, &req.currency)?;
-                    }
-                }
-
-                // Credits hold nothing: the money comes from a settlement
-                // account at commit.
-                if let Some(source) = req.movement.source() {
-                    let taken = sqlx::query(
-                        "UPDATE accounts SET balance = balance - $1 \
-                         WHERE id = $2 AND balance >= $1 \
-                         AND owner = $3 AND currency = $4 AND kind = 'customer'",
-                    )
-                    .bind(amount)
-                    .bind(source.as_str())
-                    .bind(client.as_str())
-                    .bind(req.currency.as_str())
-                    .execute(tx.conn())
-                    .await?
-                    .rows_affected();
-                    match taken {
-                        1 => {}
-                        0 => {
-                            // Missing, not the client's or another currency:
-                            // refused with nothing stored. Otherwise only the
-                            // funds guard can have refused.
-                            let row = Self::fetch_account(tx.conn(), source).await?;
-                            check_owned(row.as_ref(), client, &req.currency)?;
-                            let mut row = new_record(client, req, TxStatus::Declined, now);
-                            row.reason =
-                                Some($crate::ledger::REASON_INSUFFICIENT_FUNDS.to_owned());
-                            let response = render(&row);
-                            Self::store_final(tx.conn(), &row, &response).await?;
-                            row.response = Some(response);
-                            tx.commit().await?;
-                            return Ok(Reserved::InsufficientFunds(row));
-                        }
-                        n => {
-                            return Err(LedgerError::InvalidState(format!(
-                                "guarded debit changed {n} accounts"
-                            ))
-                            .into());
-                        }
-                    }
-                }
-                tx.commit().await?;
-                Ok(Reserved::Fresh(new_record(client, req, TxStatus::Reserved, now)))
-            }
-
             pub(super) async fn record_attempt(
                 &self,
                 id: &$crate::domain::TransactionId,
@@ -644,184 +546,6 @@ macro_rules! impl_ledger_ops {
                     },
                 )
                 .await
-            }
-
-            pub(super) async fn commit(
-                &self,
-                id: &$crate::domain::TransactionId,
-                switch: &str,
-                reference: &str,
-                render: $crate::ledger::Render,
-            ) -> Result<$crate::ledger::TransactionRecord, $crate::ledger::LedgerError> {
-                $crate::ledger::sql::with_retries(
-                    "commit",
-                    self.retries_max,
-                    Self::is_conflict,
-                    move || self.commit_once(id, switch, reference, render),
-                )
-                .await
-            }
-
-            async fn commit_once(
-                &self,
-                id: &$crate::domain::TransactionId,
-                switch: &str,
-                reference: &str,
-                render: $crate::ledger::Render,
-            ) -> Result<$crate::ledger::TransactionRecord, $crate::ledger::sql::Fail> {
-                use $crate::domain::{AccountId, TxKind, TxStatus};
-                use $crate::ledger::LedgerError;
-                let mut tx = self.begin_write().await?;
-                let row = Self::fetch_tx(tx.conn(), id, true)
-                    .await?
-                    .ok_or(LedgerError::TransactionNotFound)?;
-                match row.status {
-                    TxStatus::Committed => {
-                        tx.commit().await?;
-                        return Ok(row);
-                    }
-                    TxStatus::Declined | TxStatus::Failed => {
-                        return Err(LedgerError::InvalidState(format!(
-                            "commit of a {} transaction",
-                            row.status.as_str()
-                        ))
-                        .into());
-                    }
-                    TxStatus::Reserved | TxStatus::Pending => {}
-                }
-                let now = $crate::ledger::sql::now_ms();
-                let amount = row.amount;
-                let settlement = AccountId::settlement(switch, &row.currency);
-                let currency = row.currency.clone();
-                let missing = |what: &str| {
-                    let kind = row.kind.as_str();
-                    LedgerError::InvalidState(format!("{kind} transaction without {what}"))
-                };
-                // (from, to): the source money was taken at reserve for a debit
-                // or transfer; a credit's comes from settlement now.
-                let (from, to) = match row.kind {
-                    TxKind::Debit => {
-                        let source = row.source.clone().ok_or_else(|| missing("source"))?;
-                        let conn = tx.conn();
-                        Self::adjust_system_account(conn, &settlement, &currency, amount, now)
-                            .await?;
-                        (source, settlement)
-                    }
-                    TxKind::Credit => {
-                        let dest = row.destination.clone();
-                        let dest = dest.ok_or_else(|| missing("destination"))?;
-                        let conn = tx.conn();
-                        // Two accounts change: in id order, like every lock.
-                        if settlement < dest {
-                            Self::adjust_system_account(conn, &settlement, &currency, -amount, now)
-                                .await?;
-                            Self::add_to_customer(conn, &dest, amount).await?;
-                        } else {
-                            Self::add_to_customer(conn, &dest, amount).await?;
-                            Self::adjust_system_account(conn, &settlement, &currency, -amount, now)
-                                .await?;
-                        }
-                        (settlement, dest)
-                    }
-                    TxKind::Transfer => {
-                        let source = row.source.clone().ok_or_else(|| missing("source"))?;
-                        let dest = row.destination.clone();
-                        let dest = dest.ok_or_else(|| missing("destination"))?;
-                        Self::add_to_customer(tx.conn(), &dest, amount).await?;
-                        (source, dest)
-                    }
-                };
-                let mut done = row;
-                done.status = TxStatus::Committed;
-                done.reason = None;
-                done.switch = Some(switch.to_owned());
-                done.switch_reference = Some(reference.to_owned());
-                done.response = None;
-                done.updated_at_ms = now;
-                let response = render(&done);
-                Self::store_final(tx.conn(), &done, &response).await?;
-                sqlx::query(
-                    "INSERT INTO postings (transaction_id, account_id, amount, created_at_ms) \
-                     VALUES ($1, $2, $3, $6), ($1, $4, $5, $6)",
-                )
-                .bind(id.as_str())
-                .bind(from.as_str())
-                .bind(-amount)
-                .bind(to.as_str())
-                .bind(amount)
-                .bind(now)
-                .execute(tx.conn())
-                .await?;
-                tx.commit().await?;
-                done.response = Some(response);
-                Ok(done)
-            }
-
-            pub(super) async fn release(
-                &self,
-                id: &$crate::domain::TransactionId,
-                status: $crate::domain::TxStatus,
-                reason: &str,
-                render: $crate::ledger::Render,
-            ) -> Result<$crate::ledger::TransactionRecord, $crate::ledger::LedgerError> {
-                use $crate::domain::TxStatus;
-                if !matches!(status, TxStatus::Declined | TxStatus::Failed) {
-                    return Err($crate::ledger::LedgerError::InvalidState(format!(
-                        "release to {}",
-                        status.as_str()
-                    )));
-                }
-                $crate::ledger::sql::with_retries(
-                    "release",
-                    self.retries_max,
-                    Self::is_conflict,
-                    move || self.release_once(id, status, reason, render),
-                )
-                .await
-            }
-
-            async fn release_once(
-                &self,
-                id: &$crate::domain::TransactionId,
-                status: $crate::domain::TxStatus,
-                reason: &str,
-                render: $crate::ledger::Render,
-            ) -> Result<$crate::ledger::TransactionRecord, $crate::ledger::sql::Fail> {
-                use $crate::domain::TxStatus;
-                use $crate::ledger::LedgerError;
-                let mut tx = self.begin_write().await?;
-                let row = Self::fetch_tx(tx.conn(), id, true)
-                    .await?
-                    .ok_or(LedgerError::TransactionNotFound)?;
-                match row.status {
-                    s if s == status => {
-                        tx.commit().await?;
-                        return Ok(row);
-                    }
-                    TxStatus::Reserved | TxStatus::Pending => {}
-                    s => {
-                        return Err(LedgerError::InvalidState(format!(
-                            "release to {} of a {} transaction",
-                            status.as_str(),
-                            s.as_str()
-                        ))
-                        .into());
-                    }
-                }
-                let now = $crate::ledger::sql::now_ms();
-                if let Some(source) = &row.source {
-                    Self::add_to_customer(tx.conn(), source, row.amount).await?;
-                }
-                let mut done = row;
-                done.status = status;
-                done.reason = Some(reason.to_owned());
-                done.response = None;
-                done.updated_at_ms = now;
-                let response = render(&done);
-                Self::store_final(tx.conn(), &done, &response).await?;
-                tx.commit().await?;
-                done.response = Some(response);
-                Ok(done)
             }
 
             pub(super) async fn mark_pending(
@@ -1070,70 +794,6 @@ macro_rules! impl_ledger_ops {
                 }
             }
 
-            async fn fetch_account(
-                conn: &mut <Self as $crate::ledger::sql::BackendConn>::Conn,
-                id: &$crate::domain::AccountId,
-            ) -> Result<Option<$crate::ledger::sql::AccountRow>, sqlx::Error> {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::ledger::sql::account_columns!(),
-                    " FROM accounts WHERE id = $1"
-                ))
-                .bind(id.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-            }
-
-            /// Locks the accounts that exist among `ids`, one by one in
-            /// ascending id order (the one global lock order), and returns them.
-            async fn lock_accounts(
-                conn: &mut <Self as $crate::ledger::sql::BackendConn>::Conn,
-                ids: &[&$crate::domain::AccountId],
-            ) -> Result<Vec<$crate::ledger::sql::AccountRow>, sqlx::Error> {
-                let mut sorted = ids.to_vec();
-                sorted.sort();
-                sorted.dedup();
-                let mut rows = Vec::with_capacity(sorted.len());
-                for id in sorted {
-                    let row: Option<$crate::ledger::sql::AccountRow> = sqlx::query_as(concat!(
-                        "SELECT ",
-                        $crate::ledger::sql::account_columns!(),
-                        " FROM accounts WHERE id = $1 ",
-                        $lock
-                    ))
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    rows.extend(row);
-                }
-                Ok(rows)
-            }
-
-            /// Adds to a customer account that must exist (it was checked at
-            /// reserve; accounts are never deleted).
-            async fn add_to_customer(
-                conn: &mut <Self as $crate::ledger::sql::BackendConn>::Conn,
-                id: &$crate::domain::AccountId,
-                amount: i64,
-            ) -> Result<(), $crate::ledger::sql::Fail> {
-                let changed = sqlx::query(
-                    "UPDATE accounts SET balance = balance + $1 \
-                     WHERE id = $2 AND kind = 'customer'",
-                )
-                .bind(amount)
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                if changed != 1 {
-                    return Err($crate::ledger::LedgerError::InvalidState(format!(
-                        "customer account {id} is missing"
-                    ))
-                    .into());
-                }
-                Ok(())
-            }
-
             /// Adds `delta` to a system (settlement or equity) account,
             /// creating it on first use. Updates first: the account exists on
             /// every call but the first, so the common case is one statement.
@@ -1175,41 +835,6 @@ macro_rules! impl_ledger_ops {
                 if changed != 1 {
                     return Err($crate::ledger::LedgerError::InvalidState(format!(
                         "account {id} is not a {currency} system account"
-                    ))
-                    .into());
-                }
-                Ok(())
-            }
-
-            /// Stores a final status and its response; only an in-flight row
-            /// may become final, and exactly one row must change.
-            async fn store_final(
-                conn: &mut <Self as $crate::ledger::sql::BackendConn>::Conn,
-                row: &$crate::ledger::TransactionRecord,
-                response: &$crate::ledger::StoredResponse,
-            ) -> Result<(), $crate::ledger::sql::Fail> {
-                let changed = sqlx::query(
-                    "UPDATE transactions SET status = $2, reason = $3, switch = $4, \
-                     switch_reference = $5, lease_until_ms = NULL, response_status = $6, \
-                     response_body = $7, updated_at_ms = $8 \
-                     WHERE id = $1 AND status IN ('reserved', 'pending')",
-                )
-                .bind(row.id.as_str())
-                .bind(row.status.as_str())
-                .bind(row.reason.as_deref())
-                .bind(row.switch.as_deref())
-                .bind(row.switch_reference.as_deref())
-                .bind(i64::from(response.status))
-                .bind(response.body.to_string())
-                .bind(row.updated_at_ms)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                if changed != 1 {
-                    return Err($crate::ledger::LedgerError::InvalidState(format!(
-                        "transaction {} was not in flight when made {}",
-                        row.id,
-                        row.status.as_str()
                     ))
                     .into());
                 }

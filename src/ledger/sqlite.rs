@@ -35,17 +35,17 @@ pub(super) struct SqliteLedger {
 
 /// One write transaction, holding this process's writer turn until it ends.
 /// Field order matters: the transaction drops (rolls back) before the turn.
-struct WriteTx {
+pub(super) struct WriteTx {
     tx: Transaction<'static, Sqlite>,
     _turn: OwnedMutexGuard<()>,
 }
 
 impl WriteTx {
-    fn conn(&mut self) -> &mut SqliteConnection {
+    pub(super) fn conn(&mut self) -> &mut SqliteConnection {
         &mut self.tx
     }
 
-    async fn commit(self) -> Result<(), sqlx::Error> {
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
 }
@@ -104,7 +104,7 @@ impl SqliteLedger {
             .map_err(|e| LedgerError::Unavailable(format!("migrate: {e}")))
     }
 
-    async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+    pub(super) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         let turn = tokio::time::timeout(self.writer_wait, self.writer.clone().lock_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
@@ -114,7 +114,7 @@ impl SqliteLedger {
 
     /// SQLITE_BUSY (5) and SQLITE_LOCKED (6), with any extended code: another
     /// connection holds the lock past the busy timeout; rerunning is safe.
-    fn is_conflict(e: &sqlx::Error) -> bool {
+    pub(super) fn is_conflict(e: &sqlx::Error) -> bool {
         e.as_database_error()
             .and_then(|d| d.code())
             .and_then(|code| code.parse::<i32>().ok())

@@ -1,0 +1,773 @@
+//! Group commit: the hot operations of a transaction's life — reserving it
+//! (with its first attempt) and finishing it (commit or release, with the
+//! attempt's outcome) — wait in bounded queues and are applied in batches, one
+//! database transaction per batch.
+//!
+//! Each queue has one writer task. It takes whatever is queued, up to
+//! `ledger.batch_max` operations, applies it, answers every caller, and comes
+//! back for more: a batch flushes when it is full or when the database is
+//! free, and with nothing else queued an operation goes at once (no timer: a
+//! lone client never waits for company).
+//!
+//! **How a batch is applied.** Reads first, then a plan computed in memory by
+//! the same rules a one-at-a-time ledger follows, then writes:
+//! - *reserve*: lock the accounts involved (ascending id), read which ids
+//!   already exist, then walk the operations in arrival order with a running
+//!   balance per account, so exactly the prefix that fits is admitted and the
+//!   rest is stored `declined / insufficient_funds`; take the admitted amounts
+//!   off (one guarded update per account), insert every new row and the first
+//!   attempts.
+//! - *finish*: lock the transaction rows (ascending id), then the accounts
+//!   (ascending id); store the final rows with their responses, add the
+//!   credits per account (one update per account per batch, so settlement
+//!   accounts stop being hot rows), insert the postings and the attempts'
+//!   outcomes.
+//!
+//! **Invariants.** Every lock order is the ledger's one order (transaction
+//! rows, then accounts by id), so batches cannot deadlock each other, the
+//! one-at-a-time paths or the reconciler; a conflict the database still
+//! reports reruns the whole batch (`database.conflict_retries_max`). A batch
+//! that fails fails whole — nothing is half-applied — and each caller gets the
+//! truthful answer (`LedgerError::Unavailable`). The database constraints
+//! (`balance >= 0`, primary keys) stay the last line of defence: a planning
+//! bug fails a batch, it cannot overdraw. Postgres applies a batch with
+//! set-based statements (`UNNEST` of arrays); SQLite, in-process, with one
+//! statement per row inside one write transaction.
+
+mod postgres;
+mod sqlite;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use prometheus::{HistogramOpts, HistogramVec};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sql::{AccountRow, Fail, check_destination, check_owned, new_record, now_ms};
+use super::{
+    AttemptOutcome, LedgerError, REASON_INSUFFICIENT_FUNDS, Render, Reserved, StoredResponse,
+    TransactionRecord,
+};
+use crate::domain::{AccountId, ClientId, Currency, Movement, TransactionRequest, TxKind, TxStatus};
+
+/// The bounds of group commit, from `[ledger]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Most operations applied in one database transaction.
+    pub batch_max: usize,
+    /// Most operations waiting in each queue (reserve, finish).
+    pub queue_max: usize,
+    /// Longest wait for room in a full queue before answering unavailable.
+    pub queue_wait: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 256,
+            queue_max: 8192,
+            queue_wait: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// Which queue a batch came from: a bounded label.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Reserve,
+    Finish,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Reserve => "reserve",
+            Kind::Finish => "finish",
+        }
+    }
+}
+
+/// How a finished transaction ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The switch approved it: complete the movement.
+    Commit { switch: String, reference: String },
+    /// Give the held money back and store `status` (declined or failed).
+    Release { status: TxStatus, reason: String },
+}
+
+/// How the attempt that decided a transaction ended, stored with the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptEnd {
+    pub attempt_no: u32,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+}
+
+pub(super) struct ReserveOp {
+    client: ClientId,
+    req: TransactionRequest,
+    /// The switch the first attempt goes to, recorded in the same batch.
+    first_attempt: Option<String>,
+    render: Render,
+    reply: oneshot::Sender<Result<Reserved, LedgerError>>,
+}
+
+pub(super) struct FinishOp {
+    id: crate::domain::TransactionId,
+    decision: Decision,
+    attempt: Option<AttemptEnd>,
+    render: Render,
+    reply: oneshot::Sender<Result<TransactionRecord, LedgerError>>,
+}
+
+/// The backend a writer applies batches to.
+#[derive(Clone)]
+pub(super) enum Store {
+    Postgres(super::postgres::PgLedger),
+    Sqlite(super::sqlite::SqliteLedger),
+}
+
+/// The queues' sending ends, shared by every clone of the ledger. The writer
+/// tasks end when the last clone is dropped.
+pub(super) struct Group {
+    reserves: mpsc::Sender<ReserveOp>,
+    finishes: mpsc::Sender<FinishOp>,
+    queue_wait: Duration,
+    metrics: GroupMetrics,
+}
+
+/// Batch sizes and batch latency, by queue; registered on `/metrics` by the
+/// application.
+#[derive(Clone)]
+pub(super) struct GroupMetrics {
+    pub(super) batch_size: HistogramVec,
+    pub(super) batch_duration: HistogramVec,
+}
+
+impl GroupMetrics {
+    fn new() -> Self {
+        let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+        let seconds = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        Self {
+            batch_size: HistogramVec::new(
+                HistogramOpts::new(
+                    "ledger_batch_size",
+                    "Operations applied together in one database transaction, by queue (reserve, finish).",
+                )
+                .buckets(sizes.to_vec()),
+                &["queue"],
+            )
+            .expect("valid metric"),
+            batch_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "ledger_batch_duration_seconds",
+                    "Time to apply one batch (all tries), by queue (reserve, finish).",
+                )
+                .buckets(seconds.to_vec()),
+                &["queue"],
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl Group {
+    /// Starts the two writer tasks on the current runtime.
+    pub(super) fn start(store: Store, cfg: GroupConfig, retries_max: u32) -> Self {
+        let batch_max = cfg.batch_max.max(1);
+        let queue_max = cfg.queue_max.max(1);
+        let metrics = GroupMetrics::new();
+        let (reserves, reserve_rx) = mpsc::channel(queue_max);
+        let (finishes, finish_rx) = mpsc::channel(queue_max);
+        let writer = Writer {
+            store,
+            batch_max,
+            retries_max,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(writer.clone().run_reserves(reserve_rx));
+        tokio::spawn(writer.run_finishes(finish_rx));
+        Self {
+            reserves,
+            finishes,
+            queue_wait: cfg.queue_wait,
+            metrics,
+        }
+    }
+
+    pub(super) fn metrics(&self) -> &GroupMetrics {
+        &self.metrics
+    }
+
+    pub(super) async fn reserve(
+        &self,
+        client: &ClientId,
+        req: &TransactionRequest,
+        first_attempt: Option<&str>,
+        render: Render,
+    ) -> Result<Reserved, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        let op = ReserveOp {
+            client: client.clone(),
+            req: req.clone(),
+            first_attempt: first_attempt.map(str::to_owned),
+            render,
+            reply,
+        };
+        enqueue(&self.reserves, op, self.queue_wait, "reserve").await?;
+        answer.await.unwrap_or_else(|_| Err(writer_gone("reserve")))
+    }
+
+    pub(super) async fn finish(
+        &self,
+        id: &crate::domain::TransactionId,
+        decision: Decision,
+        attempt: Option<AttemptEnd>,
+        render: Render,
+    ) -> Result<TransactionRecord, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        let op = FinishOp {
+            id: id.clone(),
+            decision,
+            attempt,
+            render,
+            reply,
+        };
+        enqueue(&self.finishes, op, self.queue_wait, "finish").await?;
+        answer.await.unwrap_or_else(|_| Err(writer_gone("finish")))
+    }
+}
+
+async fn enqueue<T>(
+    queue: &mpsc::Sender<T>,
+    op: T,
+    wait: Duration,
+    what: &'static str,
+) -> Result<(), LedgerError> {
+    match queue.send_timeout(op, wait).await {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(LedgerError::Unavailable(format!(
+            "{what}: the ledger's queue stayed full for {} ms",
+            wait.as_millis()
+        ))),
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(writer_gone(what)),
+    }
+}
+
+fn writer_gone(what: &str) -> LedgerError {
+    LedgerError::Unavailable(format!("{what}: the ledger's writer has stopped"))
+}
+
+#[derive(Clone)]
+struct Writer {
+    store: Store,
+    batch_max: usize,
+    retries_max: u32,
+    metrics: GroupMetrics,
+}
+
+impl Writer {
+    async fn run_reserves(self, mut queue: mpsc::Receiver<ReserveOp>) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while queue.recv_many(&mut batch, self.batch_max).await > 0 {
+            let started = self.observe_start(Kind::Reserve, batch.len());
+            let answers = self
+                .with_retries(Kind::Reserve, batch.len(), || self.store.reserve_batch(&batch))
+                .await;
+            self.observe_end(Kind::Reserve, started);
+            for (op, answer) in batch.drain(..).zip(answers) {
+                // A caller that went away needs no answer: the write stands.
+                let _ = op.reply.send(answer);
+            }
+        }
+    }
+
+    async fn run_finishes(self, mut queue: mpsc::Receiver<FinishOp>) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while queue.recv_many(&mut batch, self.batch_max).await > 0 {
+            let started = self.observe_start(Kind::Finish, batch.len());
+            let answers = self
+                .with_retries(Kind::Finish, batch.len(), || self.store.finish_batch(&batch))
+                .await;
+            self.observe_end(Kind::Finish, started);
+            for (op, answer) in batch.drain(..).zip(answers) {
+                let _ = op.reply.send(answer);
+            }
+        }
+    }
+
+    fn observe_start(&self, kind: Kind, size: usize) -> Instant {
+        self.metrics
+            .batch_size
+            .with_label_values(&[kind.as_str()])
+            .observe(size as f64);
+        Instant::now()
+    }
+
+    fn observe_end(&self, kind: Kind, started: Instant) {
+        self.metrics
+            .batch_duration
+            .with_label_values(&[kind.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Applies a batch, again from the start when the database aborted it for
+    /// a conflict, at most `retries_max` more times. A batch that fails gives
+    /// every operation in it the same error.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        kind: Kind,
+        len: usize,
+        mut once: F,
+    ) -> Vec<Result<T, LedgerError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Vec<Result<T, LedgerError>>, Fail>>,
+    {
+        let op = kind.as_str();
+        let mut retries = 0u32;
+        let error = loop {
+            let fail = match once().await {
+                Ok(answers) => return answers,
+                Err(fail) => fail,
+            };
+            let retryable = match &fail {
+                Fail::Db(e) => self.store.is_conflict(e),
+                Fail::Conflict(_) => true,
+                Fail::Ledger(_) => false,
+            };
+            if retryable && retries < self.retries_max {
+                retries += 1;
+                tracing::debug!(op, retries, ?fail, "ledger: batch conflict, retrying");
+                tokio::time::sleep(super::sql::backoff(retries)).await;
+                continue;
+            }
+            break match fail {
+                Fail::Ledger(e) => {
+                    tracing::error!(op, error = %e, "ledger: batch refused as a whole");
+                    e
+                }
+                Fail::Db(e) if !retryable => super::sql::unavailable(op, e),
+                fail => {
+                    tracing::warn!(op, retries, ?fail, "ledger: batch conflict retries exhausted");
+                    LedgerError::Unavailable(format!(
+                        "{op}: database conflict persisted after {retries} retries"
+                    ))
+                }
+            };
+        };
+        (0..len).map(|_| Err(error.clone())).collect()
+    }
+}
+
+/// A transaction's row as a batch sees it: the id's text and the record.
+type Rows = HashMap<String, TransactionRecord>;
+/// Accounts by id, as locked for the batch.
+type Accounts = HashMap<String, AccountRow>;
+
+/// What a reserve batch writes and answers, computed before any write.
+#[derive(Default)]
+struct ReservePlan {
+    answers: Vec<Result<Reserved, LedgerError>>,
+    /// New rows: `reserved` (admitted) or `declined` with their response.
+    inserts: Vec<TransactionRecord>,
+    /// Admitted rows whose first attempt is recorded now.
+    first_attempts: Vec<(String, String)>,
+    /// Money held per source account, ascending id.
+    taken: BTreeMap<String, i64>,
+}
+
+/// The account ids a reserve batch reads and locks, ascending.
+fn reserve_accounts(ops: &[ReserveOp]) -> Vec<String> {
+    let ids: BTreeSet<&str> = ops
+        .iter()
+        .flat_map(|op| {
+            let m = &op.req.movement;
+            [m.source(), m.destination()]
+        })
+        .flatten()
+        .map(AccountId::as_str)
+        .collect();
+    ids.into_iter().map(str::to_owned).collect()
+}
+
+/// The rules of one `reserve`, applied to each operation in arrival order as
+/// if alone: an existing id answers with its row (also a twin earlier in the
+/// same batch); account checks refuse with nothing stored; a debit or
+/// transfer is admitted while its source's running balance covers it.
+fn plan_reserves(
+    ops: &[ReserveOp],
+    existing: &Rows,
+    accounts: &Accounts,
+    now: i64,
+) -> ReservePlan {
+    let mut plan = ReservePlan::default();
+    let mut balances: HashMap<&str, i64> = accounts
+        .iter()
+        .map(|(id, row)| (id.as_str(), row.balance()))
+        .collect();
+    let mut new_rows: HashMap<&str, usize> = HashMap::new();
+    for op in ops {
+        let id = op.req.id.as_str();
+        if let Some(row) = existing.get(id) {
+            plan.answers.push(Ok(Reserved::Existing(row.clone())));
+            continue;
+        }
+        if let Some(&i) = new_rows.get(id) {
+            plan.answers
+                .push(Ok(Reserved::Existing(plan.inserts[i].clone())));
+            continue;
+        }
+        if let Err(e) = check_reserve(op, accounts) {
+            plan.answers.push(Err(e));
+            continue;
+        }
+        let amount = op.req.amount.minor_units();
+        let admitted = match op.req.movement.source() {
+            None => true,
+            Some(source) => match balances.get_mut(source.as_str()) {
+                Some(balance) if *balance >= amount => {
+                    *balance -= amount;
+                    *plan.taken.entry(source.as_str().to_owned()).or_default() += amount;
+                    true
+                }
+                _ => false,
+            },
+        };
+        let record = if admitted {
+            let mut row = new_record(&op.client, &op.req, TxStatus::Reserved, now);
+            if let Some(switch) = &op.first_attempt {
+                row.attempts = 1;
+                row.switch = Some(switch.clone());
+                plan.first_attempts
+                    .push((id.to_owned(), switch.clone()));
+            }
+            row
+        } else {
+            let mut row = new_record(&op.client, &op.req, TxStatus::Declined, now);
+            row.reason = Some(REASON_INSUFFICIENT_FUNDS.to_owned());
+            row.response = Some((op.render)(&row));
+            row
+        };
+        new_rows.insert(id, plan.inserts.len());
+        plan.answers.push(Ok(if admitted {
+            Reserved::Fresh(record.clone())
+        } else {
+            Reserved::InsufficientFunds(record.clone())
+        }));
+        plan.inserts.push(record);
+    }
+    plan
+}
+
+/// The account checks of one reservation (absent and not owned answer alike).
+fn check_reserve(op: &ReserveOp, accounts: &Accounts) -> Result<(), LedgerError> {
+    let find = |id: &AccountId| accounts.get(id.as_str());
+    let (client, currency) = (&op.client, &op.req.currency);
+    match &op.req.movement {
+        Movement::Debit { account } | Movement::Credit { account } => {
+            check_owned(find(account), client, currency)
+        }
+        Movement::Transfer { from, to } => {
+            check_owned(find(from), client, currency)?;
+            check_destination(find(to), client, currency)
+        }
+    }
+}
+
+/// What a finish batch writes and answers, computed before any write.
+#[derive(Default)]
+struct FinishPlan {
+    answers: Vec<Result<TransactionRecord, LedgerError>>,
+    /// Rows made final, with their response set.
+    finals: Vec<TransactionRecord>,
+    /// Balance changes per account, ascending id.
+    deltas: BTreeMap<String, i64>,
+    /// `(transaction, account, amount)`: two per commit, summing to zero.
+    postings: Vec<(String, String, i64)>,
+    /// `(transaction, attempt, outcome, error)`.
+    attempt_ends: Vec<(String, i64, &'static str, Option<String>)>,
+}
+
+/// Every account a finish batch may change, with the currency a settlement
+/// account must have (`None`: a customer account), ascending id.
+fn finish_accounts(ops: &[FinishOp], rows: &Rows) -> BTreeMap<String, Option<Currency>> {
+    let mut ids = BTreeMap::new();
+    for op in ops {
+        // Only a row still in flight changes anything.
+        let Some(row) = rows.get(op.id.as_str()).filter(|r| !r.status.is_final()) else {
+            continue;
+        };
+        match &op.decision {
+            Decision::Commit { switch, .. } => {
+                if row.kind != TxKind::Transfer {
+                    let settlement = AccountId::settlement(switch, &row.currency);
+                    ids.insert(settlement.as_str().to_owned(), Some(row.currency.clone()));
+                }
+                if let Some(dest) = &row.destination {
+                    ids.insert(dest.as_str().to_owned(), None);
+                }
+            }
+            Decision::Release { .. } => {
+                if let Some(source) = &row.source {
+                    ids.insert(source.as_str().to_owned(), None);
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// The rules of one `commit` or `release`, applied to each operation in
+/// arrival order as if alone (a second operation on the same id sees the
+/// first's result).
+fn plan_finishes(ops: &[FinishOp], mut rows: Rows, accounts: &Accounts, now: i64) -> FinishPlan {
+    let mut plan = FinishPlan::default();
+    for op in ops {
+        if let Some(end) = &op.attempt {
+            plan.attempt_ends.push((
+                op.id.as_str().to_owned(),
+                i64::from(end.attempt_no),
+                end.outcome.as_str(),
+                end.error.clone(),
+            ));
+        }
+        let answer = match rows.get_mut(op.id.as_str()) {
+            None => Err(LedgerError::TransactionNotFound),
+            Some(row) => plan_finish(op, row, accounts, now, &mut plan),
+        };
+        plan.answers.push(answer);
+    }
+    plan
+}
+
+fn plan_finish(
+    op: &FinishOp,
+    row: &mut TransactionRecord,
+    accounts: &Accounts,
+    now: i64,
+    plan: &mut FinishPlan,
+) -> Result<TransactionRecord, LedgerError> {
+    let target = match &op.decision {
+        Decision::Commit { .. } => TxStatus::Committed,
+        Decision::Release { status, .. } => *status,
+    };
+    match row.status {
+        s if s == target => return Ok(row.clone()),
+        TxStatus::Reserved | TxStatus::Pending => {}
+        s => {
+            return Err(LedgerError::InvalidState(format!(
+                "{} of a {} transaction",
+                match op.decision {
+                    Decision::Commit { .. } => "commit".to_owned(),
+                    Decision::Release { .. } => format!("release to {}", target.as_str()),
+                },
+                s.as_str()
+            )));
+        }
+    }
+    let (moves, mut done) = match &op.decision {
+        Decision::Commit { switch, reference } => {
+            let moves = commit_moves(row, switch, accounts)?;
+            let mut done = row.clone();
+            done.reason = None;
+            done.switch = Some(switch.clone());
+            done.switch_reference = Some(reference.clone());
+            (moves, done)
+        }
+        Decision::Release { reason, .. } => {
+            let mut moves = Vec::new();
+            if let Some(source) = &row.source {
+                customer(accounts, source)?;
+                moves.push((source.as_str().to_owned(), row.amount));
+            }
+            let mut done = row.clone();
+            done.reason = Some(reason.clone());
+            (moves, done)
+        }
+    };
+    done.status = target;
+    done.response = None;
+    done.updated_at_ms = now;
+    done.response = Some((op.render)(&done));
+    for (account, delta) in moves {
+        *plan.deltas.entry(account).or_default() += delta;
+    }
+    if let Decision::Commit { switch, .. } = &op.decision {
+        let (from, to) = posting_ends(row, switch)?;
+        let id = row.id.as_str();
+        plan.postings.push((id.to_owned(), from, -row.amount));
+        plan.postings.push((id.to_owned(), to, row.amount));
+    }
+    *row = done.clone();
+    plan.finals.push(done.clone());
+    Ok(done)
+}
+
+/// The balance changes of a commit: the source's money was taken at reserve;
+/// a debit's goes to settlement, a credit's comes from it.
+fn commit_moves(
+    row: &TransactionRecord,
+    switch: &str,
+    accounts: &Accounts,
+) -> Result<Vec<(String, i64)>, LedgerError> {
+    let settlement = AccountId::settlement(switch, &row.currency);
+    let system = || -> Result<String, LedgerError> {
+        match accounts.get(settlement.as_str()) {
+            Some(a) if a.is_system_in(&row.currency) => Ok(settlement.as_str().to_owned()),
+            _ => Err(LedgerError::InvalidState(format!(
+                "account {settlement} is not a {} system account",
+                row.currency
+            ))),
+        }
+    };
+    let amount = row.amount;
+    Ok(match row.kind {
+        TxKind::Debit => vec![(system()?, amount)],
+        TxKind::Credit => {
+            let dest = row.destination.as_ref().ok_or_else(|| missing(row, "destination"))?;
+            customer(accounts, dest)?;
+            vec![(system()?, -amount), (dest.as_str().to_owned(), amount)]
+        }
+        TxKind::Transfer => {
+            let dest = row.destination.as_ref().ok_or_else(|| missing(row, "destination"))?;
+            customer(accounts, dest)?;
+            vec![(dest.as_str().to_owned(), amount)]
+        }
+    })
+}
+
+/// `(from, to)` of a commit's two postings.
+fn posting_ends(row: &TransactionRecord, switch: &str) -> Result<(String, String), LedgerError> {
+    let settlement = AccountId::settlement(switch, &row.currency);
+    let source = || row.source.as_ref().ok_or_else(|| missing(row, "source"));
+    let dest = || row.destination.as_ref().ok_or_else(|| missing(row, "destination"));
+    let (from, to) = match row.kind {
+        TxKind::Debit => (source()?.clone(), settlement),
+        TxKind::Credit => (settlement, dest()?.clone()),
+        TxKind::Transfer => (source()?.clone(), dest()?.clone()),
+    };
+    Ok((from.as_str().to_owned(), to.as_str().to_owned()))
+}
+
+fn customer(accounts: &Accounts, id: &AccountId) -> Result<(), LedgerError> {
+    match accounts.get(id.as_str()) {
+        Some(a) if a.is_customer() => Ok(()),
+        _ => Err(LedgerError::InvalidState(format!(
+            "customer account {id} is missing"
+        ))),
+    }
+}
+
+fn missing(row: &TransactionRecord, what: &str) -> LedgerError {
+    LedgerError::InvalidState(format!("{} transaction without {what}", row.kind.as_str()))
+}
+
+/// The response stored with a final row (always set by the plan).
+fn response_of(row: &TransactionRecord) -> Result<&StoredResponse, LedgerError> {
+    row.response
+        .as_ref()
+        .ok_or_else(|| LedgerError::InvalidState(format!("final row {} has no response", row.id)))
+}
+
+impl Store {
+    fn is_conflict(&self, e: &sqlx::Error) -> bool {
+        match self {
+            Store::Postgres(_) => super::postgres::PgLedger::is_conflict(e),
+            Store::Sqlite(_) => super::sqlite::SqliteLedger::is_conflict(e),
+        }
+    }
+
+    /// One try of a reserve batch: one database transaction.
+    async fn reserve_batch(
+        &self,
+        ops: &[ReserveOp],
+    ) -> Result<Vec<Result<Reserved, LedgerError>>, Fail> {
+        let now = now_ms();
+        let account_ids = reserve_accounts(ops);
+        let ids: Vec<String> = ops.iter().map(|op| op.req.id.as_str().to_owned()).collect();
+        match self {
+            Store::Postgres(l) => {
+                let mut tx = l.begin_write().await?;
+                let accounts = postgres::lock_accounts(tx.conn(), &account_ids).await?;
+                let existing = postgres::transactions(tx.conn(), &ids, false).await?;
+                let plan = plan_reserves(ops, &existing, &accounts, now);
+                postgres::take(tx.conn(), &plan.taken).await?;
+                postgres::insert_transactions(tx.conn(), &plan.inserts).await?;
+                postgres::insert_first_attempts(tx.conn(), &plan.first_attempts, now).await?;
+                tx.commit().await?;
+                Ok(plan.answers)
+            }
+            Store::Sqlite(l) => {
+                let mut tx = l.begin_write().await?;
+                let accounts = sqlite::accounts(tx.conn(), &account_ids).await?;
+                let existing = sqlite::transactions(tx.conn(), &ids).await?;
+                let plan = plan_reserves(ops, &existing, &accounts, now);
+                sqlite::take(tx.conn(), &plan.taken).await?;
+                sqlite::insert_transactions(tx.conn(), &plan.inserts).await?;
+                sqlite::insert_first_attempts(tx.conn(), &plan.first_attempts, now).await?;
+                tx.commit().await?;
+                Ok(plan.answers)
+            }
+        }
+    }
+
+    /// One try of a finish batch: one database transaction.
+    async fn finish_batch(
+        &self,
+        ops: &[FinishOp],
+    ) -> Result<Vec<Result<TransactionRecord, LedgerError>>, Fail> {
+        let now = now_ms();
+        let ids: Vec<String> = {
+            let set: BTreeSet<&str> = ops.iter().map(|op| op.id.as_str()).collect();
+            set.into_iter().map(str::to_owned).collect()
+        };
+        match self {
+            Store::Postgres(l) => {
+                let mut tx = l.begin_write().await?;
+                let rows = postgres::transactions(tx.conn(), &ids, true).await?;
+                let wanted = finish_accounts(ops, &rows);
+                postgres::create_settlements(tx.conn(), &wanted, now).await?;
+                let ids: Vec<String> = wanted.into_keys().collect();
+                let accounts = postgres::lock_accounts(tx.conn(), &ids).await?;
+                let plan = plan_finishes(ops, rows, &accounts, now);
+                postgres::add(tx.conn(), &plan.deltas).await?;
+                postgres::store_finals(tx.conn(), &plan.finals).await?;
+                postgres::insert_postings(tx.conn(), &plan.postings, now).await?;
+                postgres::end_attempts(tx.conn(), &plan.attempt_ends, now).await?;
+                tx.commit().await?;
+                Ok(plan.answers)
+            }
+            Store::Sqlite(l) => {
+                let mut tx = l.begin_write().await?;
+                let rows = sqlite::transactions(tx.conn(), &ids).await?;
+                let wanted = finish_accounts(ops, &rows);
+                sqlite::create_settlements(tx.conn(), &wanted, now).await?;
+                let ids: Vec<String> = wanted.into_keys().collect();
+                let accounts = sqlite::accounts(tx.conn(), &ids).await?;
+                let plan = plan_finishes(ops, rows, &accounts, now);
+                sqlite::add(tx.conn(), &plan.deltas).await?;
+                sqlite::store_finals(tx.conn(), &plan.finals).await?;
+                sqlite::insert_postings(tx.conn(), &plan.postings, now).await?;
+                sqlite::end_attempts(tx.conn(), &plan.attempt_ends, now).await?;
+                tx.commit().await?;
+                Ok(plan.answers)
+            }
+        }
+    }
+}
+
+/// A batch statement changed another number of rows than the plan says:
+/// the whole batch fails (and rolls back).
+fn check_rows(what: &str, expected: usize, changed: u64) -> Result<(), Fail> {
+    if changed as usize == expected {
+        Ok(())
+    } else {
+        Err(Fail::Ledger(LedgerError::InvalidState(format!(
+            "batch {what}: {changed} rows changed, {expected} expected"
+        ))))
+    }
+}
