@@ -54,7 +54,7 @@ fn is_currency(s: &str) -> bool {
     s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase())
 }
 
-/// Every accepted request obeys the rules of DESIGN.md and domain.rs.
+/// Every accepted request obeys the rules of docs/design.md and domain.rs.
 fn check_domain_rules(req: &TransactionRequest) -> Result<(), TestCaseError> {
     prop_assert!(is_id(req.id.as_str()), "id {:?}", req.id);
     let amount = req.amount.minor_units();
