@@ -1,6 +1,7 @@
 //! The one integration-test binary: real TLS, real Postgres, real simulated switches.
 
 mod auth;
+mod batch;
 mod compose;
 mod db;
 mod foundation;
@@ -10,6 +11,7 @@ mod ledger;
 mod limits;
 mod openapi;
 mod ops_docs;
+mod pg_restart;
 mod props;
 mod readme;
 mod resilience;
