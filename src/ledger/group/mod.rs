@@ -48,7 +48,9 @@ use super::{
     AttemptOutcome, LedgerError, REASON_INSUFFICIENT_FUNDS, Render, Reserved, StoredResponse,
     TransactionRecord,
 };
-use crate::domain::{AccountId, ClientId, Currency, Movement, TransactionRequest, TxKind, TxStatus};
+use crate::domain::{
+    AccountId, ClientId, Currency, Movement, TransactionRequest, TxKind, TxStatus,
+};
 
 /// The bounds of group commit, from `[ledger]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +149,9 @@ pub(super) struct GroupMetrics {
 
 impl GroupMetrics {
     fn new() -> Self {
-        let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+        let sizes = [
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+        ];
         let seconds = [
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
@@ -275,7 +279,9 @@ impl Writer {
         while queue.recv_many(&mut batch, self.batch_max).await > 0 {
             let started = self.observe_start(Kind::Reserve, batch.len());
             let answers = self
-                .with_retries(Kind::Reserve, batch.len(), || self.store.reserve_batch(&batch))
+                .with_retries(Kind::Reserve, batch.len(), || {
+                    self.store.reserve_batch(&batch)
+                })
                 .await;
             self.observe_end(Kind::Reserve, started);
             for (op, answer) in batch.drain(..).zip(answers) {
@@ -290,7 +296,9 @@ impl Writer {
         while queue.recv_many(&mut batch, self.batch_max).await > 0 {
             let started = self.observe_start(Kind::Finish, batch.len());
             let answers = self
-                .with_retries(Kind::Finish, batch.len(), || self.store.finish_batch(&batch))
+                .with_retries(Kind::Finish, batch.len(), || {
+                    self.store.finish_batch(&batch)
+                })
                 .await;
             self.observe_end(Kind::Finish, started);
             for (op, answer) in batch.drain(..).zip(answers) {
@@ -352,7 +360,12 @@ impl Writer {
                 }
                 Fail::Db(e) if !retryable => super::sql::unavailable(op, e),
                 fail => {
-                    tracing::warn!(op, retries, ?fail, "ledger: batch conflict retries exhausted");
+                    tracing::warn!(
+                        op,
+                        retries,
+                        ?fail,
+                        "ledger: batch conflict retries exhausted"
+                    );
                     LedgerError::Unavailable(format!(
                         "{op}: database conflict persisted after {retries} retries"
                     ))
@@ -398,12 +411,7 @@ fn reserve_accounts(ops: &[ReserveOp]) -> Vec<String> {
 /// if alone: an existing id answers with its row (also a twin earlier in the
 /// same batch); account checks refuse with nothing stored; a debit or
 /// transfer is admitted while its source's running balance covers it.
-fn plan_reserves(
-    ops: &[ReserveOp],
-    existing: &Rows,
-    accounts: &Accounts,
-    now: i64,
-) -> ReservePlan {
+fn plan_reserves(ops: &[ReserveOp], existing: &Rows, accounts: &Accounts, now: i64) -> ReservePlan {
     let mut plan = ReservePlan::default();
     let mut balances: HashMap<&str, i64> = accounts
         .iter()
@@ -442,8 +450,7 @@ fn plan_reserves(
             if let Some(switch) = &op.first_attempt {
                 row.attempts = 1;
                 row.switch = Some(switch.clone());
-                plan.first_attempts
-                    .push((id.to_owned(), switch.clone()));
+                plan.first_attempts.push((id.to_owned(), switch.clone()));
             }
             row
         } else {
@@ -628,12 +635,18 @@ fn commit_moves(
     Ok(match row.kind {
         TxKind::Debit => vec![(system()?, amount)],
         TxKind::Credit => {
-            let dest = row.destination.as_ref().ok_or_else(|| missing(row, "destination"))?;
+            let dest = row
+                .destination
+                .as_ref()
+                .ok_or_else(|| missing(row, "destination"))?;
             customer(accounts, dest)?;
             vec![(system()?, -amount), (dest.as_str().to_owned(), amount)]
         }
         TxKind::Transfer => {
-            let dest = row.destination.as_ref().ok_or_else(|| missing(row, "destination"))?;
+            let dest = row
+                .destination
+                .as_ref()
+                .ok_or_else(|| missing(row, "destination"))?;
             customer(accounts, dest)?;
             vec![(dest.as_str().to_owned(), amount)]
         }
@@ -644,7 +657,11 @@ fn commit_moves(
 fn posting_ends(row: &TransactionRecord, switch: &str) -> Result<(String, String), LedgerError> {
     let settlement = AccountId::settlement(switch, &row.currency);
     let source = || row.source.as_ref().ok_or_else(|| missing(row, "source"));
-    let dest = || row.destination.as_ref().ok_or_else(|| missing(row, "destination"));
+    let dest = || {
+        row.destination
+            .as_ref()
+            .ok_or_else(|| missing(row, "destination"))
+    };
     let (from, to) = match row.kind {
         TxKind::Debit => (source()?.clone(), settlement),
         TxKind::Credit => (settlement, dest()?.clone()),

@@ -13,7 +13,10 @@ use crate::ledger::TransactionRecord;
 use crate::ledger::sql::{AccountRow, Fail, TxRow, account_columns, tx_columns};
 
 /// Locks the accounts among `ids` (ascending) and returns those that exist.
-pub(super) async fn lock_accounts(conn: &mut PgConnection, ids: &[String]) -> Result<Accounts, Fail> {
+pub(super) async fn lock_accounts(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<Accounts, Fail> {
     if ids.is_empty() {
         return Ok(Accounts::new());
     }
@@ -42,7 +45,11 @@ pub(super) async fn transactions(
             " FROM transactions WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
         )
     } else {
-        concat!("SELECT ", tx_columns!(), " FROM transactions WHERE id = ANY($1)")
+        concat!(
+            "SELECT ",
+            tx_columns!(),
+            " FROM transactions WHERE id = ANY($1)"
+        )
     };
     let rows: Vec<TxRow> = sqlx::query_as(sql).bind(ids).fetch_all(&mut *conn).await?;
     let mut out = Rows::with_capacity(rows.len());
@@ -55,7 +62,10 @@ pub(super) async fn transactions(
 
 /// Takes the held amounts off their source accounts: one guarded update for
 /// all of them.
-pub(super) async fn take(conn: &mut PgConnection, taken: &BTreeMap<String, i64>) -> Result<(), Fail> {
+pub(super) async fn take(
+    conn: &mut PgConnection,
+    taken: &BTreeMap<String, i64>,
+) -> Result<(), Fail> {
     if taken.is_empty() {
         return Ok(());
     }
@@ -74,7 +84,10 @@ pub(super) async fn take(conn: &mut PgConnection, taken: &BTreeMap<String, i64>)
 }
 
 /// Adds the deltas to their accounts (all locked already).
-pub(super) async fn add(conn: &mut PgConnection, deltas: &BTreeMap<String, i64>) -> Result<(), Fail> {
+pub(super) async fn add(
+    conn: &mut PgConnection,
+    deltas: &BTreeMap<String, i64>,
+) -> Result<(), Fail> {
     let (ids, amounts): (Vec<&str>, Vec<i64>) = deltas
         .iter()
         .filter(|(_, v)| **v != 0)
@@ -177,12 +190,14 @@ impl Columns {
         self.id.push(r.id.as_str().to_owned());
         self.client.push(r.client.clone());
         self.kind.push(r.kind.as_str());
-        self.source.push(r.source.as_ref().map(|a| a.as_str().to_owned()));
+        self.source
+            .push(r.source.as_ref().map(|a| a.as_str().to_owned()));
         self.destination
             .push(r.destination.as_ref().map(|a| a.as_str().to_owned()));
         self.amount.push(r.amount);
         self.currency.push(r.currency.as_str().to_owned());
-        self.metadata.push(r.metadata.as_ref().map(|m| m.to_string()));
+        self.metadata
+            .push(r.metadata.as_ref().map(|m| m.to_string()));
         self.fingerprint.push(r.fingerprint.clone());
         self.status.push(r.status.as_str());
         self.reason.push(r.reason.clone());
@@ -211,8 +226,10 @@ pub(super) async fn insert_first_attempts(
     if attempts.is_empty() {
         return Ok(());
     }
-    let (ids, switches): (Vec<&str>, Vec<&str>) =
-        attempts.iter().map(|(t, s)| (t.as_str(), s.as_str())).unzip();
+    let (ids, switches): (Vec<&str>, Vec<&str>) = attempts
+        .iter()
+        .map(|(t, s)| (t.as_str(), s.as_str()))
+        .unzip();
     let inserted = sqlx::query(
         "INSERT INTO attempts (transaction_id, attempt_no, switch, started_at_ms) \
          SELECT t, 1, s, $3 FROM UNNEST($1::text[], $2::text[]) AS d(t, s)",

@@ -13,7 +13,10 @@ use crate::domain::Currency;
 use crate::ledger::TransactionRecord;
 use crate::ledger::sql::{AccountRow, Fail, TxRow, account_columns, tx_columns};
 
-pub(super) async fn accounts(conn: &mut SqliteConnection, ids: &[String]) -> Result<Accounts, Fail> {
+pub(super) async fn accounts(
+    conn: &mut SqliteConnection,
+    ids: &[String],
+) -> Result<Accounts, Fail> {
     let mut out = Accounts::with_capacity(ids.len());
     for id in ids {
         let row: Option<AccountRow> = sqlx::query_as(concat!(
@@ -31,7 +34,10 @@ pub(super) async fn accounts(conn: &mut SqliteConnection, ids: &[String]) -> Res
     Ok(out)
 }
 
-pub(super) async fn transactions(conn: &mut SqliteConnection, ids: &[String]) -> Result<Rows, Fail> {
+pub(super) async fn transactions(
+    conn: &mut SqliteConnection,
+    ids: &[String],
+) -> Result<Rows, Fail> {
     let mut out = Rows::new();
     for id in ids {
         let row: Option<TxRow> = sqlx::query_as(concat!(
@@ -49,7 +55,10 @@ pub(super) async fn transactions(conn: &mut SqliteConnection, ids: &[String]) ->
     Ok(out)
 }
 
-pub(super) async fn take(conn: &mut SqliteConnection, taken: &BTreeMap<String, i64>) -> Result<(), Fail> {
+pub(super) async fn take(
+    conn: &mut SqliteConnection,
+    taken: &BTreeMap<String, i64>,
+) -> Result<(), Fail> {
     for (id, amount) in taken {
         let changed = sqlx::query(
             "UPDATE accounts SET balance = balance - $1 \
@@ -65,7 +74,10 @@ pub(super) async fn take(conn: &mut SqliteConnection, taken: &BTreeMap<String, i
     Ok(())
 }
 
-pub(super) async fn add(conn: &mut SqliteConnection, deltas: &BTreeMap<String, i64>) -> Result<(), Fail> {
+pub(super) async fn add(
+    conn: &mut SqliteConnection,
+    deltas: &BTreeMap<String, i64>,
+) -> Result<(), Fail> {
     for (id, amount) in deltas.iter().filter(|(_, v)| **v != 0) {
         let changed = sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
             .bind(amount)
