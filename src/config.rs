@@ -192,6 +192,16 @@ impl DatabaseConfig {
         redact_url(self.url.expose_secret())
     }
 
+    /// Every setting equal, the URL compared in full (password included):
+    /// `Debug` redacts it, so it cannot serve as the comparison.
+    pub fn same_as(&self, other: &DatabaseConfig) -> bool {
+        self.url.expose_secret() == other.url.expose_secret()
+            && self.connections_max == other.connections_max
+            && self.acquire_timeout_ms == other.acquire_timeout_ms
+            && self.migrate_on_start == other.migrate_on_start
+            && self.conflict_retries_max == other.conflict_retries_max
+    }
+
     pub fn is_postgres(&self) -> bool {
         let url = self.url.expose_secret();
         url.starts_with("postgres://") || url.starts_with("postgresql://")

@@ -93,16 +93,10 @@ impl Reloader {
 
     fn apply(&self, mut new: Config) {
         let old = self.config.load_full();
-        let fixed_changed = new.server.listen != old.server.listen
-            || new.server.ops_listen != old.server.ops_listen
-            || new.server.tls_cert != old.server.tls_cert
-            || new.server.tls_key != old.server.tls_key
-            || new.server.client_ca != old.server.client_ca
-            || new.server.connections_max != old.server.connections_max
-            || format!("{:?}", new.database) != format!("{:?}", old.database);
+        let fixed_changed = fixed_settings_changed(&old, &new);
         if fixed_changed {
             tracing::warn!(
-                "listeners, TLS files, connection limits and the database change only on restart"
+                "listeners, TLS files, connection limits, the database and the ledger's batching change only on restart"
             );
         }
         // Keep what cannot change while running.
@@ -117,6 +111,9 @@ impl Reloader {
         new.server.tls_handshake_timeout_ms = old.server.tls_handshake_timeout_ms;
         new.server.h2_streams_max = old.server.h2_streams_max;
         new.database = old.database.clone();
+        new.ledger.batch_max = old.ledger.batch_max;
+        new.ledger.queue_max = old.ledger.queue_max;
+        new.ledger.queue_wait_ms = old.ledger.queue_wait_ms;
         new.log = old.log.clone();
 
         let (added, removed) = self
@@ -211,4 +208,45 @@ fn watch(files: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::Reco
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
     Ok(watcher)
+}
+
+/// Whether `new` changes a setting that is bound at start and keeps its
+/// running value until a restart.
+fn fixed_settings_changed(old: &Config, new: &Config) -> bool {
+    let (o, n) = (&old.server, &new.server);
+    n.listen != o.listen
+        || n.ops_listen != o.ops_listen
+        || n.tls_cert != o.tls_cert
+        || n.tls_key != o.tls_key
+        || n.client_ca != o.client_ca
+        || n.connections_max != o.connections_max
+        || !new.database.same_as(&old.database)
+        || new.ledger.batching() != old.ledger.batching()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(database: &str) -> Config {
+        Config::from_toml_layers(&[database]).expect("a valid config")
+    }
+
+    #[test]
+    fn a_password_change_alone_is_a_database_change() {
+        let old = config("[database]\nurl = \"postgres://app:old-secret@db/ledger\"\n");
+        let same = config("[database]\nurl = \"postgres://app:old-secret@db/ledger\"\n");
+        let new = config("[database]\nurl = \"postgres://app:new-secret@db/ledger\"\n");
+        // Debug output redacts the password: it cannot tell the two apart.
+        assert_eq!(format!("{:?}", old.database), format!("{:?}", new.database));
+        assert!(!fixed_settings_changed(&old, &same));
+        assert!(fixed_settings_changed(&old, &new));
+    }
+
+    #[test]
+    fn batching_is_fixed_at_start() {
+        let old = config("");
+        let new = config("[ledger]\nbatch_max = 8\n");
+        assert!(fixed_settings_changed(&old, &new));
+    }
 }
