@@ -22,6 +22,8 @@ WORKDIR /src
 # Dependencies first, against placeholder sources, so that a source change
 # rebuilds only this crate.
 COPY Cargo.toml Cargo.lock ./
+# The patched sqlx-core (see Cargo.toml's [patch.crates-io]).
+COPY vendor ./vendor
 RUN mkdir -p src/bin \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > src/bin/load.rs \
@@ -55,6 +57,7 @@ RUN python3 -m pip install --no-cache-dir --break-system-packages 'schemathesis>
 WORKDIR /src
 # Dependencies (with dev-dependencies, debug profile) against placeholders.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir -p src/bin tests/it \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > src/bin/load.rs \

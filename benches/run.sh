@@ -323,6 +323,22 @@ for series in sorted({k[0] for k in delta}):
         prev = cum
     mean = f"{total / count:.1f}" if count else "n/a"
     print(f"{series}: {count:.0f} batches, {total:.0f} operations, mean {mean}; " + ("  ".join(parts) or "-"))
+# Where a transaction's time goes: the mean of each latency histogram.
+for name in ["switchboard_ledger_batch_duration_seconds", "switchboard_ledger_reserve_duration_seconds",
+             "switchboard_switch_forward_duration_seconds", "switchboard_http_request_duration_seconds"]:
+    NAME = name
+    _, a = scrape(sys.argv[2])
+    _, b = scrape(sys.argv[1])
+    sums, counts = {}, {}
+    for (series, kind, le), v in a.items():
+        d = v - b.get((series, kind, le), 0.0)
+        if kind == "sum":
+            sums[series] = sums.get(series, 0.0) + d
+        elif kind == "count":
+            counts[series] = counts.get(series, 0.0) + d
+    for series in sorted(counts):
+        if counts[series] > 0:
+            print(f"mean {name.removeprefix('switchboard_')}{{{series}}}: {sums[series] / counts[series] * 1000:.2f} ms over {counts[series]:.0f}")
 PY
 }
 

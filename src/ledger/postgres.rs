@@ -46,7 +46,13 @@ impl PgLedger {
                 "database.url is not a valid Postgres URL: {}",
                 cfg.url_redacted()
             ))
-        })?;
+        })?
+        // A plan for the parameters at hand, every time. sqlx prepares every
+        // statement; after five runs Postgres may keep one generic plan,
+        // costed for the table as it was then. A batch's `id = ANY($1)` on
+        // a table that was empty at that moment stays a sequential scan
+        // while the table grows, and the batch's time grows with it.
+        .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(cfg.connections_max)
             .acquire_timeout(cfg.acquire_timeout())
