@@ -501,6 +501,11 @@ async fn post_transaction(
     };
     let client = who.client.clone();
     let work_tx = tx.clone();
+    // Set once the reservation is stored: a deadline before that is the
+    // ledger's, answered 503 (a retry with the same id finds whatever the
+    // reservation became), never a 202 whose Location may not exist.
+    let reserved_flag = Arc::new(AtomicBool::new(false));
+    let reserved_seen = reserved_flag.clone();
     let request_id = request_id.to_owned();
     let task = state.transactions.spawn(
         async move {
@@ -527,6 +532,7 @@ async fn post_transaction(
                 .metrics
                 .ledger_duration
                 .observe(started.elapsed().as_secs_f64());
+            reserved_flag.store(true, Ordering::Release);
             match reserved {
                 Ok(Reserved::Fresh(_)) => Ok(Flow::Forwarded(
                     forwarder.run(&work_tx, first, &request_id, deadline).await,
@@ -545,6 +551,10 @@ async fn post_transaction(
         Ok(Err(e)) => {
             tracing::error!(error = %e, "transaction task failed");
             return Err(ApiError::Internal);
+        }
+        Err(_) if !reserved_seen.load(Ordering::Acquire) => {
+            tracing::warn!("request deadline passed while waiting for the ledger to reserve");
+            return Err(ApiError::LedgerUnavailable);
         }
         Err(_) => {
             // Still running: it finishes on its own; the client polls.

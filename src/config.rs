@@ -180,6 +180,10 @@ pub struct DatabaseConfig {
     pub migrate_on_start: bool,
     /// Retries of a transaction the database aborted (deadlock, serialization, busy).
     pub conflict_retries_max: u32,
+    /// One statement (lock waits included) is cancelled after this, ms
+    /// (Postgres `statement_timeout`): a stuck connection fails its batch
+    /// instead of stalling every batch behind it.
+    pub statement_timeout_ms: u64,
 }
 
 impl DatabaseConfig {
@@ -200,6 +204,7 @@ impl DatabaseConfig {
             && self.acquire_timeout_ms == other.acquire_timeout_ms
             && self.migrate_on_start == other.migrate_on_start
             && self.conflict_retries_max == other.conflict_retries_max
+            && self.statement_timeout_ms == other.statement_timeout_ms
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -216,6 +221,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("acquire_timeout_ms", &self.acquire_timeout_ms)
             .field("migrate_on_start", &self.migrate_on_start)
             .field("conflict_retries_max", &self.conflict_retries_max)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
             .finish()
     }
 }
@@ -366,6 +372,8 @@ pub struct LedgerConfig {
     pub queue_max: usize,
     /// Longest wait for room in a full ledger queue before answering 503, ms.
     pub queue_wait_ms: u64,
+    /// Batches of each queue applied at once (writer tasks per queue).
+    pub writers: usize,
 }
 
 impl LedgerConfig {
@@ -375,6 +383,7 @@ impl LedgerConfig {
             batch_max: self.batch_max,
             queue_max: self.queue_max,
             queue_wait: Duration::from_millis(self.queue_wait_ms),
+            writers: self.writers,
         }
     }
 }
@@ -660,6 +669,7 @@ impl Config {
         let d = &self.database;
         positive("database.connections_max", d.connections_max as u64);
         positive("database.acquire_timeout_ms", d.acquire_timeout_ms);
+        positive("database.statement_timeout_ms", d.statement_timeout_ms);
         let f = &self.forwarding;
         positive("forwarding.connect_timeout_ms", f.connect_timeout_ms);
         positive("forwarding.attempt_timeout_ms", f.attempt_timeout_ms);
@@ -669,6 +679,7 @@ impl Config {
         positive("ledger.batch_max", self.ledger.batch_max as u64);
         positive("ledger.queue_max", self.ledger.queue_max as u64);
         positive("ledger.queue_wait_ms", self.ledger.queue_wait_ms);
+        positive("ledger.writers", self.ledger.writers as u64);
         let h = &self.health;
         positive("health.interval_ms", h.interval_ms);
         positive("health.timeout_ms", h.timeout_ms);

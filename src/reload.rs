@@ -114,6 +114,7 @@ impl Reloader {
         new.ledger.batch_max = old.ledger.batch_max;
         new.ledger.queue_max = old.ledger.queue_max;
         new.ledger.queue_wait_ms = old.ledger.queue_wait_ms;
+        new.ledger.writers = old.ledger.writers;
         new.log = old.log.clone();
 
         let (added, removed) = self

@@ -46,14 +46,19 @@ impl PgLedger {
                 "database.url is not a valid Postgres URL: {}",
                 cfg.url_redacted()
             ))
-        })?
-        // A plan for the parameters at hand, every time. sqlx prepares every
-        // statement; after five runs Postgres may keep one generic plan,
-        // costed for the table as it was then. A batch's `id = ANY($1)` on
-        // a table that was empty at that moment stays a sequential scan
-        // while the table grows, and the batch's time grows with it.
-        .options([("plan_cache_mode", "force_custom_plan")]);
+        })?;
+        let statement_timeout_ms = cfg.statement_timeout_ms;
         let pool = PgPoolOptions::new()
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    // A bare number is milliseconds.
+                    sqlx::query("SELECT set_config('statement_timeout', $1, false)")
+                        .bind(statement_timeout_ms.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                    prefer_custom_plans(conn).await
+                })
+            })
             .max_connections(cfg.connections_max)
             .acquire_timeout(cfg.acquire_timeout())
             .connect_with(options)
@@ -83,6 +88,26 @@ impl PgLedger {
             e.as_database_error().and_then(|d| d.code()).as_deref(),
             Some("40001" | "40P01")
         )
+    }
+}
+
+/// A plan for the parameters at hand, every time. sqlx prepares every
+/// statement; after five runs Postgres may keep one generic plan, costed for
+/// the table as it was then: a batch's `id = ANY($1)` planned while the table
+/// was empty stays a sequential scan as it grows, and every batch slows with
+/// it. Servers without the setting (Postgres before 12, some compatible
+/// databases) refuse it: then the connection goes on as it is.
+async fn prefer_custom_plans(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    match sqlx::query("SET plan_cache_mode = force_custom_plan")
+        .execute(&mut *conn)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42704") => {
+            tracing::info!("database has no plan_cache_mode; generic plans stay possible");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -41,7 +41,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use prometheus::{HistogramOpts, HistogramVec};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::sql::{AccountRow, Fail, check_destination, check_owned, new_record, now_ms};
 use super::{
@@ -61,6 +63,8 @@ pub struct GroupConfig {
     pub queue_max: usize,
     /// Longest wait for room in a full queue before answering unavailable.
     pub queue_wait: Duration,
+    /// Batches of each queue applied at once (one writer task each).
+    pub writers: usize,
 }
 
 impl Default for GroupConfig {
@@ -69,6 +73,7 @@ impl Default for GroupConfig {
             batch_max: 256,
             queue_max: 8192,
             queue_wait: Duration::from_millis(1000),
+            writers: 1,
         }
     }
 }
@@ -192,8 +197,12 @@ impl Group {
             retries_max,
             metrics: metrics.clone(),
         };
-        tokio::spawn(writer.clone().run_reserves(reserve_rx));
-        tokio::spawn(writer.run_finishes(finish_rx));
+        let reserve_rx = Arc::new(Mutex::new(reserve_rx));
+        let finish_rx = Arc::new(Mutex::new(finish_rx));
+        for _ in 0..cfg.writers.max(1) {
+            tokio::spawn(writer.clone().run_reserves(reserve_rx.clone()));
+            tokio::spawn(writer.clone().run_finishes(finish_rx.clone()));
+        }
         Self {
             reserves,
             finishes,
@@ -265,6 +274,15 @@ fn writer_gone(what: &str) -> LedgerError {
     LedgerError::Unavailable(format!("{what}: the ledger's writer has stopped"))
 }
 
+/// A queue's receiving end, shared by its writers: one takes a batch while
+/// the others are applying theirs.
+type Queue<T> = Arc<Mutex<mpsc::Receiver<T>>>;
+
+/// Waits for at least one operation, then takes what is queued, up to `max`.
+async fn take<T>(queue: &Queue<T>, batch: &mut Vec<T>, max: usize) -> usize {
+    queue.lock().await.recv_many(batch, max).await
+}
+
 #[derive(Clone)]
 struct Writer {
     store: Store,
@@ -274,9 +292,9 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run_reserves(self, mut queue: mpsc::Receiver<ReserveOp>) {
+    async fn run_reserves(self, queue: Queue<ReserveOp>) {
         let mut batch = Vec::with_capacity(self.batch_max);
-        while queue.recv_many(&mut batch, self.batch_max).await > 0 {
+        while take(&queue, &mut batch, self.batch_max).await > 0 {
             let started = self.observe_start(Kind::Reserve, batch.len());
             let answers = self
                 .with_retries(Kind::Reserve, batch.len(), || {
@@ -291,9 +309,9 @@ impl Writer {
         }
     }
 
-    async fn run_finishes(self, mut queue: mpsc::Receiver<FinishOp>) {
+    async fn run_finishes(self, queue: Queue<FinishOp>) {
         let mut batch = Vec::with_capacity(self.batch_max);
-        while queue.recv_many(&mut batch, self.batch_max).await > 0 {
+        while take(&queue, &mut batch, self.batch_max).await > 0 {
             let started = self.observe_start(Kind::Finish, batch.len());
             let answers = self
                 .with_retries(Kind::Finish, batch.len(), || {
@@ -354,9 +372,11 @@ impl Writer {
                 continue;
             }
             break match fail {
+                // Nothing of the batch was stored: unavailable, not the
+                // error of one operation passed on to all.
                 Fail::Ledger(e) => {
-                    tracing::error!(op, error = %e, "ledger: batch refused as a whole");
-                    e
+                    tracing::error!(op, error = %e, "ledger: batch failed as a whole");
+                    LedgerError::Unavailable(format!("{op}: batch failed: {e}"))
                 }
                 Fail::Db(e) if !retryable => super::sql::unavailable(op, e),
                 fail => {
@@ -562,6 +582,14 @@ fn plan_finish(
         Decision::Commit { .. } => TxStatus::Committed,
         Decision::Release { status, .. } => *status,
     };
+    if !target.is_final()
+        || (target == TxStatus::Committed && matches!(op.decision, Decision::Release { .. }))
+    {
+        return Err(LedgerError::InvalidState(format!(
+            "release to {}",
+            target.as_str()
+        )));
+    }
     match row.status {
         s if s == target => return Ok(row.clone()),
         TxStatus::Reserved | TxStatus::Pending => {}

@@ -117,8 +117,12 @@ pub(super) async fn insert_transactions(
     if rows.is_empty() {
         return Ok(());
     }
+    // In id order, like every lock: two batches inserting the same new ids
+    // (replicas, writers) wait for each other instead of deadlocking.
+    let mut sorted: Vec<&TransactionRecord> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut c = Columns::with_capacity(rows.len());
-    for r in rows {
+    for r in sorted {
         c.push(r)?;
     }
     let inserted = sqlx::query(
