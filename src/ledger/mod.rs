@@ -19,7 +19,7 @@
 //!   final row always carries the response replays get.
 //! - Rows are never deleted, so a `transactionId` is never reusable.
 //! - Locks are taken in one order: the transaction row first, then accounts in
-//!   ascending id (byte) order, so opposite transfers cannot deadlock.
+//!   ascending id order, so opposite transfers cannot deadlock.
 //!
 //! **Group commit.** The hot operations — `reserve` (with the first attempt)
 //! and the finishing `commit`/`release` (with the attempt's outcome) — go

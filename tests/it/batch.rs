@@ -22,8 +22,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use switchboard::domain::{
-    AccountId, Amount, ClientId, Currency, Movement, TransactionId, TransactionRequest, TxKind,
-    TxStatus,
+    AccountId, Amount, Movement, TransactionId, TransactionRequest, TxKind, TxStatus,
 };
 use switchboard::flow::RENDER;
 use switchboard::ledger::{
@@ -32,6 +31,7 @@ use switchboard::ledger::{
 };
 use tokio::sync::{Barrier, Semaphore, watch};
 
+use crate::harness::{aid, cid, eur};
 use crate::{db, harness};
 
 /// (account, owner, opening balance). Two accounts share a client, so a
@@ -767,16 +767,4 @@ async fn check(l: &Ledger, ops: &[Op], answers: &[Answer], seed: u64) {
 
 fn acct(id: &Option<AccountId>) -> String {
     id.as_ref().expect("a customer account").to_string()
-}
-
-fn aid(s: &str) -> AccountId {
-    AccountId::parse(s).unwrap()
-}
-
-fn cid(s: &str) -> ClientId {
-    ClientId::parse(s).unwrap()
-}
-
-fn eur() -> Currency {
-    Currency::parse("EUR").unwrap()
 }

@@ -483,3 +483,16 @@ pub fn test_auth() -> Authenticator {
     let config = Config::from_toml(&base_toml("sqlite::memory:")).expect("test config");
     Authenticator::new(&config.auth).expect("test auth keys")
 }
+
+/// Domain values for tests, parsed from literals known to be valid.
+pub fn aid(s: &str) -> switchboard::domain::AccountId {
+    switchboard::domain::AccountId::parse(s).unwrap()
+}
+
+pub fn cid(s: &str) -> switchboard::domain::ClientId {
+    switchboard::domain::ClientId::parse(s).unwrap()
+}
+
+pub fn eur() -> switchboard::domain::Currency {
+    switchboard::domain::Currency::parse("EUR").unwrap()
+}

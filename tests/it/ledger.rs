@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard::domain::{
-    AccountId, Amount, ClientId, Currency, Movement, TransactionId, TransactionRequest, TxStatus,
+    AccountId, Amount, Currency, Movement, TransactionId, TransactionRequest, TxStatus,
 };
 use switchboard::ledger::{
     Account, AccountKind, Ledger, LedgerError, NewAccount, Reserved, StoredResponse,
@@ -15,6 +15,7 @@ use switchboard::ledger::{
 };
 
 use crate::db;
+use crate::harness::{aid, cid, eur};
 
 /// Each behaviour below, once per backend.
 macro_rules! conformance {
@@ -846,18 +847,6 @@ async fn concurrent_claimers_never_share_a_row(l: &Ledger) {
 
 fn tid(s: &str) -> TransactionId {
     TransactionId::parse(s).unwrap()
-}
-
-fn aid(s: &str) -> AccountId {
-    AccountId::parse(s).unwrap()
-}
-
-fn cid(s: &str) -> ClientId {
-    ClientId::parse(s).unwrap()
-}
-
-fn eur() -> Currency {
-    Currency::parse("EUR").unwrap()
 }
 
 fn usd() -> Currency {

@@ -17,29 +17,9 @@ use switchboard::sim::SimHandle;
 
 use crate::harness::{self, GatewayProcess, eventually};
 
-/// Short deadlines and a fast reconciler, so the outage shows and heals
-/// within seconds (`stale_after_ms` must exceed the request deadline +
-/// attempt timeout + twice the acquire timeout: 2500 + 600 + 1000).
-const FAST: &str = r#"
-[server]
-request_deadline_ms = 2500
-[forwarding]
-connect_timeout_ms = 200
-attempt_timeout_ms = 600
-attempts_max = 3
-[health]
-interval_ms = 150
-timeout_ms = 150
-unhealthy_threshold = 2
-healthy_threshold = 2
-[database]
-acquire_timeout_ms = 500
-[reconciler]
-interval_ms = 300
-stale_after_ms = 4200
-lease_ms = 8000
-requery_timeout_ms = 500
-"#;
+/// Short deadlines and a fast reconciler (resilience's), so the outage
+/// shows and heals within seconds.
+use crate::resilience::FAST;
 
 const ACCOUNT: &str = "pgr-acct";
 const OWNER: &str = "pgr-client";

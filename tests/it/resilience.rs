@@ -18,7 +18,7 @@ use crate::harness::{
 };
 
 /// Fast health checks and a short deadline, so failures show within seconds.
-const FAST: &str = r#"
+pub(crate) const FAST: &str = r#"
 [server]
 request_deadline_ms = 2500
 [forwarding]
