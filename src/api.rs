@@ -514,20 +514,15 @@ async fn post_transaction(
             // The first switch is picked before the reserve, so its attempt
             // is recorded in the same batch (write-ahead).
             let first = forwarder.switches.pick(|_| true);
-            let reserved = match &first {
-                Some(switch) => {
-                    forwarder
-                        .ledger
-                        .reserve_with_attempt(&client, &work_tx, switch.name(), flow::RENDER)
-                        .await
-                }
-                None => {
-                    forwarder
-                        .ledger
-                        .reserve(&client, &work_tx, flow::RENDER)
-                        .await
-                }
-            };
+            let reserved = forwarder
+                .ledger
+                .reserve_with_attempt(
+                    &client,
+                    &work_tx,
+                    first.as_ref().map(|s| s.name()),
+                    flow::RENDER,
+                )
+                .await;
             forwarder
                 .metrics
                 .ledger_duration

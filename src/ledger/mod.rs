@@ -308,18 +308,18 @@ impl Ledger {
         self.group.reserve(client, req, None, render).await
     }
 
-    /// [`Ledger::reserve`], and when the transaction is admitted, records its
-    /// first attempt on `switch` in the same database transaction (write
-    /// ahead: durable before the request leaves). A `Fresh` record then has
-    /// `attempts == 1`.
+    /// [`Ledger::reserve`], and when the transaction is admitted and
+    /// `switch` is given, records its first attempt there in the same
+    /// database transaction (write ahead: durable before the request leaves).
+    /// A `Fresh` record then has `attempts == 1`.
     pub async fn reserve_with_attempt(
         &self,
         client: &ClientId,
         req: &TransactionRequest,
-        switch: &str,
+        switch: Option<&str>,
         render: Render,
     ) -> Result<Reserved, LedgerError> {
-        self.group.reserve(client, req, Some(switch), render).await
+        self.group.reserve(client, req, switch, render).await
     }
 
     /// Records, durably, that the transaction is about to be sent to `switch`;
@@ -369,12 +369,6 @@ impl Ledger {
         reason: &str,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
-        if !matches!(status, TxStatus::Declined | TxStatus::Failed) {
-            return Err(LedgerError::InvalidState(format!(
-                "release to {}",
-                status.as_str()
-            )));
-        }
         let decision = Decision::Release {
             status,
             reason: reason.to_owned(),

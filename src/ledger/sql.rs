@@ -54,38 +54,28 @@ where
 {
     let mut retries = 0u32;
     loop {
-        match once().await {
+        let why = match once().await {
             Ok(v) => return Ok(v),
             Err(Fail::Ledger(e)) => return Err(e),
-            Err(Fail::Conflict(why)) if retries < retries_max => {
-                retries += 1;
-                tracing::debug!(op, retries, why, "ledger: conflict, retrying");
-                tokio::time::sleep(backoff(retries)).await;
-            }
-            Err(Fail::Conflict(why)) => {
-                return Err(LedgerError::Unavailable(format!(
-                    "{op}: {why}, still after {retries} retries"
-                )));
-            }
-            Err(Fail::Db(e)) if is_conflict(&e) => {
-                if retries >= retries_max {
-                    tracing::warn!(op, retries, error = %e, "ledger: conflict retries exhausted");
-                    return Err(LedgerError::Unavailable(format!(
-                        "{op}: database conflict persisted after {retries} retries"
-                    )));
-                }
-                retries += 1;
-                tracing::debug!(op, retries, error = %e, "ledger: conflict, retrying");
-                tokio::time::sleep(backoff(retries)).await;
-            }
-            Err(Fail::Db(e)) => return Err(unavailable(op, e)),
+            Err(Fail::Db(e)) if !is_conflict(&e) => return Err(unavailable(op, e)),
+            Err(Fail::Db(e)) => e.to_string(),
+            Err(Fail::Conflict(why)) => why.to_owned(),
+        };
+        if retries >= retries_max {
+            tracing::warn!(op, retries, why, "ledger: conflict retries exhausted");
+            return Err(LedgerError::Unavailable(format!(
+                "{op}: database conflict persisted after {retries} retries"
+            )));
         }
+        retries += 1;
+        tracing::debug!(op, retries, why, "ledger: conflict, retrying");
+        tokio::time::sleep(backoff(retries)).await;
     }
 }
 
 /// Jittered exponential backoff: up to 2 ms, 4 ms, … at most 64 ms, so
 /// retrying conflicting transactions spread out instead of colliding again.
-pub(super) fn backoff(retry: u32) -> Duration {
+fn backoff(retry: u32) -> Duration {
     let cap_us = 1_000u64 << retry.clamp(1, 6);
     Duration::from_micros(rand::random_range(cap_us / 4..=cap_us))
 }

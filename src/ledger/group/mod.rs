@@ -103,6 +103,23 @@ pub enum Decision {
     Release { status: TxStatus, reason: String },
 }
 
+impl Decision {
+    /// The final status the transaction takes; a release may only end
+    /// `declined` or `failed`.
+    fn target(&self) -> Result<TxStatus, LedgerError> {
+        match self {
+            Decision::Commit { .. } => Ok(TxStatus::Committed),
+            Decision::Release { status, .. } => match status {
+                TxStatus::Declined | TxStatus::Failed => Ok(*status),
+                s => Err(LedgerError::InvalidState(format!(
+                    "release to {}",
+                    s.as_str()
+                ))),
+            },
+        }
+    }
+}
+
 /// How the attempt that decided a transaction ended, stored with the decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptEnd {
@@ -200,8 +217,8 @@ impl Group {
         let reserve_rx = Arc::new(Mutex::new(reserve_rx));
         let finish_rx = Arc::new(Mutex::new(finish_rx));
         for _ in 0..cfg.writers.max(1) {
-            tokio::spawn(writer.clone().run_reserves(reserve_rx.clone()));
-            tokio::spawn(writer.clone().run_finishes(finish_rx.clone()));
+            tokio::spawn(writer.clone().run(reserve_rx.clone()));
+            tokio::spawn(writer.clone().run(finish_rx.clone()));
         }
         Self {
             reserves,
@@ -291,108 +308,94 @@ struct Writer {
     metrics: GroupMetrics,
 }
 
-impl Writer {
-    async fn run_reserves(self, queue: Queue<ReserveOp>) {
-        let mut batch = Vec::with_capacity(self.batch_max);
-        while take(&queue, &mut batch, self.batch_max).await > 0 {
-            let started = self.observe_start(Kind::Reserve, batch.len());
-            let answers = self
-                .with_retries(Kind::Reserve, batch.len(), || {
-                    self.store.reserve_batch(&batch)
-                })
-                .await;
-            self.observe_end(Kind::Reserve, started);
-            for (op, answer) in batch.drain(..).zip(answers) {
-                // A caller that went away needs no answer: the write stands.
-                let _ = op.reply.send(answer);
-            }
-        }
+/// What one queue carries: how a batch of it is applied and how each
+/// caller is answered.
+trait Operation: Sized + Send + 'static {
+    type Answer: Send + 'static;
+    const KIND: Kind;
+
+    /// One try of a batch: one database transaction.
+    fn apply<'a>(
+        store: &'a Store,
+        ops: &'a [Self],
+    ) -> impl Future<Output = Result<Vec<Result<Self::Answer, LedgerError>>, Fail>> + Send + 'a;
+
+    /// A caller that went away needs no answer: the write stands.
+    fn answer(self, answer: Result<Self::Answer, LedgerError>);
+}
+
+impl Operation for ReserveOp {
+    type Answer = Reserved;
+    const KIND: Kind = Kind::Reserve;
+
+    fn apply<'a>(
+        store: &'a Store,
+        ops: &'a [Self],
+    ) -> impl Future<Output = Result<Vec<Result<Reserved, LedgerError>>, Fail>> + Send + 'a {
+        store.reserve_batch(ops)
     }
 
-    async fn run_finishes(self, queue: Queue<FinishOp>) {
-        let mut batch = Vec::with_capacity(self.batch_max);
-        while take(&queue, &mut batch, self.batch_max).await > 0 {
-            let started = self.observe_start(Kind::Finish, batch.len());
-            let answers = self
-                .with_retries(Kind::Finish, batch.len(), || {
-                    self.store.finish_batch(&batch)
-                })
-                .await;
-            self.observe_end(Kind::Finish, started);
-            for (op, answer) in batch.drain(..).zip(answers) {
-                let _ = op.reply.send(answer);
-            }
-        }
+    fn answer(self, answer: Result<Reserved, LedgerError>) {
+        let _ = self.reply.send(answer);
     }
+}
 
-    fn observe_start(&self, kind: Kind, size: usize) -> Instant {
-        self.metrics
-            .batch_size
-            .with_label_values(&[kind.as_str()])
-            .observe(size as f64);
-        Instant::now()
-    }
+impl Operation for FinishOp {
+    type Answer = TransactionRecord;
+    const KIND: Kind = Kind::Finish;
 
-    fn observe_end(&self, kind: Kind, started: Instant) {
-        self.metrics
-            .batch_duration
-            .with_label_values(&[kind.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-    }
-
-    /// Applies a batch, again from the start when the database aborted it for
-    /// a conflict, at most `retries_max` more times. A batch that fails gives
-    /// every operation in it the same error.
-    async fn with_retries<T, F, Fut>(
-        &self,
-        kind: Kind,
-        len: usize,
-        mut once: F,
-    ) -> Vec<Result<T, LedgerError>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Vec<Result<T, LedgerError>>, Fail>>,
+    fn apply<'a>(
+        store: &'a Store,
+        ops: &'a [Self],
+    ) -> impl Future<Output = Result<Vec<Result<TransactionRecord, LedgerError>>, Fail>> + Send + 'a
     {
-        let op = kind.as_str();
-        let mut retries = 0u32;
-        let error = loop {
-            let fail = match once().await {
-                Ok(answers) => return answers,
-                Err(fail) => fail,
-            };
-            let retryable = match &fail {
-                Fail::Db(e) => self.store.is_conflict(e),
-                Fail::Conflict(_) => true,
-                Fail::Ledger(_) => false,
-            };
-            if retryable && retries < self.retries_max {
-                retries += 1;
-                tracing::debug!(op, retries, ?fail, "ledger: batch conflict, retrying");
-                tokio::time::sleep(super::sql::backoff(retries)).await;
-                continue;
+        store.finish_batch(ops)
+    }
+
+    fn answer(self, answer: Result<TransactionRecord, LedgerError>) {
+        let _ = self.reply.send(answer);
+    }
+}
+
+impl Writer {
+    /// Takes batches off `queue` until every sender is gone, applies each
+    /// (conflicts rerun it whole, as every ledger transaction) and answers
+    /// its callers. A batch that fails gives every operation in it the same
+    /// answer: unavailable, since nothing of it was stored.
+    async fn run<O: Operation>(self, queue: Queue<O>) {
+        let label = [O::KIND.as_str()];
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while take(&queue, &mut batch, self.batch_max).await > 0 {
+            self.metrics
+                .batch_size
+                .with_label_values(&label)
+                .observe(batch.len() as f64);
+            let started = Instant::now();
+            let applied = super::sql::with_retries(
+                O::KIND.as_str(),
+                self.retries_max,
+                self.store.conflict_test(),
+                || O::apply(&self.store, &batch),
+            )
+            .await;
+            self.metrics
+                .batch_duration
+                .with_label_values(&label)
+                .observe(started.elapsed().as_secs_f64());
+            let answers = applied.unwrap_or_else(|e| {
+                let e = match e {
+                    LedgerError::Unavailable(_) => e,
+                    e => {
+                        tracing::error!(op = O::KIND.as_str(), error = %e, "ledger: batch failed as a whole");
+                        LedgerError::Unavailable(format!("{}: batch failed: {e}", O::KIND.as_str()))
+                    }
+                };
+                (0..batch.len()).map(|_| Err(e.clone())).collect()
+            });
+            for (op, answer) in batch.drain(..).zip(answers) {
+                op.answer(answer);
             }
-            break match fail {
-                // Nothing of the batch was stored: unavailable, not the
-                // error of one operation passed on to all.
-                Fail::Ledger(e) => {
-                    tracing::error!(op, error = %e, "ledger: batch failed as a whole");
-                    LedgerError::Unavailable(format!("{op}: batch failed: {e}"))
-                }
-                Fail::Db(e) if !retryable => super::sql::unavailable(op, e),
-                fail => {
-                    tracing::warn!(
-                        op,
-                        retries,
-                        ?fail,
-                        "ledger: batch conflict retries exhausted"
-                    );
-                    LedgerError::Unavailable(format!(
-                        "{op}: database conflict persisted after {retries} retries"
-                    ))
-                }
-            };
-        };
-        (0..len).map(|_| Err(error.clone())).collect()
+        }
     }
 }
 
@@ -562,9 +565,10 @@ fn plan_finishes(ops: &[FinishOp], mut rows: Rows, accounts: &Accounts, now: i64
                 end.error.clone(),
             ));
         }
-        let answer = match rows.get_mut(op.id.as_str()) {
-            None => Err(LedgerError::TransactionNotFound),
-            Some(row) => plan_finish(op, row, accounts, now, &mut plan),
+        let answer = match (op.decision.target(), rows.get_mut(op.id.as_str())) {
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err(LedgerError::TransactionNotFound),
+            (Ok(target), Some(row)) => plan_finish(op, target, row, accounts, now, &mut plan),
         };
         plan.answers.push(answer);
     }
@@ -573,23 +577,12 @@ fn plan_finishes(ops: &[FinishOp], mut rows: Rows, accounts: &Accounts, now: i64
 
 fn plan_finish(
     op: &FinishOp,
+    target: TxStatus,
     row: &mut TransactionRecord,
     accounts: &Accounts,
     now: i64,
     plan: &mut FinishPlan,
 ) -> Result<TransactionRecord, LedgerError> {
-    let target = match &op.decision {
-        Decision::Commit { .. } => TxStatus::Committed,
-        Decision::Release { status, .. } => *status,
-    };
-    if !target.is_final()
-        || (target == TxStatus::Committed && matches!(op.decision, Decision::Release { .. }))
-    {
-        return Err(LedgerError::InvalidState(format!(
-            "release to {}",
-            target.as_str()
-        )));
-    }
     match row.status {
         s if s == target => return Ok(row.clone()),
         TxStatus::Reserved | TxStatus::Pending => {}
@@ -719,10 +712,11 @@ fn response_of(row: &TransactionRecord) -> Result<&StoredResponse, LedgerError> 
 }
 
 impl Store {
-    fn is_conflict(&self, e: &sqlx::Error) -> bool {
+    /// Which database errors abort a transaction that is safe to rerun.
+    fn conflict_test(&self) -> fn(&sqlx::Error) -> bool {
         match self {
-            Store::Postgres(_) => super::postgres::PgLedger::is_conflict(e),
-            Store::Sqlite(_) => super::sqlite::SqliteLedger::is_conflict(e),
+            Store::Postgres(_) => super::postgres::PgLedger::is_conflict,
+            Store::Sqlite(_) => super::sqlite::SqliteLedger::is_conflict,
         }
     }
 
