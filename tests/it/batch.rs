@@ -178,38 +178,15 @@ fn plan(rng: &mut StdRng, n: usize) -> (Vec<Op>, Vec<Job>) {
             },
         ));
         let later = |rng: &mut StdRng| (op + rng.random_range(1..120)) * 4 + 1;
-        if rng.random_bool(0.15) {
-            let key = later(rng);
-            keyed.push((
-                key,
-                Job {
-                    op,
-                    role: Role::InFlightReplay,
-                    pair: false,
-                },
-            ));
-        }
-        if rng.random_bool(0.20) {
-            let key = later(rng);
-            keyed.push((
-                key,
-                Job {
-                    op,
-                    role: Role::Replay,
-                    pair: false,
-                },
-            ));
-        }
-        if rng.random_bool(0.05) {
-            let key = later(rng);
-            keyed.push((
-                key,
-                Job {
-                    op,
-                    role: Role::ReplayTwin,
-                    pair: true,
-                },
-            ));
+        // Later visits of the same id, each drawn in this order.
+        for (p, role, pair) in [
+            (0.15, Role::InFlightReplay, false),
+            (0.20, Role::Replay, false),
+            (0.05, Role::ReplayTwin, true),
+        ] {
+            if rng.random_bool(p) {
+                keyed.push((later(rng), Job { op, role, pair }));
+            }
         }
     }
     keyed.sort_by_key(|(key, _)| *key);

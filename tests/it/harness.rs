@@ -439,6 +439,19 @@ impl GatewayProcess {
         format!("https://localhost:{}", self.addr.port())
     }
 
+    /// Creates an account through the API as an operator; panics unless 201.
+    pub async fn account(&self, id: &str, owner: &str, currency: &str, balance: i64) {
+        let op = test_auth().sign("op", &["operator"], 600).unwrap();
+        let r = https_client()
+            .post(format!("{}/v1/accounts", self.base()))
+            .bearer_auth(&op)
+            .json(&serde_json::json!({"accountId": id, "owner": owner, "currency": currency, "openingBalance": balance}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create account {id}: {e}"));
+        assert_eq!(r.status(), 201, "create account {id}");
+    }
+
     /// SIGKILL: no shutdown, no draining.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

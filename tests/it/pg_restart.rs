@@ -345,15 +345,7 @@ async fn postgres_stopped_mid_load_and_restarted_loses_nothing_and_runs_nothing_
 
     let auth = harness::test_auth();
     let client = harness::https_client();
-    let op = auth.sign("op", &["operator"], 600).unwrap();
-    let r = client
-        .post(format!("{}/v1/accounts", gw.base()))
-        .bearer_auth(&op)
-        .json(&json!({"accountId": ACCOUNT, "owner": OWNER, "currency": "EUR", "openingBalance": OPENING}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "create the account");
+    gw.account(ACCOUNT, OWNER, "EUR", OPENING).await;
 
     let load = Arc::new(Load {
         client: client.clone(),

@@ -367,16 +367,8 @@ async fn the_gateway_killed_mid_load_recovers_every_transaction_after_restart() 
     let mut gw = GatewayProcess::start(dir.path(), &url, &toml).await;
     let auth = harness::test_auth();
     let client = harness::https_client();
-    let op = auth.sign("op", &["operator"], 600).unwrap();
     for i in 0..4 {
-        let r = client
-            .post(format!("{}/v1/accounts", gw.base()))
-            .bearer_auth(&op)
-            .json(&json!({"accountId": format!("g{i}"), "owner": "gus", "currency": "EUR", "openingBalance": 1_000_000}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        gw.account(&format!("g{i}"), "gus", "EUR", 1_000_000).await;
     }
     let token = auth.sign("gus", &["transact"], 600).unwrap();
     let ids: Vec<String> = (0..2_000).map(|i| format!("crash-{i}")).collect();
@@ -434,15 +426,7 @@ async fn two_gateways_on_one_postgres_never_duplicate_and_never_double_resolve()
     let b = GatewayProcess::start(dir_b.path(), &url, &toml).await;
     let auth = harness::test_auth();
     let client = harness::https_client();
-    let op = auth.sign("op", &["operator"], 600).unwrap();
-    let r = client
-        .post(format!("{}/v1/accounts", a.base()))
-        .bearer_auth(&op)
-        .json(&json!({"accountId": "shared", "owner": "pat", "currency": "EUR", "openingBalance": 1_000_000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    a.account("shared", "pat", "EUR", 1_000_000).await;
     let token = auth.sign("pat", &["transact"], 600).unwrap();
 
     // The same ids through both gateways at once: each runs at most once.
