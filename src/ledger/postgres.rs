@@ -32,6 +32,10 @@ impl WriteTx {
     pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
         self.0.commit().await
     }
+
+    pub(super) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.0.rollback().await
+    }
 }
 
 impl BackendConn for PgLedger {

@@ -730,15 +730,32 @@ impl Store {
         let ids: Vec<String> = ops.iter().map(|op| op.req.id.as_str().to_owned()).collect();
         match self {
             Store::Postgres(l) => {
+                // First try without reading existing rows: ids are new in the
+                // common case, and the write says when one was not.
+                let mut tx = l.begin_write().await?;
+                let accounts = postgres::lock_accounts(tx.conn(), &account_ids).await?;
+                let plan = plan_reserves(ops, &Rows::new(), &accounts, now);
+                match postgres::write_reserves(tx.conn(), &ids, 0, &plan, now).await? {
+                    postgres::ReserveWrite::Done => {
+                        tx.commit().await?;
+                        return Ok(plan.answers);
+                    }
+                    postgres::ReserveWrite::Existed => tx.rollback().await?,
+                }
+                // A replay or a twin: plan again, knowing the rows.
                 let mut tx = l.begin_write().await?;
                 let accounts = postgres::lock_accounts(tx.conn(), &account_ids).await?;
                 let existing = postgres::transactions(tx.conn(), &ids, false).await?;
                 let plan = plan_reserves(ops, &existing, &accounts, now);
-                postgres::take(tx.conn(), &plan.taken).await?;
-                postgres::insert_transactions(tx.conn(), &plan.inserts).await?;
-                postgres::insert_first_attempts(tx.conn(), &plan.first_attempts, now).await?;
-                tx.commit().await?;
-                Ok(plan.answers)
+                match postgres::write_reserves(tx.conn(), &ids, existing.len(), &plan, now).await? {
+                    postgres::ReserveWrite::Done => {
+                        tx.commit().await?;
+                        Ok(plan.answers)
+                    }
+                    postgres::ReserveWrite::Existed => {
+                        Err(Fail::Conflict("a transaction id was inserted concurrently"))
+                    }
+                }
             }
             Store::Sqlite(l) => {
                 let mut tx = l.begin_write().await?;
@@ -769,14 +786,13 @@ impl Store {
                 let mut tx = l.begin_write().await?;
                 let rows = postgres::transactions(tx.conn(), &ids, true).await?;
                 let wanted = finish_accounts(ops, &rows);
-                postgres::create_settlements(tx.conn(), &wanted, now).await?;
-                let ids: Vec<String> = wanted.into_keys().collect();
-                let accounts = postgres::lock_accounts(tx.conn(), &ids).await?;
+                let account_ids: Vec<String> = wanted.keys().cloned().collect();
+                let mut accounts = postgres::lock_accounts(tx.conn(), &account_ids).await?;
+                if postgres::create_settlements(tx.conn(), &wanted, &accounts, now).await? {
+                    accounts = postgres::lock_accounts(tx.conn(), &account_ids).await?;
+                }
                 let plan = plan_finishes(ops, rows, &accounts, now);
-                postgres::add(tx.conn(), &plan.deltas).await?;
-                postgres::store_finals(tx.conn(), &plan.finals).await?;
-                postgres::insert_postings(tx.conn(), &plan.postings, now).await?;
-                postgres::end_attempts(tx.conn(), &plan.attempt_ends, now).await?;
+                postgres::write_finishes(tx.conn(), &plan, now).await?;
                 tx.commit().await?;
                 Ok(plan.answers)
             }

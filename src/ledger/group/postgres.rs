@@ -1,13 +1,18 @@
-//! A batch on Postgres: each step one set-based statement over arrays
-//! (`UNNEST`), so a batch costs a handful of round trips whatever its size.
+//! A batch on Postgres: reads first, then **one** statement that makes every
+//! write of the batch (data-modifying CTEs over arrays, `UNNEST`), so a batch
+//! costs four or five round trips whatever its size: `BEGIN`, the locking
+//! reads, the write, `COMMIT`. The write returns how many rows each of its
+//! parts touched, and the batch checks each against its plan.
+//!
 //! Locks are taken by `SELECT … ORDER BY id FOR NO KEY UPDATE`, which locks
 //! rows in the order it returns them: ascending id, the ledger's one order.
+//! The writes only touch rows already locked, or new rows.
 
 use std::collections::BTreeMap;
 
 use sqlx::postgres::PgConnection;
 
-use super::{Accounts, Rows, check_rows, response_of};
+use super::{Accounts, FinishPlan, ReservePlan, Rows, check_rows, response_of};
 use crate::domain::Currency;
 use crate::ledger::TransactionRecord;
 use crate::ledger::sql::{AccountRow, Fail, TxRow, account_columns, tx_columns};
@@ -60,85 +65,76 @@ pub(super) async fn transactions(
     Ok(out)
 }
 
-/// Takes the held amounts off their source accounts: one guarded update for
-/// all of them.
-pub(super) async fn take(
-    conn: &mut PgConnection,
-    taken: &BTreeMap<String, i64>,
-) -> Result<(), Fail> {
-    if taken.is_empty() {
-        return Ok(());
-    }
-    let (ids, amounts): (Vec<&str>, Vec<i64>) = taken.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
-    let changed = sqlx::query(
-        "UPDATE accounts AS a SET balance = a.balance - d.amount \
-         FROM UNNEST($1::text[], $2::bigint[]) AS d(id, amount) \
-         WHERE a.id = d.id AND a.kind = 'customer' AND a.balance >= d.amount",
-    )
-    .bind(&ids)
-    .bind(&amounts)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    check_rows("take", ids.len(), changed)
+/// How the write of a reserve batch went.
+pub(super) enum ReserveWrite {
+    /// Every row the plan calls new was inserted.
+    Done,
+    /// Some id of the batch already existed (a replay, or a twin another
+    /// writer committed meanwhile): the plan, made without reading existing
+    /// rows, is wrong for it. The caller rolls back and replans after reading.
+    Existed,
 }
 
-/// Adds the deltas to their accounts (all locked already).
-pub(super) async fn add(
+/// The whole write of a reserve batch, in one statement: take the held
+/// amounts off their source accounts (one guarded update per account), insert
+/// the new rows (in id order, like every lock: two batches inserting the same
+/// new ids wait for each other instead of deadlocking) and the first attempts
+/// of the rows actually inserted. `ids` are all the batch's ids, of which the
+/// plan knew `known` to exist: the statement's snapshot does not see its own
+/// inserts, so the count of those that exist is the count that existed
+/// before it, and any more than `known` make the plan wrong.
+pub(super) async fn write_reserves(
     conn: &mut PgConnection,
-    deltas: &BTreeMap<String, i64>,
-) -> Result<(), Fail> {
-    let (ids, amounts): (Vec<&str>, Vec<i64>) = deltas
-        .iter()
-        .filter(|(_, v)| **v != 0)
-        .map(|(k, v)| (k.as_str(), *v))
-        .unzip();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let changed = sqlx::query(
-        "UPDATE accounts AS a SET balance = a.balance + d.amount \
-         FROM UNNEST($1::text[], $2::bigint[]) AS d(id, amount) WHERE a.id = d.id",
-    )
-    .bind(&ids)
-    .bind(&amounts)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    check_rows("add", ids.len(), changed)
-}
-
-/// Inserts new transaction rows. A row that already exists now (a twin
-/// committed by another replica since the batch read) reruns the batch.
-pub(super) async fn insert_transactions(
-    conn: &mut PgConnection,
-    rows: &[TransactionRecord],
-) -> Result<(), Fail> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // In id order, like every lock: two batches inserting the same new ids
-    // (replicas, writers) wait for each other instead of deadlocking.
-    let mut sorted: Vec<&TransactionRecord> = rows.iter().collect();
+    ids: &[String],
+    known: usize,
+    plan: &ReservePlan,
+    now: i64,
+) -> Result<ReserveWrite, Fail> {
+    let (taken_ids, taken): (Vec<&str>, Vec<i64>) =
+        plan.taken.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
+    let mut sorted: Vec<&TransactionRecord> = plan.inserts.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut c = Columns::with_capacity(rows.len());
+    let mut c = Columns::with_capacity(sorted.len());
     for r in sorted {
         c.push(r)?;
     }
-    let inserted = sqlx::query(
-        "INSERT INTO transactions (id, client, kind, source, destination, amount, currency, \
-             metadata, fingerprint, status, reason, switch, attempts, requeries, \
-             response_status, response_body, created_at_ms, updated_at_ms) \
-         SELECT id, client, kind, source, destination, amount, currency, metadata, fingerprint, \
-             status, reason, switch, attempts, 0, response_status, response_body, created, created \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
-             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-             $13::bigint[], $14::bigint[], $15::text[], $16::bigint[]) \
-             AS r(id, client, kind, source, destination, amount, currency, metadata, \
-                  fingerprint, status, reason, switch, attempts, response_status, \
-                  response_body, created) \
-         ON CONFLICT (id) DO NOTHING",
+    let (attempt_ids, attempt_switches): (Vec<&str>, Vec<&str>) = plan
+        .first_attempts
+        .iter()
+        .map(|(t, s)| (t.as_str(), s.as_str()))
+        .unzip();
+    let (existed, took, inserted, attempted): (i64, i64, i64, i64) = sqlx::query_as(
+        "WITH take AS ( \
+             UPDATE accounts AS a SET balance = a.balance - d.amount \
+             FROM UNNEST($1::text[], $2::bigint[]) AS d(id, amount) \
+             WHERE a.id = d.id AND a.kind = 'customer' AND a.balance >= d.amount \
+             RETURNING 1), \
+         ins AS ( \
+             INSERT INTO transactions (id, client, kind, source, destination, amount, currency, \
+                 metadata, fingerprint, status, reason, switch, attempts, requeries, \
+                 response_status, response_body, created_at_ms, updated_at_ms) \
+             SELECT id, client, kind, source, destination, amount, currency, metadata, \
+                 fingerprint, status, reason, switch, attempts, 0, response_status, \
+                 response_body, created, created \
+             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                 $14::text[], $15::bigint[], $16::bigint[], $17::text[], $18::bigint[]) \
+                 AS r(id, client, kind, source, destination, amount, currency, metadata, \
+                      fingerprint, status, reason, switch, attempts, response_status, \
+                      response_body, created) \
+             ON CONFLICT (id) DO NOTHING \
+             RETURNING id), \
+         att AS ( \
+             INSERT INTO attempts (transaction_id, attempt_no, switch, started_at_ms) \
+             SELECT d.t, 1, d.s, $21 FROM UNNEST($19::text[], $20::text[]) AS d(t, s) \
+             JOIN ins ON ins.id = d.t \
+             RETURNING 1) \
+         SELECT (SELECT count(*) FROM transactions WHERE id = ANY($22)), \
+             (SELECT count(*) FROM take), (SELECT count(*) FROM ins), \
+             (SELECT count(*) FROM att)",
     )
+    .bind(&taken_ids)
+    .bind(&taken)
     .bind(&c.id)
     .bind(&c.client)
     .bind(&c.kind)
@@ -155,17 +151,21 @@ pub(super) async fn insert_transactions(
     .bind(&c.response_status)
     .bind(&c.response_body)
     .bind(&c.created)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted as usize != rows.len() {
-        return Err(Fail::Conflict("a transaction id was inserted concurrently"));
+    .bind(&attempt_ids)
+    .bind(&attempt_switches)
+    .bind(now)
+    .bind(ids)
+    .fetch_one(&mut *conn)
+    .await?;
+    if existed as usize != known || inserted as usize != c.id.len() {
+        return Ok(ReserveWrite::Existed);
     }
-    Ok(())
+    check_rows("take", taken_ids.len(), took as u64)?;
+    check_rows("first attempts", attempt_ids.len(), attempted as u64)?;
+    Ok(ReserveWrite::Done)
 }
 
 /// The columns of new transaction rows, as arrays.
-#[derive(Default)]
 struct Columns {
     id: Vec<String>,
     client: Vec<String>,
@@ -186,8 +186,25 @@ struct Columns {
 }
 
 impl Columns {
-    fn with_capacity(_n: usize) -> Self {
-        Self::default()
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            id: Vec::with_capacity(n),
+            client: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            source: Vec::with_capacity(n),
+            destination: Vec::with_capacity(n),
+            amount: Vec::with_capacity(n),
+            currency: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            fingerprint: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            reason: Vec::with_capacity(n),
+            switch: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            response_status: Vec::with_capacity(n),
+            response_body: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+        }
     }
 
     fn push(&mut self, r: &TransactionRecord) -> Result<(), Fail> {
@@ -221,52 +238,26 @@ impl Columns {
     }
 }
 
-/// Records attempt 1 of each `(transaction, switch)`.
-pub(super) async fn insert_first_attempts(
-    conn: &mut PgConnection,
-    attempts: &[(String, String)],
-    now: i64,
-) -> Result<(), Fail> {
-    if attempts.is_empty() {
-        return Ok(());
-    }
-    let (ids, switches): (Vec<&str>, Vec<&str>) = attempts
-        .iter()
-        .map(|(t, s)| (t.as_str(), s.as_str()))
-        .unzip();
-    let inserted = sqlx::query(
-        "INSERT INTO attempts (transaction_id, attempt_no, switch, started_at_ms) \
-         SELECT t, 1, s, $3 FROM UNNEST($1::text[], $2::text[]) AS d(t, s)",
-    )
-    .bind(&ids)
-    .bind(&switches)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    check_rows("first attempts", ids.len(), inserted)
-}
-
 /// Creates the settlement accounts among `wanted` that do not exist yet
-/// (first use of a switch in a currency).
+/// (first use of a switch in a currency); `false` when none was missing.
 pub(super) async fn create_settlements(
     conn: &mut PgConnection,
     wanted: &BTreeMap<String, Option<Currency>>,
+    locked: &Accounts,
     now: i64,
-) -> Result<(), Fail> {
+) -> Result<bool, Fail> {
     let (ids, currencies): (Vec<&str>, Vec<&str>) = wanted
         .iter()
+        .filter(|(id, _)| !locked.contains_key(id.as_str()))
         .filter_map(|(id, c)| c.as_ref().map(|c| (id.as_str(), c.as_str())))
         .unzip();
     if ids.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    // Only the missing ones: an existing row is neither written nor locked here.
     sqlx::query(
         "INSERT INTO accounts (id, owner, currency, kind, balance, created_at_ms) \
          SELECT d.id, 'system', d.currency, 'settlement', 0, $3 \
          FROM UNNEST($1::text[], $2::text[]) AS d(id, currency) \
-         WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = d.id) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&ids)
@@ -274,121 +265,135 @@ pub(super) async fn create_settlements(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(true)
 }
 
-/// Stores the final rows with their responses; each must still be in flight.
-pub(super) async fn store_finals(
+/// The whole write of a finish batch, in one statement: the credits per
+/// account (all locked already), the final rows with their responses (each
+/// must still be in flight), the postings and the attempts' outcomes.
+pub(super) async fn write_finishes(
     conn: &mut PgConnection,
-    rows: &[TransactionRecord],
-) -> Result<(), Fail> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut id = Vec::with_capacity(rows.len());
-    let mut status = Vec::with_capacity(rows.len());
-    let mut reason = Vec::with_capacity(rows.len());
-    let mut switch = Vec::with_capacity(rows.len());
-    let mut reference = Vec::with_capacity(rows.len());
-    let mut response_status = Vec::with_capacity(rows.len());
-    let mut response_body = Vec::with_capacity(rows.len());
-    let mut updated = Vec::with_capacity(rows.len());
-    for r in rows {
-        let response = response_of(r)?;
-        id.push(r.id.as_str());
-        status.push(r.status.as_str());
-        reason.push(r.reason.as_deref());
-        switch.push(r.switch.as_deref());
-        reference.push(r.switch_reference.as_deref());
-        response_status.push(i64::from(response.status));
-        response_body.push(response.body.to_string());
-        updated.push(r.updated_at_ms);
-    }
-    let changed = sqlx::query(
-        "UPDATE transactions AS t SET status = d.status, reason = d.reason, switch = d.switch, \
-             switch_reference = d.reference, lease_until_ms = NULL, \
-             response_status = d.response_status, response_body = d.response_body, \
-             updated_at_ms = d.updated \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[], $7::text[], $8::bigint[]) \
-             AS d(id, status, reason, switch, reference, response_status, response_body, updated) \
-         WHERE t.id = d.id AND t.status IN ('reserved', 'pending')",
-    )
-    .bind(&id)
-    .bind(&status)
-    .bind(&reason)
-    .bind(&switch)
-    .bind(&reference)
-    .bind(&response_status)
-    .bind(&response_body)
-    .bind(&updated)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    check_rows("final rows", rows.len(), changed)
-}
-
-/// `(transaction, account, amount)` postings of completed movements.
-pub(super) async fn insert_postings(
-    conn: &mut PgConnection,
-    postings: &[(String, String, i64)],
+    plan: &FinishPlan,
     now: i64,
 ) -> Result<(), Fail> {
-    if postings.is_empty() {
-        return Ok(());
+    let (delta_ids, deltas): (Vec<&str>, Vec<i64>) = plan
+        .deltas
+        .iter()
+        .filter(|(_, v)| **v != 0)
+        .map(|(k, v)| (k.as_str(), *v))
+        .unzip();
+    let f = Finals::of(&plan.finals)?;
+    let mut posting_tx = Vec::with_capacity(plan.postings.len());
+    let mut posting_account = Vec::with_capacity(plan.postings.len());
+    let mut posting_amount = Vec::with_capacity(plan.postings.len());
+    for (t, a, x) in &plan.postings {
+        posting_tx.push(t.as_str());
+        posting_account.push(a.as_str());
+        posting_amount.push(*x);
     }
-    let mut tx = Vec::with_capacity(postings.len());
-    let mut account = Vec::with_capacity(postings.len());
-    let mut amount = Vec::with_capacity(postings.len());
-    for (t, a, x) in postings {
-        tx.push(t.as_str());
-        account.push(a.as_str());
-        amount.push(*x);
-    }
-    sqlx::query(
-        "INSERT INTO postings (transaction_id, account_id, amount, created_at_ms) \
-         SELECT t, a, x, $4 FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS d(t, a, x)",
-    )
-    .bind(&tx)
-    .bind(&account)
-    .bind(&amount)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Stores how attempts ended: `(transaction, attempt, outcome, error)`.
-pub(super) async fn end_attempts(
-    conn: &mut PgConnection,
-    ends: &[(String, i64, &'static str, Option<String>)],
-    now: i64,
-) -> Result<(), Fail> {
-    if ends.is_empty() {
-        return Ok(());
-    }
-    let mut tx = Vec::with_capacity(ends.len());
-    let mut no = Vec::with_capacity(ends.len());
-    let mut outcome = Vec::with_capacity(ends.len());
-    let mut error = Vec::with_capacity(ends.len());
+    let ends = &plan.attempt_ends;
+    let mut end_tx = Vec::with_capacity(ends.len());
+    let mut end_no = Vec::with_capacity(ends.len());
+    let mut end_outcome = Vec::with_capacity(ends.len());
+    let mut end_error = Vec::with_capacity(ends.len());
     for (t, n, o, e) in ends {
-        tx.push(t.as_str());
-        no.push(*n);
-        outcome.push(*o);
-        error.push(e.as_deref());
+        end_tx.push(t.as_str());
+        end_no.push(*n);
+        end_outcome.push(*o);
+        end_error.push(e.as_deref());
     }
-    sqlx::query(
-        "UPDATE attempts AS a SET finished_at_ms = $5, outcome = d.outcome, error = d.error \
-         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[]) \
-             AS d(t, n, outcome, error) \
-         WHERE a.transaction_id = d.t AND a.attempt_no = d.n",
+    let (added, finals, posted): (i64, i64, i64) = sqlx::query_as(
+        "WITH added AS ( \
+             UPDATE accounts AS a SET balance = a.balance + d.amount \
+             FROM UNNEST($1::text[], $2::bigint[]) AS d(id, amount) WHERE a.id = d.id \
+             RETURNING 1), \
+         finals AS ( \
+             UPDATE transactions AS t SET status = d.status, reason = d.reason, \
+                 switch = d.switch, switch_reference = d.reference, lease_until_ms = NULL, \
+                 response_status = d.response_status, response_body = d.response_body, \
+                 updated_at_ms = d.updated \
+             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::bigint[], $9::text[], $10::bigint[]) \
+                 AS d(id, status, reason, switch, reference, response_status, response_body, \
+                      updated) \
+             WHERE t.id = d.id AND t.status IN ('reserved', 'pending') \
+             RETURNING 1), \
+         posted AS ( \
+             INSERT INTO postings (transaction_id, account_id, amount, created_at_ms) \
+             SELECT t, a, x, $14 FROM UNNEST($11::text[], $12::text[], $13::bigint[]) \
+                 AS d(t, a, x) \
+             RETURNING 1), \
+         ended AS ( \
+             UPDATE attempts AS a SET finished_at_ms = $14, outcome = d.outcome, \
+                 error = d.error \
+             FROM UNNEST($15::text[], $16::bigint[], $17::text[], $18::text[]) \
+                 AS d(t, n, outcome, error) \
+             WHERE a.transaction_id = d.t AND a.attempt_no = d.n \
+             RETURNING 1) \
+         SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM finals), \
+             (SELECT count(*) FROM posted)",
     )
-    .bind(&tx)
-    .bind(&no)
-    .bind(&outcome)
-    .bind(&error)
+    .bind(&delta_ids)
+    .bind(&deltas)
+    .bind(&f.id)
+    .bind(&f.status)
+    .bind(&f.reason)
+    .bind(&f.switch)
+    .bind(&f.reference)
+    .bind(&f.response_status)
+    .bind(&f.response_body)
+    .bind(&f.updated)
+    .bind(&posting_tx)
+    .bind(&posting_account)
+    .bind(&posting_amount)
     .bind(now)
-    .execute(&mut *conn)
+    .bind(&end_tx)
+    .bind(&end_no)
+    .bind(&end_outcome)
+    .bind(&end_error)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    check_rows("add", delta_ids.len(), added as u64)?;
+    check_rows("final rows", f.id.len(), finals as u64)?;
+    check_rows("postings", posting_tx.len(), posted as u64)
+}
+
+/// The final rows of a finish batch, as arrays.
+struct Finals<'a> {
+    id: Vec<&'a str>,
+    status: Vec<&'static str>,
+    reason: Vec<Option<&'a str>>,
+    switch: Vec<Option<&'a str>>,
+    reference: Vec<Option<&'a str>>,
+    response_status: Vec<i64>,
+    response_body: Vec<String>,
+    updated: Vec<i64>,
+}
+
+impl<'a> Finals<'a> {
+    fn of(rows: &'a [TransactionRecord]) -> Result<Self, Fail> {
+        let n = rows.len();
+        let mut f = Finals {
+            id: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            reason: Vec::with_capacity(n),
+            switch: Vec::with_capacity(n),
+            reference: Vec::with_capacity(n),
+            response_status: Vec::with_capacity(n),
+            response_body: Vec::with_capacity(n),
+            updated: Vec::with_capacity(n),
+        };
+        for r in rows {
+            let response = response_of(r)?;
+            f.id.push(r.id.as_str());
+            f.status.push(r.status.as_str());
+            f.reason.push(r.reason.as_deref());
+            f.switch.push(r.switch.as_deref());
+            f.reference.push(r.switch_reference.as_deref());
+            f.response_status.push(i64::from(response.status));
+            f.response_body.push(response.body.to_string());
+            f.updated.push(r.updated_at_ms);
+        }
+        Ok(f)
+    }
 }
