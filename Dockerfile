@@ -21,7 +21,7 @@ WORKDIR /src
 
 # Dependencies first, against placeholder sources, so that a source change
 # rebuilds only this crate.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 # The patched sqlx-core (see Cargo.toml's [patch.crates-io]).
 COPY vendor ./vendor
 RUN mkdir -p src/bin \
@@ -56,7 +56,7 @@ RUN apt-get update \
 RUN python3 -m pip install --no-cache-dir --break-system-packages 'schemathesis>=4,<5'
 WORKDIR /src
 # Dependencies (with dev-dependencies, debug profile) against placeholders.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY vendor ./vendor
 RUN mkdir -p src/bin tests/it \
     && echo 'fn main() {}' > src/main.rs \
