@@ -232,19 +232,22 @@ impl Ledger {
         Self::connect_with(cfg, GroupConfig::default()).await
     }
 
-    /// Connects and starts the batch writers (on the current runtime).
+    /// Connects and starts the batch writers (Postgres: on a thread of
+    /// their own, with their own `writers × 2` connections).
     pub async fn connect_with(
         cfg: &DatabaseConfig,
         batching: GroupConfig,
     ) -> Result<Ledger, LedgerError> {
-        let (backend, store) = if cfg.is_postgres() {
+        let (backend, group) = if cfg.is_postgres() {
             let l = postgres::PgLedger::connect(cfg).await?;
-            (Backend::Postgres(l.clone()), group::Store::Postgres(l))
+            let group = group::Group::start_dedicated(cfg, batching).await?;
+            (Backend::Postgres(l), group)
         } else {
             let l = sqlite::SqliteLedger::connect(cfg).await?;
-            (Backend::Sqlite(l.clone()), group::Store::Sqlite(l))
+            let store = group::Store::Sqlite(l.clone());
+            let group = group::Group::start(store, batching, cfg.conflict_retries_max);
+            (Backend::Sqlite(l), group)
         };
-        let group = group::Group::start(store, batching, cfg.conflict_retries_max);
         Ok(Ledger {
             backend,
             group: Arc::new(group),

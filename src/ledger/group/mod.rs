@@ -50,6 +50,7 @@ use super::{
     AttemptOutcome, LedgerError, REASON_INSUFFICIENT_FUNDS, Render, Reserved, StoredResponse,
     TransactionRecord,
 };
+use crate::config::DatabaseConfig;
 use crate::domain::{
     AccountId, ClientId, Currency, Movement, TransactionRequest, TxKind, TxStatus,
 };
@@ -201,8 +202,79 @@ impl GroupMetrics {
 }
 
 impl Group {
-    /// Starts the two writer tasks on the current runtime.
+    /// Starts the writer tasks on the current runtime (SQLite: its one
+    /// connection, for `sqlite::memory:`, is the request path's too).
     pub(super) fn start(store: Store, cfg: GroupConfig, retries_max: u32) -> Self {
+        let (group, queues, writer) = Self::queues(store, cfg, retries_max);
+        for _ in 0..cfg.writers.max(1) {
+            tokio::spawn(writer.clone().run(queues.reserves.clone()));
+            tokio::spawn(writer.clone().run(queues.finishes.clone()));
+        }
+        group
+    }
+
+    /// Postgres: the writers get an OS thread, a single-threaded runtime and
+    /// a pool (`writers × 2` connections) of their own. On the request
+    /// path's runtime a writer's socket readiness waits behind every
+    /// connection task and is polled only between them; a batch makes five
+    /// round trips, and under load each waited milliseconds there. The
+    /// thread ends when the last clone of the ledger is gone.
+    pub(super) async fn start_dedicated(
+        db: &DatabaseConfig,
+        cfg: GroupConfig,
+    ) -> Result<Self, LedgerError> {
+        let writers = cfg.writers.max(1);
+        let mut db = db.clone();
+        db.connections_max = u32::try_from(writers * 2).unwrap_or(u32::MAX);
+        let (ready, started) = oneshot::channel::<Result<Queues, LedgerError>>();
+        let retries_max = db.conflict_retries_max;
+        let (group_tx, group_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("ledger-writers".to_owned())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready.send(Err(LedgerError::Unavailable(format!(
+                            "ledger writers' runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let pg = match super::postgres::PgLedger::connect(&db).await {
+                        Ok(pg) => pg,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let (group, queues, writer) =
+                        Self::queues(Store::Postgres(pg.clone()), cfg, retries_max);
+                    if group_tx.send(group).is_err() || ready.send(Ok(queues.clone())).is_err() {
+                        return;
+                    }
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..writers {
+                        tasks.spawn(writer.clone().run(queues.reserves.clone()));
+                        tasks.spawn(writer.clone().run(queues.finishes.clone()));
+                    }
+                    drop(queues);
+                    while tasks.join_next().await.is_some() {}
+                    pg.close().await;
+                });
+            })
+            .map_err(|e| LedgerError::Unavailable(format!("ledger writers' thread: {e}")))?;
+        let gone = || LedgerError::Unavailable("ledger writers' thread ended at start".to_owned());
+        started.await.map_err(|_| gone())??;
+        group_rx.await.map_err(|_| gone())
+    }
+
+    /// The two bounded queues, the group (their sending ends) and a writer.
+    fn queues(store: Store, cfg: GroupConfig, retries_max: u32) -> (Self, Queues, Writer) {
         let batch_max = cfg.batch_max.max(1);
         let queue_max = cfg.queue_max.max(1);
         let metrics = GroupMetrics::new();
@@ -214,18 +286,17 @@ impl Group {
             retries_max,
             metrics: metrics.clone(),
         };
-        let reserve_rx = Arc::new(Mutex::new(reserve_rx));
-        let finish_rx = Arc::new(Mutex::new(finish_rx));
-        for _ in 0..cfg.writers.max(1) {
-            tokio::spawn(writer.clone().run(reserve_rx.clone()));
-            tokio::spawn(writer.clone().run(finish_rx.clone()));
-        }
-        Self {
+        let queues = Queues {
+            reserves: Arc::new(Mutex::new(reserve_rx)),
+            finishes: Arc::new(Mutex::new(finish_rx)),
+        };
+        let group = Self {
             reserves,
             finishes,
             queue_wait: cfg.queue_wait,
             metrics,
-        }
+        };
+        (group, queues, writer)
     }
 
     pub(super) fn metrics(&self) -> &GroupMetrics {
@@ -294,6 +365,13 @@ fn writer_gone(what: &str) -> LedgerError {
 /// A queue's receiving end, shared by its writers: one takes a batch while
 /// the others are applying theirs.
 type Queue<T> = Arc<Mutex<mpsc::Receiver<T>>>;
+
+/// Both queues' receiving ends.
+#[derive(Clone)]
+struct Queues {
+    reserves: Queue<ReserveOp>,
+    finishes: Queue<FinishOp>,
+}
 
 /// Waits for at least one operation, then takes what is queued, up to `max`.
 async fn take<T>(queue: &Queue<T>, batch: &mut Vec<T>, max: usize) -> usize {
