@@ -153,7 +153,7 @@ fn load_dotenv() {
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
     let config = Config::load(&Sources::from_process(cli.config.clone()))?;
-    crate::telemetry::init(&config.log);
+    crate::app::telemetry::init(&config.log);
     Ok(config)
 }
 
@@ -171,7 +171,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Demo => {
             let config = load_config(&cli)?;
-            crate::demo::run(config).await.map_err(Failure::other)
+            crate::devtools::demo::run(config)
+                .await
+                .map_err(Failure::other)
         }
         Command::Sim {
             listen,
@@ -186,23 +188,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             // The sim needs no gateway config, but logging and `--config` are shared.
             load_config(&cli)?;
-            let mode = mode.parse::<crate::sim::Mode>().map_err(Failure::usage)?;
+            let mode = mode
+                .parse::<crate::devtools::sim::Mode>()
+                .map_err(Failure::usage)?;
             if !(0.0..=1.0).contains(fail_rate) {
                 return Err(Failure::usage("--fail-rate must be between 0.0 and 1.0"));
             }
-            let mut opts = crate::sim::SimOptions::new(name.clone());
+            let mut opts = crate::devtools::sim::SimOptions::new(name.clone());
             opts.mode = mode;
             opts.latency_ms = *latency_ms;
             opts.fail_rate = *fail_rate;
             opts.state_file = state.clone();
             if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-                opts.tls = Some(crate::sim::SimTls {
+                opts.tls = Some(crate::devtools::sim::SimTls {
                     cert: cert.clone(),
                     key: key.clone(),
                     client_ca: client_ca.clone(),
                 });
             }
-            let sim = crate::sim::Sim::bind(*listen, opts)
+            let sim = crate::devtools::sim::Sim::bind(*listen, opts)
                 .await
                 .map_err(Failure::other)?;
             let shutdown = app::cancel_on_signal();
@@ -224,7 +228,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             crate::domain::ClientId::parse(sub).map_err(|e| Failure::usage(e.to_string()))?;
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
-            let token = crate::auth::Authenticator::new(&config.auth)
+            let token = crate::edge::auth::Authenticator::new(&config.auth)
                 .map_err(|e| Failure::usage(e.to_string()))?
                 .sign(sub, &roles, ttl_s.unwrap_or(config.auth.token_ttl_s))
                 .map_err(Failure::other)?;
@@ -242,14 +246,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Certs { dir, force } => {
-            let paths = crate::certs::CertPaths::new(dir);
+            let paths = crate::devtools::certs::CertPaths::new(dir);
             if !force && paths.server_cert().exists() {
                 return Err(Failure::usage(format!(
                     "{} exists; pass --force to replace the certificates",
                     paths.server_cert().display()
                 )));
             }
-            crate::certs::generate(dir).map_err(Failure::other)?;
+            crate::devtools::certs::generate(dir).map_err(Failure::other)?;
             println!(
                 "wrote a development CA, server and client certificate to {}",
                 dir.display()

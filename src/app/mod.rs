@@ -5,6 +5,9 @@
 //! migrations, binding both listeners) so that `run` only serves. Tests bind
 //! port 0 and read the addresses back.
 
+pub mod reload;
+pub mod telemetry;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,18 +19,18 @@ use tokio_util::task::TaskTracker;
 
 use arc_swap::ArcSwap;
 
-use crate::api::{Api, AppState, Ops};
-use crate::auth::Authenticator;
+use crate::app::reload::Reloader;
 use crate::config::{Config, ForwardingConfig, Sources};
-use crate::health::HealthMonitor;
+use crate::edge::api::{Api, AppState, Ops};
+use crate::edge::auth::Authenticator;
+use crate::edge::limits::Limiter;
+use crate::edge::server::{self, ConnLimits};
+use crate::edge::tls::{self, TlsError};
 use crate::ledger::{Ledger, LedgerError};
-use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::reconciler::Reconciler;
-use crate::reload::Reloader;
-use crate::server::{self, ConnLimits};
-use crate::switch::{SwitchClient, Switches};
-use crate::tls::{self, TlsError};
+use crate::switches::client::{SwitchClient, Switches};
+use crate::switches::health::HealthMonitor;
+use crate::transactions::reconciler::Reconciler;
 
 /// Most connections the ops listener keeps open.
 const OPS_CONNECTIONS_MAX: usize = 64;
@@ -44,7 +47,7 @@ pub enum StartError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("auth keys: {0}")]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] crate::edge::auth::AuthError),
 }
 
 pub struct Application {

@@ -9,16 +9,16 @@ use std::path::Path;
 use secrecy::SecretString;
 
 use crate::app::{self, Application};
-use crate::auth::Authenticator;
 use crate::config::{Config, SwitchConfig};
+use crate::devtools::sim::{self, SimOptions};
 use crate::domain::{AccountId, ClientId, Currency};
+use crate::edge::auth::Authenticator;
 use crate::ledger::NewAccount;
-use crate::sim::{self, SimOptions};
 
 const SIM_PORTS: [u16; 3] = [9001, 9002, 9003];
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
-    let certs = crate::certs::CertPaths::new(
+    let certs = crate::devtools::certs::CertPaths::new(
         config
             .server
             .tls_cert
@@ -26,7 +26,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             .unwrap_or(Path::new("certs")),
     );
     if !config.server.tls_cert.is_file() || !config.server.tls_key.is_file() {
-        crate::certs::generate(&certs.dir)?;
+        crate::devtools::certs::generate(&certs.dir)?;
         config.server.tls_cert = certs.server_cert();
         config.server.tls_key = certs.server_key();
         tracing::info!(dir = %certs.dir.display(), "generated development certificates");

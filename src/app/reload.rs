@@ -17,11 +17,11 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Sources};
-use crate::limits::Limiter;
+use crate::edge::auth::Authenticator;
+use crate::edge::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::switch::Switches;
+use crate::switches::client::Switches;
 
 /// File events are coalesced for this long before a reload.
 const DEBOUNCE: Duration = Duration::from_millis(250);

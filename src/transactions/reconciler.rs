@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RECONCILE_CONCURRENCY};
 use crate::domain::TxStatus;
-use crate::flow::RENDER;
 use crate::ledger::{Ledger, LedgerError, TransactionRecord};
 use crate::metrics::Metrics;
-use crate::switch::{Answer, SwitchClient, Switches};
+use crate::switches::client::{Answer, SwitchClient, Switches};
+use crate::transactions::flow::RENDER;
 use futures_util::StreamExt;
 
 pub struct Reconciler {

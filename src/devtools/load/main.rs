@@ -133,8 +133,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "--url must point at loopback (got {})",
         args.url
     );
-    switchboard::tls::install_crypto_provider();
-    let roots = switchboard::tls::root_store(&args.cacert)?;
+    switchboard::edge::tls::install_crypto_provider();
+    let roots = switchboard::edge::tls::root_store(&args.cacert)?;
     if let Some(n) = args.idle_connections {
         return hold_idle(&args, roots, n).await;
     }
@@ -160,7 +160,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let secret = args.secret.clone().ok_or_else(|| {
         anyhow::anyhow!("--secret (or SWITCHBOARD__AUTH__DEV_HS256_SECRET) is required")
     })?;
-    let auth = switchboard::auth::Authenticator::new(&switchboard::config::AuthConfig {
+    let auth = switchboard::edge::auth::Authenticator::new(&switchboard::config::AuthConfig {
         dev_hs256_secret: Some(SecretString::from(secret)),
         ..auth_cfg
     })?;

@@ -22,18 +22,18 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 use crate::domain::{
     AccountId, Amount, ClientId, Currency, Movement, Role, TransactionId, TransactionRequest,
 };
-use crate::error::{ApiError, Body, json_response};
-use crate::flow::{self, Forwarder, Outcome};
+use crate::edge::auth::{Authenticator, Principal};
+use crate::edge::error::{ApiError, Body, json_response};
+use crate::edge::limits::Limiter;
+use crate::edge::server::{ConnInfo, Handler};
 use crate::ledger::{Account, AccountKind, Ledger, NewAccount, Reserved};
-use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::server::{ConnInfo, Handler};
-use crate::switch::{SwitchClient, Switches};
+use crate::switches::client::{SwitchClient, Switches};
+use crate::transactions::flow::{self, Forwarder, Outcome};
 
 /// Everything a request may need, shared by all connections.
 pub struct AppState {
@@ -747,7 +747,7 @@ fn get_switches(state: &AppState) -> Response<Body> {
 
 /// The OpenAPI 3 document of the client API (kept in sync with [`ROUTES`]
 /// by a test).
-pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 
 /// The ops listener: `/` (status page), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
 #[derive(Clone)]
@@ -760,7 +760,7 @@ impl Handler for Ops {
             return ApiError::MethodNotAllowed { allow: "GET" }.into_response();
         }
         match req.uri().path() {
-            "/" => crate::status::response(state),
+            "/" => crate::ops::status::response(state),
             "/healthz" => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             "/readyz" => {
                 let started = state.ready.load(Ordering::Acquire);

@@ -8,7 +8,7 @@
 //! scrapers can find it. Switch rows come from [`SwitchState::view`], so the
 //! page and `GET /v1/switches` agree.
 //!
-//! [`SwitchState::view`]: crate::switch::SwitchState::view
+//! [`SwitchState::view`]: crate::switches::client::SwitchState::view
 
 use std::fmt::Write;
 
@@ -19,8 +19,8 @@ use prometheus::IntCounterVec;
 use prometheus::core::Collector;
 use serde_json::Value;
 
-use crate::api::AppState;
-use crate::error::Body;
+use crate::edge::api::AppState;
+use crate::edge::error::Body;
 
 /// Outcomes always listed, in this order, even at 0; others follow as seen.
 const OUTCOMES: &[&str] = &[
@@ -125,7 +125,7 @@ fn count_table(out: &mut String, title: &str, id: &str, attr: &str, rows: &[(Str
 pub fn render(state: &AppState) -> String {
     let m = &state.metrics;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let now = crate::flow::rfc3339_ms(now_ms);
+    let now = crate::transactions::flow::rfc3339_ms(now_ms);
     let mut out = String::with_capacity(8192);
     let _ = write!(
         out,

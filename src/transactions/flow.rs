@@ -17,12 +17,14 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::domain::{Movement, TransactionId, TransactionRequest, TxStatus};
-use crate::error::ApiError;
+use crate::edge::error::ApiError;
 use crate::ledger::{
     AttemptEnd, AttemptOutcome, Decision, Ledger, Render, StoredResponse, TransactionRecord,
 };
 use crate::metrics::Metrics;
-use crate::switch::{Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches};
+use crate::switches::client::{
+    Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches,
+};
 
 /// Pause before the first requery of an unknown outcome; doubles up to the max.
 const REQUERY_BACKOFF_START: Duration = Duration::from_millis(100);

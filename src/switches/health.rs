@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::switch::{SwitchClient, SwitchState, Switches, Thresholds};
+use crate::switches::client::{SwitchClient, SwitchState, Switches, Thresholds};
 
 pub struct HealthMonitor {
     pub switches: Arc<Switches>,

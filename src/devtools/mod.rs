@@ -1,0 +1,3 @@
+pub mod certs;
+pub mod demo;
+pub mod sim;
