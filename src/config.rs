@@ -376,18 +376,6 @@ pub struct LedgerConfig {
     pub writers: usize,
 }
 
-impl LedgerConfig {
-    /// The group-commit bounds the ledger is started with.
-    pub fn batching(&self) -> crate::ledger::GroupConfig {
-        crate::ledger::GroupConfig {
-            batch_max: self.batch_max,
-            queue_max: self.queue_max,
-            queue_wait: Duration::from_millis(self.queue_wait_ms),
-            writers: self.writers,
-        }
-    }
-}
-
 /// `[forwarding]`: how transactions reach switches.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -359,6 +359,15 @@ impl Role {
     }
 }
 
+/// A Unix time in milliseconds as RFC 3339, UTC, to the millisecond: how
+/// every timestamp is shown.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

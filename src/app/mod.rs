@@ -20,14 +20,15 @@ use tokio_util::task::TaskTracker;
 use arc_swap::ArcSwap;
 
 use crate::app::reload::Reloader;
-use crate::config::{Config, ForwardingConfig, Sources};
-use crate::edge::api::{Api, AppState, Ops};
+use crate::config::{Config, ForwardingConfig, LedgerConfig, Sources};
+use crate::edge::api::{Api, AppState};
 use crate::edge::auth::Authenticator;
 use crate::edge::limits::Limiter;
 use crate::edge::server::{self, ConnLimits};
 use crate::edge::tls::{self, TlsError};
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{GroupConfig, Ledger, LedgerError};
 use crate::metrics::Metrics;
+use crate::ops::Ops;
 use crate::switches::client::{SwitchClient, Switches};
 use crate::switches::health::HealthMonitor;
 use crate::transactions::reconciler::Reconciler;
@@ -74,7 +75,7 @@ impl Application {
         let tls = tls::server_config(&config.server)?;
         let switch_tls = switch_tls_config(&config.forwarding)?;
         let auth = Authenticator::new(&config.auth)?;
-        let ledger = Ledger::connect_with(&config.database, config.ledger.batching()).await?;
+        let ledger = Ledger::connect_with(&config.database, batching(&config.ledger)).await?;
         if config.database.migrate_on_start {
             ledger.migrate().await?;
         }
@@ -154,6 +155,7 @@ impl Application {
                 client: state.switch_client.clone(),
                 config: state.config.clone(),
                 metrics: state.metrics.clone(),
+                render: crate::edge::answer::RENDER,
             }
             .run(shutdown.clone()),
         );
@@ -256,6 +258,16 @@ pub fn report_sizes(state: &AppState) {
         .set(state.auth.load().cache_len() as i64);
     m.transactions_in_flight
         .set(state.limiter.transactions_in_flight() as i64);
+}
+
+/// The group-commit bounds the ledger is started with, from `[ledger]`.
+pub(crate) fn batching(cfg: &LedgerConfig) -> GroupConfig {
+    GroupConfig {
+        batch_max: cfg.batch_max,
+        queue_max: cfg.queue_max,
+        queue_wait: std::time::Duration::from_millis(cfg.queue_wait_ms),
+        writers: cfg.writers,
+    }
 }
 
 /// TLS for HTTPS switches: the configured CA bundle (else the public web PKI

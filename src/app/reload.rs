@@ -222,7 +222,7 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> bool {
         || n.client_ca != o.client_ca
         || n.connections_max != o.connections_max
         || !new.database.same_as(&old.database)
-        || new.ledger.batching() != old.ledger.batching()
+        || super::batching(&new.ledger) != super::batching(&old.ledger)
 }
 
 #[cfg(test)]

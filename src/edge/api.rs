@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -26,6 +25,7 @@ use crate::config::Config;
 use crate::domain::{
     AccountId, Amount, ClientId, Currency, Movement, Role, TransactionId, TransactionRequest,
 };
+use crate::edge::answer;
 use crate::edge::auth::{Authenticator, Principal};
 use crate::edge::error::{ApiError, Body, json_response};
 use crate::edge::limits::Limiter;
@@ -33,7 +33,8 @@ use crate::edge::server::{ConnInfo, Handler};
 use crate::ledger::{Account, AccountKind, Ledger, NewAccount, Reserved};
 use crate::metrics::Metrics;
 use crate::switches::client::{SwitchClient, Switches};
-use crate::transactions::flow::{self, Forwarder, Outcome};
+use crate::transactions::flow::{Forwarder, Outcome};
+use crate::transactions::view::transaction_json;
 
 /// Everything a request may need, shared by all connections.
 pub struct AppState {
@@ -498,6 +499,7 @@ async fn post_transaction(
         metrics: state.metrics.clone(),
         attempts_max: config.forwarding.attempts_max,
         attempt_timeout: config.forwarding.attempt_timeout(),
+        render: answer::RENDER,
     };
     let client = who.client.clone();
     let work_tx = tx.clone();
@@ -520,7 +522,7 @@ async fn post_transaction(
                     &client,
                     &work_tx,
                     first.as_ref().map(|s| s.name()),
-                    flow::RENDER,
+                    answer::RENDER,
                 )
                 .await;
             forwarder
@@ -561,7 +563,7 @@ async fn post_transaction(
         Flow::Existing(record) => existing(state, &who, &tx, &record, retry_after),
         Flow::InsufficientFunds(record) => {
             count(state, "insufficient_funds");
-            Ok(stored_response(&flow::stored(&record)))
+            Ok(stored_response(&answer::stored(&record)))
         }
         Flow::Forwarded(Outcome::Final(stored)) => {
             let outcome = match stored.status {
@@ -624,7 +626,7 @@ fn pending_response(
     record: Option<&crate::ledger::TransactionRecord>,
 ) -> Response<Body> {
     let body = match record {
-        Some(r) => flow::transaction_json(r),
+        Some(r) => transaction_json(r),
         None => serde_json::json!({ "transactionId": id, "status": "pending" }),
     };
     let mut resp = json_response(StatusCode::ACCEPTED, &body);
@@ -662,10 +664,7 @@ async fn get_transaction(
     if !who.has(Role::Auditor) && record.client != who.client.as_str() {
         return Err(ApiError::NotFound);
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &flow::transaction_json(&record),
-    ))
+    Ok(json_response(StatusCode::OK, &transaction_json(&record)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -743,65 +742,4 @@ fn get_switches(state: &AppState) -> Response<Body> {
         .map(|s| s.view())
         .collect();
     json_response(StatusCode::OK, &serde_json::json!({ "switches": switches }))
-}
-
-/// The OpenAPI 3 document of the client API (kept in sync with [`ROUTES`]
-/// by a test).
-pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
-
-/// The ops listener: `/` (status page), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
-#[derive(Clone)]
-pub struct Ops(pub Arc<AppState>);
-
-impl Handler for Ops {
-    async fn call(&self, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
-        let state = &self.0;
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return ApiError::MethodNotAllowed { allow: "GET" }.into_response();
-        }
-        match req.uri().path() {
-            "/" => crate::ops::status::response(state),
-            "/healthz" => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-            "/readyz" => {
-                let started = state.ready.load(Ordering::Acquire);
-                let ledger_ok = tokio::time::timeout(Duration::from_secs(2), state.ledger.ping())
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                let switches_ok = state.switches.any_available();
-                let ready = started && ledger_ok && switches_ok;
-                let status = if ready {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                json_response(
-                    status,
-                    &serde_json::json!({
-                        "ready": ready,
-                        "started": started,
-                        "ledger": ledger_ok,
-                        "switches": switches_ok,
-                    }),
-                )
-            }
-            "/openapi.json" => {
-                let mut resp =
-                    Response::new(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                resp
-            }
-            "/metrics" => {
-                let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                resp
-            }
-            _ => ApiError::NotFound.into_response(),
-        }
-    }
 }

@@ -1,3 +1,4 @@
+pub mod answer;
 pub mod api;
 pub mod auth;
 pub mod error;

@@ -125,7 +125,7 @@ fn count_table(out: &mut String, title: &str, id: &str, attr: &str, rows: &[(Str
 pub fn render(state: &AppState) -> String {
     let m = &state.metrics;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let now = crate::transactions::flow::rfc3339_ms(now_ms);
+    let now = crate::domain::rfc3339_ms(now_ms);
     let mut out = String::with_capacity(8192);
     let _ = write!(
         out,

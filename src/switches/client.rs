@@ -404,7 +404,7 @@ impl SwitchState {
             "weight": self.weight(),
             "healthy": self.is_healthy(),
             "probed": self.probed.load(Ordering::Relaxed),
-            "lastProbeAt": (last_probe_ms > 0).then(|| crate::transactions::flow::rfc3339_ms(last_probe_ms)),
+            "lastProbeAt": (last_probe_ms > 0).then(|| crate::domain::rfc3339_ms(last_probe_ms)),
             "lastProbeOk": self.last_probe_ok.load(Ordering::Relaxed),
             "lastProbeLatencyMs": self.last_probe_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
             "consecutiveForwardFailures": self.forward_failures.load(Ordering::Relaxed),

@@ -13,11 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::domain::{Movement, TransactionId, TransactionRequest, TxStatus};
-use crate::edge::error::ApiError;
 use crate::ledger::{
     AttemptEnd, AttemptOutcome, Decision, Ledger, Render, StoredResponse, TransactionRecord,
 };
@@ -49,6 +47,9 @@ pub struct Forwarder {
     pub attempts_max: u32,
     /// One attempt or requery on a switch, at most.
     pub attempt_timeout: Duration,
+    /// The response stored with the transaction once it is final (the
+    /// edge's: the flow knows no HTTP).
+    pub render: Render,
 }
 
 /// What one step of the flow decided.
@@ -118,10 +119,10 @@ impl Forwarder {
         // Every switch tried said, provably, that it did not process it.
         match self
             .ledger
-            .release(id, TxStatus::Failed, "no_switch_available", render)
+            .release(id, TxStatus::Failed, "no_switch_available", self.render)
             .await
         {
-            Ok(record) => Outcome::Final(stored(&record)),
+            Ok(record) => Outcome::Final(self.stored(&record)),
             Err(e) => self.unsettled(id, &format!("releasing: {e}")).await,
         }
     }
@@ -241,8 +242,12 @@ impl Forwarder {
         };
         // The decision and the attempt's outcome in one batched write.
         self.observe(switch, end.outcome);
-        match self.ledger.finish(id, decision, Some(end), render).await {
-            Ok(record) => Outcome::Final(stored(&record)).into(),
+        match self
+            .ledger
+            .finish(id, decision, Some(end), self.render)
+            .await
+        {
+            Ok(record) => Outcome::Final(self.stored(&record)).into(),
             Err(e) => self.unsettled(id, &format!("finishing: {e}")).await.into(),
         }
     }
@@ -259,7 +264,7 @@ impl Forwarder {
             .flatten()
             .map(Box::new);
         match record {
-            Some(r) if r.status.is_final() => Outcome::Final(stored(&r)),
+            Some(r) if r.status.is_final() => Outcome::Final(self.stored(&r)),
             record => Outcome::Pending(id.clone(), record),
         }
     }
@@ -312,6 +317,14 @@ impl Forwarder {
         }
     }
 
+    /// The response stored with a finished record (rendered if, unexpectedly, absent).
+    fn stored(&self, record: &TransactionRecord) -> StoredResponse {
+        record
+            .response
+            .clone()
+            .unwrap_or_else(|| (self.render)(record))
+    }
+
     /// Counts how an attempt ended and feeds the switch's passive health.
     fn observe(&self, switch: &SwitchState, outcome: AttemptOutcome) {
         self.metrics
@@ -353,11 +366,6 @@ impl From<Outcome> for Step {
     }
 }
 
-/// The response stored with a finished record (rendered if, unexpectedly, absent).
-pub fn stored(record: &TransactionRecord) -> StoredResponse {
-    record.response.clone().unwrap_or_else(|| render(record))
-}
-
 /// The body sent to a switch: the transaction as the client described it.
 pub fn switch_payload(req: &TransactionRequest) -> serde_json::Value {
     let mut body = serde_json::json!({
@@ -379,76 +387,4 @@ pub fn switch_payload(req: &TransactionRequest) -> serde_json::Value {
         body["metadata"] = m.clone();
     }
     body
-}
-
-/// The response stored with a finished transaction, replayed on a retry.
-/// A plain `fn` so the ledger can store it in the same database transaction.
-pub const RENDER: Render = render;
-
-pub fn render(record: &TransactionRecord) -> StoredResponse {
-    let error = |e: ApiError| StoredResponse {
-        status: e.status().as_u16(),
-        body: e.body(),
-    };
-    match (record.status, record.reason.as_deref()) {
-        (TxStatus::Committed, _) => StoredResponse {
-            status: StatusCode::CREATED.as_u16(),
-            body: transaction_json(record),
-        },
-        (TxStatus::Declined, Some("insufficient_funds")) => error(ApiError::InsufficientFunds),
-        (TxStatus::Declined, _) => error(ApiError::DeclinedBySwitch),
-        (TxStatus::Failed, _) => error(ApiError::NoSwitchAvailable),
-        (TxStatus::Reserved | TxStatus::Pending, _) => StoredResponse {
-            status: StatusCode::ACCEPTED.as_u16(),
-            body: transaction_json(record),
-        },
-    }
-}
-
-/// A transaction as the API shows it (docs/design.md, "Reading a transaction").
-pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
-    let mut body = serde_json::json!({
-        "transactionId": r.id,
-        "status": r.status,
-        "type": r.kind,
-        "amount": r.amount,
-        "currency": r.currency,
-        "attempts": r.attempts,
-        "createdAt": rfc3339_ms(r.created_at_ms),
-        "updatedAt": rfc3339_ms(r.updated_at_ms),
-    });
-    let obj = body.as_object_mut().expect("a JSON object literal");
-    match (&r.source, &r.destination) {
-        (Some(from), Some(to)) => {
-            obj.insert("from".into(), serde_json::json!(from));
-            obj.insert("to".into(), serde_json::json!(to));
-        }
-        (Some(account), None) | (None, Some(account)) => {
-            obj.insert("accountId".into(), serde_json::json!(account));
-        }
-        (None, None) => {}
-    }
-    let mut optional = |key: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            obj.insert(key.into(), serde_json::json!(v));
-        }
-    };
-    optional("reason", &r.reason);
-    optional("switch", &r.switch);
-    optional("switchReference", &r.switch_reference);
-    optional("lastError", &r.last_error);
-    if r.requeries > 0 {
-        obj.insert("requeries".into(), serde_json::json!(r.requeries));
-    }
-    if let Some(m) = &r.metadata {
-        obj.insert("metadata".into(), m.clone());
-    }
-    body
-}
-
-pub fn rfc3339_ms(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -1,2 +1,3 @@
 pub mod flow;
 pub mod reconciler;
+pub mod view;

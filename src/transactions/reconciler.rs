@@ -22,10 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RECONCILE_CONCURRENCY};
 use crate::domain::TxStatus;
-use crate::ledger::{Ledger, LedgerError, TransactionRecord};
+use crate::ledger::{Ledger, LedgerError, Render, TransactionRecord};
 use crate::metrics::Metrics;
 use crate::switches::client::{Answer, SwitchClient, Switches};
-use crate::transactions::flow::RENDER;
 use futures_util::StreamExt;
 
 pub struct Reconciler {
@@ -34,6 +33,8 @@ pub struct Reconciler {
     pub client: SwitchClient,
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: Metrics,
+    /// The response stored with what it finishes (the edge's).
+    pub render: Render,
 }
 
 /// How the reconciler left one transaction.
@@ -117,7 +118,7 @@ impl Reconciler {
             _ => {
                 // Write-ahead: no recorded attempt means nothing was sent.
                 self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
+                    .release(id, TxStatus::Failed, "no_switch_available", self.render)
                     .await?;
                 return Ok(Resolution::ReleasedNotSent);
             }
@@ -128,7 +129,7 @@ impl Reconciler {
         if let Some(last) = attempts.last() {
             if matches!(last.outcome.as_deref(), Some("not_sent" | "not_processed")) {
                 self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
+                    .release(id, TxStatus::Failed, "no_switch_available", self.render)
                     .await?;
                 return Ok(Resolution::ReleasedNotSent);
             }
@@ -152,19 +153,19 @@ impl Reconciler {
         Ok(match answer {
             Ok(Answer::Approved { reference }) => {
                 self.ledger
-                    .commit(id, switch_name, &reference, RENDER)
+                    .commit(id, switch_name, &reference, self.render)
                     .await?;
                 Resolution::Committed
             }
             Ok(Answer::Declined { .. }) => {
                 self.ledger
-                    .release(id, TxStatus::Declined, "declined_by_switch", RENDER)
+                    .release(id, TxStatus::Declined, "declined_by_switch", self.render)
                     .await?;
                 Resolution::Declined
             }
             Ok(Answer::NotFound) => {
                 self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
+                    .release(id, TxStatus::Failed, "no_switch_available", self.render)
                     .await?;
                 Resolution::ReleasedNotFound
             }

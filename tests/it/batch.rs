@@ -24,11 +24,11 @@ use serde_json::json;
 use switchboard::domain::{
     AccountId, Amount, Movement, TransactionId, TransactionRequest, TxKind, TxStatus,
 };
+use switchboard::edge::answer::RENDER;
 use switchboard::ledger::{
     AccountKind, AttemptRecord, Ledger, NewAccount, REASON_INSUFFICIENT_FUNDS, Reserved,
     TransactionRecord,
 };
-use switchboard::transactions::flow::RENDER;
 use tokio::sync::{Barrier, Semaphore, watch};
 
 use crate::harness::{aid, cid, eur};
