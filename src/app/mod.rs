@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 
 use crate::app::reload::Reloader;
 use crate::config::{Config, ForwardingConfig, LedgerConfig, Sources};
+use crate::edge::answer::RENDER;
 use crate::edge::api::{Api, AppState};
 use crate::edge::auth::Authenticator;
 use crate::edge::limits::Limiter;
@@ -29,9 +30,9 @@ use crate::edge::tls::{self, TlsError};
 use crate::ledger::{GroupConfig, Ledger, LedgerError};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::switches::client::{SwitchClient, Switches};
-use crate::switches::health::HealthMonitor;
-use crate::transactions::reconciler::Reconciler;
+use crate::switches::HealthMonitor;
+use crate::switches::{SwitchClient, Switches};
+use crate::transactions::{Reconciler, Transactions};
 
 /// Most connections the ops listener keeps open.
 const OPS_CONNECTIONS_MAX: usize = 64;
@@ -53,6 +54,9 @@ pub enum StartError {
 
 pub struct Application {
     state: Arc<AppState>,
+    /// For the health monitor and the reconciler (requests reach switches
+    /// through `state.transactions`).
+    switch_client: SwitchClient,
     https: TcpListener,
     ops: TcpListener,
     acceptor: TlsAcceptor,
@@ -89,16 +93,23 @@ impl Application {
         ));
         let metrics = Metrics::new();
         metrics.register_all(ledger.collectors());
+        let switch_client = SwitchClient::new(&config.forwarding, switch_tls);
+        let transactions = Transactions::new(
+            ledger.clone(),
+            switches.clone(),
+            switch_client.clone(),
+            metrics.clone(),
+            RENDER,
+        );
         let state = AppState {
             auth: Arc::new(ArcSwap::from_pointee(auth)),
             metrics,
             switches,
             limiter: Arc::new(Limiter::new(&config.limits)),
-            switch_client: SwitchClient::new(&config.forwarding, switch_tls),
             ledger,
             config: Arc::new(ArcSwap::from_pointee(config)),
             ready: Default::default(),
-            transactions: TaskTracker::new(),
+            transactions,
         };
         tracing::info!(
             ledger = state.ledger.backend_name(),
@@ -107,6 +118,7 @@ impl Application {
         );
         Ok(Self {
             state: Arc::new(state),
+            switch_client,
             https,
             ops,
             acceptor: TlsAcceptor::from(tls),
@@ -142,7 +154,7 @@ impl Application {
         // Switches are probed before the gateway reports ready.
         let monitor = HealthMonitor {
             switches: state.switches.clone(),
-            client: state.switch_client.clone(),
+            client: self.switch_client.clone(),
             config: state.config.clone(),
             metrics: state.metrics.clone(),
         };
@@ -152,10 +164,10 @@ impl Application {
             Reconciler {
                 ledger: state.ledger.clone(),
                 switches: state.switches.clone(),
-                client: state.switch_client.clone(),
+                client: self.switch_client.clone(),
                 config: state.config.clone(),
                 metrics: state.metrics.clone(),
-                render: crate::edge::answer::RENDER,
+                render: RENDER,
             }
             .run(shutdown.clone()),
         );
@@ -212,15 +224,15 @@ impl Application {
             in_flight = tracker.len(),
             "draining"
         );
-        state.transactions.close();
+        state.transactions.tasks().close();
         let drained = async {
             tracker.wait().await;
-            state.transactions.wait().await;
+            state.transactions.tasks().wait().await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!(
                 connections = tracker.len(),
-                transactions = state.transactions.len(),
+                transactions = state.transactions.tasks().len(),
                 "grace period over; the reconciler finishes what is left"
             );
         }

@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError, Sources};
 use crate::edge::auth::Authenticator;
 use crate::edge::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::switches::client::Switches;
+use crate::switches::Switches;
 
 /// File events are coalesced for this long before a reload.
 const DEBOUNCE: Duration = Duration::from_millis(250);

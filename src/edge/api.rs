@@ -8,7 +8,7 @@
 //! place an error becomes HTTP.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -30,11 +29,10 @@ use crate::edge::auth::{Authenticator, Principal};
 use crate::edge::error::{ApiError, Body, json_response};
 use crate::edge::limits::Limiter;
 use crate::edge::server::{ConnInfo, Handler};
-use crate::ledger::{Account, AccountKind, Ledger, NewAccount, Reserved};
+use crate::ledger::{Account, AccountKind, Ledger, NewAccount};
 use crate::metrics::Metrics;
-use crate::switches::client::{SwitchClient, Switches};
-use crate::transactions::flow::{Forwarder, Outcome};
-use crate::transactions::view::transaction_json;
+use crate::switches::Switches;
+use crate::transactions::{Submission, Transactions, transaction_json};
 
 /// Everything a request may need, shared by all connections.
 pub struct AppState {
@@ -47,12 +45,10 @@ pub struct AppState {
     pub switches: Arc<Switches>,
     /// Per-IP and per-client rate limits and the in-flight transaction cap.
     pub limiter: Arc<Limiter>,
-    pub switch_client: SwitchClient,
     /// Set once start-up finished; cleared when shutdown begins.
     pub ready: AtomicBool,
-    /// Transactions being forwarded. They finish even when their client
-    /// hangs up, and shutdown waits for them.
-    pub transactions: TaskTracker,
+    /// Submits transactions; owns their tasks.
+    pub transactions: Transactions,
 }
 
 /// Counts a request in flight until dropped, even if hyper drops the
@@ -470,183 +466,19 @@ async fn post_transaction(
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config.load();
     let body: TransactionBody = read_json(req, config.server.body_bytes_max).await?;
-    let tx = body.parse(config.ledger.amount_max)?;
-    let retry_after = Duration::from_secs(config.ledger.in_progress_retry_after_s);
-
-    // Fail closed: with no healthy switch, reserve nothing. A known id still
-    // gets its idempotent answer, so a client never retries a done
-    // transaction under a new id.
-    if !state.switches.any_available() {
-        if let Some(record) = state.ledger.transaction(&tx.id).await? {
-            return existing(state, &who, &tx, &record, retry_after);
-        }
-        count(state, "no_switch");
-        return Err(ApiError::NoSwitchAvailable);
-    }
-
-    // Shed load rather than queue: the permit travels with the transaction.
-    let permit = state.limiter.try_begin_transaction().ok_or_else(|| {
-        count(state, "overloaded");
-        ApiError::Overloaded
-    })?;
-
-    // Reserve and forward on a task of their own: neither a client hanging
-    // up nor the deadline may cancel a ledger write midway or strand money.
-    let forwarder = Forwarder {
-        ledger: state.ledger.clone(),
-        switches: state.switches.clone(),
-        client: state.switch_client.clone(),
-        metrics: state.metrics.clone(),
-        attempts_max: config.forwarding.attempts_max,
-        attempt_timeout: config.forwarding.attempt_timeout(),
-        render: answer::RENDER,
+    let submission = Submission {
+        client: who.client,
+        request: body.parse(config.ledger.amount_max)?,
+        request_id,
+        deadline,
+        forwarding: &config.forwarding,
     };
-    let client = who.client.clone();
-    let work_tx = tx.clone();
-    // Set once the reservation is stored: a deadline before that is the
-    // ledger's, answered 503 (a retry with the same id finds whatever the
-    // reservation became), never a 202 whose Location may not exist.
-    let reserved_flag = Arc::new(AtomicBool::new(false));
-    let reserved_seen = reserved_flag.clone();
-    let request_id = request_id.to_owned();
-    let task = state.transactions.spawn(
-        async move {
-            let _permit = permit;
-            let started = Instant::now();
-            // The first switch is picked before the reserve, so its attempt
-            // is recorded in the same batch (write-ahead).
-            let first = forwarder.switches.pick(|_| true);
-            let reserved = forwarder
-                .ledger
-                .reserve_with_attempt(
-                    &client,
-                    &work_tx,
-                    first.as_ref().map(|s| s.name()),
-                    answer::RENDER,
-                )
-                .await;
-            forwarder
-                .metrics
-                .ledger_duration
-                .observe(started.elapsed().as_secs_f64());
-            reserved_flag.store(true, Ordering::Release);
-            match reserved {
-                Ok(Reserved::Fresh(_)) => Ok(Flow::Forwarded(
-                    forwarder.run(&work_tx, first, &request_id, deadline).await,
-                )),
-                Ok(Reserved::Existing(record)) => Ok(Flow::Existing(Box::new(record))),
-                Ok(Reserved::InsufficientFunds(record)) => {
-                    Ok(Flow::InsufficientFunds(Box::new(record)))
-                }
-                Err(e) => Err(ApiError::from(e)),
-            }
-        }
-        .instrument(tracing::Span::current()),
-    );
-    let flow = match tokio::time::timeout_at(deadline, task).await {
-        Ok(Ok(flow)) => flow?,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "transaction task failed");
-            return Err(ApiError::Internal);
-        }
-        Err(_) if !reserved_seen.load(Ordering::Acquire) => {
-            tracing::warn!("request deadline passed while waiting for the ledger to reserve");
-            return Err(ApiError::LedgerUnavailable);
-        }
-        Err(_) => {
-            // Still running: it finishes on its own; the client polls.
-            count(state, "pending");
-            return Ok(pending_response(&tx.id, None));
-        }
-    };
-    match flow {
-        Flow::Existing(record) => existing(state, &who, &tx, &record, retry_after),
-        Flow::InsufficientFunds(record) => {
-            count(state, "insufficient_funds");
-            Ok(stored_response(&answer::stored(&record)))
-        }
-        Flow::Forwarded(Outcome::Final(stored)) => {
-            let outcome = match stored.status {
-                201 => "committed",
-                422 => "declined",
-                _ => "failed",
-            };
-            count(state, outcome);
-            Ok(stored_response(&stored))
-        }
-        Flow::Forwarded(Outcome::Pending(id, record)) => {
-            count(state, "pending");
-            Ok(pending_response(&id, record.as_deref()))
-        }
-    }
-}
-
-/// What the transaction task ended with.
-enum Flow {
-    /// The id was already in the ledger: replay, in progress or reused.
-    Existing(Box<crate::ledger::TransactionRecord>),
-    /// Stored as declined for insufficient funds; never forwarded.
-    InsufficientFunds(Box<crate::ledger::TransactionRecord>),
-    /// Reserved and forwarded.
-    Forwarded(Outcome),
-}
-
-/// The answer for an id already in the ledger: replay, in progress, or reused.
-fn existing(
-    state: &AppState,
-    who: &Principal,
-    tx: &TransactionRequest,
-    record: &crate::ledger::TransactionRecord,
-    retry_after: Duration,
-) -> Result<Response<Body>, ApiError> {
-    // Another client's id, or this id with another payload: "reused", never
-    // a look at someone else's transaction.
-    if record.client != who.client.as_str() || record.fingerprint != tx.fingerprint() {
-        count(state, "reused");
-        return Err(ApiError::TransactionIdReused);
-    }
-    match &record.response {
-        Some(stored) if record.status.is_final() => {
-            count(state, "replayed");
-            let mut resp = stored_response(stored);
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(resp)
-        }
-        _ => {
-            count(state, "in_progress");
-            Err(ApiError::TransactionInProgress { retry_after })
-        }
-    }
-}
-
-/// 202 with `Location`: the outcome is not known yet.
-fn pending_response(
-    id: &TransactionId,
-    record: Option<&crate::ledger::TransactionRecord>,
-) -> Response<Body> {
-    let body = match record {
-        Some(r) => transaction_json(r),
-        None => serde_json::json!({ "transactionId": id, "status": "pending" }),
-    };
-    let mut resp = json_response(StatusCode::ACCEPTED, &body);
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/transactions/{id}")) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
-}
-
-fn count(state: &AppState, outcome: &str) {
-    state
-        .metrics
+    let outcome = state
         .transactions
-        .with_label_values(&[outcome])
-        .inc();
-}
-
-fn stored_response(stored: &crate::ledger::StoredResponse) -> Response<Body> {
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    json_response(status, &stored.body)
+        .submit(submission, || state.limiter.try_begin_transaction())
+        .await;
+    let retry_after = Duration::from_secs(config.ledger.in_progress_retry_after_s);
+    answer::transaction(&state.metrics, outcome, retry_after)
 }
 
 async fn get_transaction(

@@ -8,7 +8,7 @@
 //! scrapers can find it. Switch rows come from [`SwitchState::view`], so the
 //! page and `GET /v1/switches` agree.
 //!
-//! [`SwitchState::view`]: crate::switches::client::SwitchState::view
+//! [`SwitchState::view`]: crate::switches::SwitchState::view
 
 use std::fmt::Write;
 
@@ -17,24 +17,11 @@ use http::{HeaderValue, Response, header};
 use http_body_util::Full;
 use prometheus::IntCounterVec;
 use prometheus::core::Collector;
-use serde_json::Value;
 
 use crate::edge::api::AppState;
 use crate::edge::error::Body;
-
-/// Outcomes always listed, in this order, even at 0; others follow as seen.
-const OUTCOMES: &[&str] = &[
-    "committed",
-    "declined",
-    "insufficient_funds",
-    "failed",
-    "pending",
-    "replayed",
-    "in_progress",
-    "reused",
-    "overloaded",
-    "no_switch",
-];
+use crate::metrics::TxOutcome;
+use crate::switches::SwitchView;
 
 /// Refusal reasons always listed, even at 0; others follow as seen.
 const REASONS: &[&str] = &[
@@ -73,13 +60,13 @@ pub fn escape(s: &str) -> String {
 }
 
 /// A switch's state as the page shows it: UP, DOWN, EJECTED or UNPROBED.
-pub fn switch_status(view: &Value) -> &'static str {
-    let flag = |k: &str| view[k].as_bool().unwrap_or(false);
-    if !flag("probed") {
+fn switch_status(view: &SwitchView) -> &'static str {
+    let h = &view.health;
+    if !h.probed {
         "UNPROBED"
-    } else if flag("ejected") {
+    } else if h.ejected {
         "EJECTED"
-    } else if flag("healthy") {
+    } else if h.healthy {
         "UP"
     } else {
         "DOWN"
@@ -121,6 +108,34 @@ fn count_table(out: &mut String, title: &str, id: &str, attr: &str, rows: &[(Str
     out.push_str("</table></section>");
 }
 
+/// One `<tr>` of the switch table.
+fn switch_row(out: &mut String, v: &SwitchView) {
+    let status = switch_status(v);
+    let probe = match &v.health.last_probe_at {
+        Some(at) if v.health.last_probe_ok => format!("{} ok", escape(at)),
+        Some(at) => format!("{} failed", escape(at)),
+        None => "never".to_owned(),
+    };
+    let _ = write!(
+        out,
+        "<tr data-switch=\"{name}\" class=\"{class}\"><td class=\"name\">{name}</td>\
+         <td class=\"url\">{url}</td><td class=\"status\">{status}</td>\
+         <td class=\"last-probe\">{probe}</td><td class=\"n latency\">{latency:.1} ms</td>\
+         <td class=\"n in-flight\">{in_flight}</td><td class=\"n approved\">{approved}</td>\
+         <td class=\"n declined\">{declined}</td><td class=\"n failed\">{failed}</td>\
+         <td class=\"n weight\">{weight}</td></tr>",
+        name = escape(&v.name),
+        url = escape(&v.url),
+        class = status.to_ascii_lowercase(),
+        latency = v.health.last_probe_latency_ms,
+        in_flight = v.in_flight,
+        approved = v.approved,
+        declined = v.declined,
+        failed = v.failed,
+        weight = v.weight,
+    );
+}
+
 /// The status page as one HTML document.
 pub fn render(state: &AppState) -> String {
     let m = &state.metrics;
@@ -144,33 +159,7 @@ pub fn render(state: &AppState) -> String {
          <th>approved</th><th>declined</th><th>failed</th><th>weight</th></tr>",
     );
     for entry in &state.switches.snapshot().entries {
-        let v = entry.view();
-        let status = switch_status(&v);
-        let text = |k: &str| escape(v[k].as_str().unwrap_or_default());
-        let num = |k: &str| v[k].to_string();
-        let probe = match v["lastProbeAt"].as_str() {
-            Some(at) if v["lastProbeOk"].as_bool() == Some(true) => format!("{} ok", escape(at)),
-            Some(at) => format!("{} failed", escape(at)),
-            None => "never".to_owned(),
-        };
-        let latency = v["lastProbeLatencyMs"].as_f64().unwrap_or(0.0);
-        let _ = write!(
-            out,
-            "<tr data-switch=\"{name}\" class=\"{class}\"><td class=\"name\">{name}</td>\
-             <td class=\"url\">{url}</td><td class=\"status\">{status}</td>\
-             <td class=\"last-probe\">{probe}</td><td class=\"n latency\">{latency:.1} ms</td>\
-             <td class=\"n in-flight\">{in_flight}</td><td class=\"n approved\">{approved}</td>\
-             <td class=\"n declined\">{declined}</td><td class=\"n failed\">{failed}</td>\
-             <td class=\"n weight\">{weight}</td></tr>",
-            name = text("name"),
-            url = text("url"),
-            class = status.to_ascii_lowercase(),
-            in_flight = num("inFlight"),
-            approved = num("approved"),
-            declined = num("declined"),
-            failed = num("failed"),
-            weight = num("weight"),
-        );
+        switch_row(&mut out, &entry.view());
     }
     out.push_str("</table></section><div class=\"grid\">");
 
@@ -179,7 +168,7 @@ pub fn render(state: &AppState) -> String {
         "Transactions by outcome",
         "transactions",
         "outcome",
-        &counts(&m.transactions, OUTCOMES),
+        &counts(&m.transactions, &TxOutcome::ALL.map(TxOutcome::label)),
     );
     count_table(
         &mut out,
@@ -228,7 +217,15 @@ mod tests {
 
     #[test]
     fn status_precedence() {
-        let v = |probed, healthy, ejected| serde_json::json!({"probed": probed, "healthy": healthy, "ejected": ejected});
+        let v = |probed, healthy, ejected| SwitchView {
+            health: crate::switches::HealthView {
+                probed,
+                healthy,
+                ejected,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         assert_eq!(switch_status(&v(false, false, false)), "UNPROBED");
         assert_eq!(switch_status(&v(true, true, true)), "EJECTED");
         assert_eq!(switch_status(&v(true, true, false)), "UP");

@@ -15,14 +15,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::domain::{Movement, TransactionId, TransactionRequest, TxStatus};
-use crate::ledger::{
-    AttemptEnd, AttemptOutcome, Decision, Ledger, Render, StoredResponse, TransactionRecord,
-};
+use super::{Outcome, release, release_decision};
+use crate::domain::{Movement, ReleaseReason, TransactionId, TransactionRequest};
+use crate::ledger::{AttemptEnd, AttemptOutcome, Decision, Ledger, Render};
 use crate::metrics::Metrics;
-use crate::switches::client::{
-    Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches,
-};
+use crate::switches::{Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches};
 
 /// Pause before the first requery of an unknown outcome; doubles up to the max.
 const REQUERY_BACKOFF_START: Duration = Duration::from_millis(100);
@@ -30,33 +27,46 @@ const REQUERY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Kept back from the request deadline for the final ledger write and the answer.
 const DEADLINE_RESERVE: Duration = Duration::from_millis(250);
 
-/// How a posted transaction ended, for the HTTP layer.
-pub enum Outcome {
-    /// A final answer (committed, declined, failed), stored for replays.
-    Final(StoredResponse),
-    /// The outcome is not known yet: 202 with `Location`. The record is
-    /// absent when the ledger could not be read back.
-    Pending(TransactionId, Option<Box<TransactionRecord>>),
-}
-
-pub struct Forwarder {
-    pub ledger: Ledger,
-    pub switches: Arc<Switches>,
-    pub client: SwitchClient,
-    pub metrics: Metrics,
-    pub attempts_max: u32,
+/// Sends one reserved transaction to switches and learns its outcome.
+pub(super) struct Forwarder {
+    pub(super) ledger: Ledger,
+    pub(super) switches: Arc<Switches>,
+    pub(super) client: SwitchClient,
+    pub(super) metrics: Metrics,
+    pub(super) attempts_max: u32,
     /// One attempt or requery on a switch, at most.
-    pub attempt_timeout: Duration,
+    pub(super) attempt_timeout: Duration,
     /// The response stored with the transaction once it is final (the
     /// edge's: the flow knows no HTTP).
-    pub render: Render,
+    pub(super) render: Render,
 }
 
 /// What one step of the flow decided.
 enum Step {
     Done(Outcome),
     /// Try the next switch: this one provably did not process it.
-    Next(&'static str),
+    Next(Retry),
+}
+
+/// Why a transaction moved on to another switch (`switch_retries_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// The connection was never made.
+    Unreachable,
+    /// A requery answered 404: the switch never received it.
+    NeverReceived,
+    /// The switch answered `503 not_processed`.
+    Refused,
+}
+
+impl Retry {
+    fn label(self) -> &'static str {
+        match self {
+            Retry::Unreachable => "not_sent",
+            Retry::NeverReceived => "not_found",
+            Retry::Refused => "not_processed",
+        }
+    }
 }
 
 impl Forwarder {
@@ -68,7 +78,7 @@ impl Forwarder {
     /// knows which switch to ask, finishes the transaction.
     /// `first` is the switch whose attempt 1 the reservation recorded (see
     /// [`Ledger::reserve_with_attempt`]); `None` when none was available then.
-    pub async fn run(
+    pub(super) async fn run(
         &self,
         req: &TransactionRequest,
         first: Option<Arc<SwitchState>>,
@@ -109,20 +119,26 @@ impl Forwarder {
                 .await
             {
                 Step::Done(outcome) => return outcome,
-                Step::Next(reason) => {
-                    self.metrics.retries.with_label_values(&[reason]).inc();
+                Step::Next(retry) => {
+                    self.metrics
+                        .retries
+                        .with_label_values(&[retry.label()])
+                        .inc();
                     tried.push(switch);
                 }
             }
         }
 
         // Every switch tried said, provably, that it did not process it.
-        match self
-            .ledger
-            .release(id, TxStatus::Failed, "no_switch_available", self.render)
-            .await
+        match release(
+            &self.ledger,
+            id,
+            ReleaseReason::NoSwitchAvailable,
+            self.render,
+        )
+        .await
         {
-            Ok(record) => Outcome::Final(self.stored(&record)),
+            Ok(record) => Outcome::settled(Box::new(record)),
             Err(e) => self.unsettled(id, &format!("releasing: {e}")).await,
         }
     }
@@ -196,7 +212,7 @@ impl Forwarder {
                 tracing::warn!(switch = switch.name(), %reason, "switch unreachable; trying another");
                 self.note(id, switch, end(AttemptOutcome::NotSent, Some(&reason)))
                     .await;
-                return Step::Next("not_sent");
+                return Step::Next(Retry::Unreachable);
             }
             Err(ForwardError::Unknown(reason)) => {
                 tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
@@ -204,7 +220,7 @@ impl Forwarder {
                     .await;
                 match self.requery(switch, req, request_id, budget_end).await {
                     // Never received: as safe as a refused connection.
-                    Some(Answer::NotFound) => return Step::Next("not_found"),
+                    Some(Answer::NotFound) => return Step::Next(Retry::NeverReceived),
                     Some(answer) => answer,
                     None => {
                         return match self.ledger.mark_pending(id, &reason).await {
@@ -228,16 +244,13 @@ impl Forwarder {
                 end(AttemptOutcome::Approved, None),
             ),
             Answer::Declined { reason } => (
-                Decision::Release {
-                    status: TxStatus::Declined,
-                    reason: "declined_by_switch".into(),
-                },
+                release_decision(ReleaseReason::DeclinedBySwitch),
                 end(AttemptOutcome::Declined, Some(&reason)),
             ),
             Answer::NotProcessed | Answer::NotFound => {
                 self.note(id, switch, end(AttemptOutcome::NotProcessed, None))
                     .await;
-                return Step::Next("not_processed");
+                return Step::Next(Retry::Refused);
             }
         };
         // The decision and the attempt's outcome in one batched write.
@@ -247,7 +260,7 @@ impl Forwarder {
             .finish(id, decision, Some(end), self.render)
             .await
         {
-            Ok(record) => Outcome::Final(self.stored(&record)).into(),
+            Ok(record) => Outcome::settled(Box::new(record)).into(),
             Err(e) => self.unsettled(id, &format!("finishing: {e}")).await.into(),
         }
     }
@@ -264,8 +277,8 @@ impl Forwarder {
             .flatten()
             .map(Box::new);
         match record {
-            Some(r) if r.status.is_final() => Outcome::Final(self.stored(&r)),
-            record => Outcome::Pending(id.clone(), record),
+            Some(r) => Outcome::settled(r),
+            None => Outcome::Pending(id.clone(), None),
         }
     }
 
@@ -317,14 +330,6 @@ impl Forwarder {
         }
     }
 
-    /// The response stored with a finished record (rendered if, unexpectedly, absent).
-    fn stored(&self, record: &TransactionRecord) -> StoredResponse {
-        record
-            .response
-            .clone()
-            .unwrap_or_else(|| (self.render)(record))
-    }
-
     /// Counts how an attempt ended and feeds the switch's passive health.
     fn observe(&self, switch: &SwitchState, outcome: AttemptOutcome) {
         self.metrics
@@ -367,7 +372,7 @@ impl From<Outcome> for Step {
 }
 
 /// The body sent to a switch: the transaction as the client described it.
-pub fn switch_payload(req: &TransactionRequest) -> serde_json::Value {
+fn switch_payload(req: &TransactionRequest) -> serde_json::Value {
     let mut body = serde_json::json!({
         "transactionId": req.id,
         "type": req.movement.kind().as_str(),

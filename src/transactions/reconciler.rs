@@ -20,11 +20,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use super::release;
 use crate::config::{Config, RECONCILE_CONCURRENCY};
-use crate::domain::TxStatus;
-use crate::ledger::{Ledger, LedgerError, Render, TransactionRecord};
+use crate::domain::ReleaseReason;
+use crate::ledger::{AttemptOutcome, Ledger, LedgerError, Render, TransactionRecord};
 use crate::metrics::Metrics;
-use crate::switches::client::{Answer, SwitchClient, Switches};
+use crate::switches::{Answer, SwitchClient, Switches};
 use futures_util::StreamExt;
 
 pub struct Reconciler {
@@ -117,20 +118,34 @@ impl Reconciler {
             (Some(name), n) if n > 0 => name,
             _ => {
                 // Write-ahead: no recorded attempt means nothing was sent.
-                self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", self.render)
-                    .await?;
+                release(
+                    &self.ledger,
+                    id,
+                    ReleaseReason::NoSwitchAvailable,
+                    self.render,
+                )
+                .await?;
                 return Ok(Resolution::ReleasedNotSent);
             }
         };
         // An attempt recorded as provably unprocessed needs no question (the
         // switch may be gone for good).
         let attempts = self.ledger.attempts(id).await?;
+        let unprocessed =
+            [AttemptOutcome::NotSent, AttemptOutcome::NotProcessed].map(AttemptOutcome::as_str);
         if let Some(last) = attempts.last() {
-            if matches!(last.outcome.as_deref(), Some("not_sent" | "not_processed")) {
-                self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", self.render)
-                    .await?;
+            if last
+                .outcome
+                .as_deref()
+                .is_some_and(|o| unprocessed.contains(&o))
+            {
+                release(
+                    &self.ledger,
+                    id,
+                    ReleaseReason::NoSwitchAvailable,
+                    self.render,
+                )
+                .await?;
                 return Ok(Resolution::ReleasedNotSent);
             }
         }
@@ -158,15 +173,23 @@ impl Reconciler {
                 Resolution::Committed
             }
             Ok(Answer::Declined { .. }) => {
-                self.ledger
-                    .release(id, TxStatus::Declined, "declined_by_switch", self.render)
-                    .await?;
+                release(
+                    &self.ledger,
+                    id,
+                    ReleaseReason::DeclinedBySwitch,
+                    self.render,
+                )
+                .await?;
                 Resolution::Declined
             }
             Ok(Answer::NotFound) => {
-                self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", self.render)
-                    .await?;
+                release(
+                    &self.ledger,
+                    id,
+                    ReleaseReason::NoSwitchAvailable,
+                    self.render,
+                )
+                .await?;
                 Resolution::ReleasedNotFound
             }
             Ok(Answer::NotProcessed) => {

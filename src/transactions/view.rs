@@ -1,4 +1,4 @@
-//! The JSON views of a transaction the client API shows.
+//! A transaction as the client API shows it.
 
 use crate::domain::rfc3339_ms;
 use crate::ledger::TransactionRecord;
