@@ -11,6 +11,6 @@ pub mod domain;
 pub mod edge;
 pub mod ledger;
 pub mod metrics;
-pub mod ops;
+mod ops;
 pub mod switches;
 pub mod transactions;

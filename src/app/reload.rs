@@ -18,8 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Sources};
-use crate::edge::auth::Authenticator;
-use crate::edge::limits::Limiter;
+use crate::edge::{Authenticator, Limiter};
 use crate::metrics::Metrics;
 use crate::switches::Switches;
 

@@ -1017,7 +1017,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Resp {
-    crate::edge::error::json_response(status, body)
+    crate::edge::json_response(status, body)
 }
 
 fn invalid(reason: String) -> Resp {

@@ -18,8 +18,7 @@ use http_body_util::Full;
 use prometheus::IntCounterVec;
 use prometheus::core::Collector;
 
-use crate::edge::api::AppState;
-use crate::edge::error::Body;
+use crate::edge::{AppState, Body};
 use crate::metrics::TxOutcome;
 use crate::switches::SwitchView;
 
@@ -44,7 +43,7 @@ tr.down{background:#fdecea}tr.ejected{background:#fff3e0}tr.unprobed{background:
 td.status{font-weight:bold;text-align:center}";
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(s: &str) -> String {
+fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -137,7 +136,7 @@ fn switch_row(out: &mut String, v: &SwitchView) {
 }
 
 /// The status page as one HTML document.
-pub fn render(state: &AppState) -> String {
+fn render(state: &AppState) -> String {
     let m = &state.metrics;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let now = crate::domain::rfc3339_ms(now_ms);
@@ -192,7 +191,7 @@ pub fn render(state: &AppState) -> String {
 }
 
 /// `GET /` on the ops listener: [`render`] as `text/html`, never cached.
-pub fn response(state: &AppState) -> Response<Body> {
+pub(super) fn response(state: &AppState) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(render(state))));
     let headers = resp.headers_mut();
     headers.insert(

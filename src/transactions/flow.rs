@@ -41,6 +41,17 @@ pub(super) struct Forwarder {
     pub(super) render: Render,
 }
 
+/// One transaction on its way through the switches.
+struct Job<'a> {
+    req: &'a TransactionRequest,
+    request_id: &'a str,
+    /// The body every switch is sent.
+    payload: Bytes,
+    /// No attempt or requery runs past this (the deadline less the time
+    /// kept for the final write).
+    budget_end: Instant,
+}
+
 /// What one step of the flow decided.
 enum Step {
     Done(Outcome),
@@ -85,9 +96,13 @@ impl Forwarder {
         request_id: &str,
         deadline: Instant,
     ) -> Outcome {
-        let id = &req.id;
-        let payload = Bytes::from(switch_payload(req).to_string());
-        let budget_end = deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline);
+        let job = Job {
+            req,
+            request_id,
+            payload: Bytes::from(switch_payload(req).to_string()),
+            budget_end: deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline),
+        };
+        let (id, budget_end) = (&req.id, job.budget_end);
         let mut tried: Vec<Arc<SwitchState>> = Vec::new();
         let mut first = first.map(|switch| (switch, 1));
 
@@ -112,12 +127,7 @@ impl Forwarder {
                 self.note(id, &switch, end).await;
                 break;
             }
-            match self
-                .attempt(
-                    req, &switch, attempt_no, request_id, &payload, remaining, budget_end,
-                )
-                .await
-            {
+            match self.attempt(&job, &switch, attempt_no, remaining).await {
                 Step::Done(outcome) => return outcome,
                 Step::Next(retry) => {
                     self.metrics
@@ -172,27 +182,36 @@ impl Forwarder {
     }
 
     /// One attempt on one switch, and whatever it takes to learn its outcome.
-    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
-        req: &TransactionRequest,
+        job: &Job<'_>,
         switch: &Arc<SwitchState>,
         attempt_no: u32,
-        request_id: &str,
-        payload: &Bytes,
         remaining: Duration,
-        budget_end: Instant,
     ) -> Step {
-        let id = &req.id;
+        let result = self.send(job, switch, remaining).await;
+        match self.learn(job, switch, attempt_no, result).await {
+            Ok(answer) => self.decide(&job.req.id, switch, attempt_no, answer).await,
+            Err(step) => step,
+        }
+    }
+
+    /// `POST /transactions` on `switch`, timed.
+    async fn send(
+        &self,
+        job: &Job<'_>,
+        switch: &Arc<SwitchState>,
+        remaining: Duration,
+    ) -> Result<Answer, ForwardError> {
         let _in_flight = switch.begin();
         let started = Instant::now();
         let result = self
             .client
             .forward(
                 &switch.switch,
-                id.as_str(),
-                request_id,
-                payload.clone(),
+                job.req.id.as_str(),
+                job.request_id,
+                job.payload.clone(),
                 remaining.min(self.attempt_timeout),
             )
             .await;
@@ -200,40 +219,72 @@ impl Forwarder {
             .forward_duration
             .with_label_values(&[switch.name()])
             .observe(started.elapsed().as_secs_f64());
+        result
+    }
 
-        let end = |outcome, error: Option<&str>| AttemptEnd {
+    /// The switch's answer, requeried when the forward's outcome is unknown;
+    /// or the step to take without one (next switch, or pending).
+    async fn learn(
+        &self,
+        job: &Job<'_>,
+        switch: &Arc<SwitchState>,
+        attempt_no: u32,
+        result: Result<Answer, ForwardError>,
+    ) -> Result<Answer, Step> {
+        let id = &job.req.id;
+        let end = |outcome, error: &str| AttemptEnd {
             attempt_no,
             outcome,
-            error: error.map(str::to_owned),
+            error: Some(error.to_owned()),
         };
-        let answer = match result {
-            Ok(answer) => answer,
+        let reason = match result {
+            Ok(answer) => return Ok(answer),
             Err(ForwardError::NotSent(reason)) => {
                 tracing::warn!(switch = switch.name(), %reason, "switch unreachable; trying another");
-                self.note(id, switch, end(AttemptOutcome::NotSent, Some(&reason)))
+                self.note(id, switch, end(AttemptOutcome::NotSent, &reason))
                     .await;
-                return Step::Next(Retry::Unreachable);
+                return Err(Step::Next(Retry::Unreachable));
             }
-            Err(ForwardError::Unknown(reason)) => {
-                tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
-                self.note(id, switch, end(AttemptOutcome::Unknown, Some(&reason)))
-                    .await;
-                match self.requery(switch, req, request_id, budget_end).await {
-                    // Never received: as safe as a refused connection.
-                    Some(Answer::NotFound) => return Step::Next(Retry::NeverReceived),
-                    Some(answer) => answer,
-                    None => {
-                        return match self.ledger.mark_pending(id, &reason).await {
-                            Ok(record) => Outcome::Pending(id.clone(), Some(Box::new(record))),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "could not mark pending; the reconciler will");
-                                Outcome::Pending(id.clone(), None)
-                            }
-                        }
-                        .into();
-                    }
-                }
+            Err(ForwardError::Unknown(reason)) => reason,
+        };
+        tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
+        self.note(id, switch, end(AttemptOutcome::Unknown, &reason))
+            .await;
+        match self
+            .requery(switch, job.req, job.request_id, job.budget_end)
+            .await
+        {
+            // Never received: as safe as a refused connection.
+            Some(Answer::NotFound) => Err(Step::Next(Retry::NeverReceived)),
+            Some(answer) => Ok(answer),
+            None => Err(self.pending(id, &reason).await.into()),
+        }
+    }
+
+    /// Still unknown at the end of the budget: `pending`, for the reconciler.
+    async fn pending(&self, id: &TransactionId, reason: &str) -> Outcome {
+        match self.ledger.mark_pending(id, reason).await {
+            Ok(record) => Outcome::Pending(id.clone(), Some(Box::new(record))),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not mark pending; the reconciler will");
+                Outcome::Pending(id.clone(), None)
             }
+        }
+    }
+
+    /// Commits or releases on the switch's answer, with the attempt's outcome
+    /// in the same batched write; or moves on when it did not process it.
+    async fn decide(
+        &self,
+        id: &TransactionId,
+        switch: &Arc<SwitchState>,
+        attempt_no: u32,
+        answer: Answer,
+    ) -> Step {
+        let end = |outcome, error: Option<String>| AttemptEnd {
+            attempt_no,
+            outcome,
+            error,
         };
         let (decision, end) = match answer {
             Answer::Approved { reference } => (
@@ -245,7 +296,7 @@ impl Forwarder {
             ),
             Answer::Declined { reason } => (
                 release_decision(ReleaseReason::DeclinedBySwitch),
-                end(AttemptOutcome::Declined, Some(&reason)),
+                end(AttemptOutcome::Declined, Some(reason)),
             ),
             Answer::NotProcessed | Answer::NotFound => {
                 self.note(id, switch, end(AttemptOutcome::NotProcessed, None))
@@ -253,7 +304,6 @@ impl Forwarder {
                 return Step::Next(Retry::Refused);
             }
         };
-        // The decision and the attempt's outcome in one batched write.
         self.observe(switch, end.outcome);
         match self
             .ledger

@@ -479,7 +479,7 @@ async fn cached_tokens_are_still_refused_once_expired() {
 #[tokio::test]
 async fn each_route_admits_exactly_the_roles_the_table_names() {
     use switchboard::domain::Role;
-    use switchboard::edge::api::ROUTES;
+    use switchboard::edge::ROUTES;
 
     let sims = crate::harness::spawn_sims(1).await;
     let gw = spawn_gateway_with(Options {

@@ -12,8 +12,8 @@ use switchboard::app::Application;
 use switchboard::config::{Config, Sources};
 use switchboard::devtools::certs::CertPaths;
 use switchboard::devtools::sim::{self, SimHandle, SimOptions};
-use switchboard::edge::api::AppState;
-use switchboard::edge::auth::Authenticator;
+use switchboard::edge::AppState;
+use switchboard::edge::Authenticator;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

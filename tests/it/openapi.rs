@@ -1,5 +1,5 @@
 //! `docs/openapi.json` against the code: the same routes, roles and error
-//! statuses as `switchboard::edge::api`, examples and answers that the live gateway
+//! statuses as `switchboard::edge`, examples and answers that the live gateway
 //! accepts and gives, the copy served on the ops listener, and schemathesis
 //! fuzzing the live gateway from the document.
 
@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::edge::api::{Endpoint, ROUTES, Route};
-use switchboard::edge::error::ApiError;
+use switchboard::edge::ApiError;
+use switchboard::edge::{Endpoint, ROUTES, Route};
 
 use crate::harness::{self, Options, Reply, TestGateway, spawn_gateway_with};
 

@@ -9,9 +9,9 @@ use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value, json};
 use switchboard::config::Config;
 use switchboard::domain::{Movement, TransactionRequest};
-use switchboard::edge::api::{TransactionBody, parse_json};
-use switchboard::edge::auth::Authenticator;
-use switchboard::edge::error::ApiError;
+use switchboard::edge::ApiError;
+use switchboard::edge::Authenticator;
+use switchboard::edge::{TransactionBody, parse_json};
 
 use crate::harness;
 

@@ -13,21 +13,26 @@
 //! # sustained rate on 64 spread accounts:
 //! switchboard-load --accounts 64 --balance 1000000000 --requests 50000 --concurrency 64
 //! ```
+//!
+//! `main.rs` sets up (tokens, accounts) and runs a load or the idle-connection
+//! hold; `http.rs` is the client; `drive.rs` the workers and the check of
+//! each answer; `report.rs` what is printed.
 
-use std::collections::BTreeMap;
+mod drive;
+mod http;
+mod report;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use ::http::StatusCode;
 use clap::Parser;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use secrecy::SecretString;
+
+use crate::drive::Plan;
+use crate::http::HttpsClient;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,15 +95,6 @@ struct Args {
     garbage_tokens: bool,
 }
 
-#[derive(Default)]
-struct Tally {
-    latencies_us: Vec<u64>,
-    /// (start offset ms, latency us, ok) of every request, for windows.
-    samples: Vec<(u64, u64, bool)>,
-    outcomes: BTreeMap<String, usize>,
-    bad: Vec<String>,
-}
-
 fn main() -> ExitCode {
     // The same development secret as the gateway, when run from the repository.
     let _ = dotenvy::dotenv();
@@ -117,74 +113,24 @@ fn main() -> ExitCode {
     }
 }
 
-type HttpsClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
-
 async fn run(args: Args) -> anyhow::Result<bool> {
-    let host = args
-        .url
-        .strip_prefix("https://")
-        .and_then(|rest| rest.split([':', '/']).next())
-        .unwrap_or_default();
-    anyhow::ensure!(
-        matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
-        "--url must point at loopback (got {})",
-        args.url
-    );
+    check_loopback(&args.url)?;
     switchboard::edge::tls::install_crypto_provider();
     let roots = switchboard::edge::tls::root_store(&args.cacert)?;
     if let Some(n) = args.idle_connections {
         return hold_idle(&args, roots, n).await;
     }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_local_address(args.local_ip);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .wrap_connector(http);
-    let client: HttpsClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.concurrency)
-        .build(https);
-
-    let auth_cfg = switchboard::config::Config::from_toml("")
-        .map_err(|e| anyhow::anyhow!(e.to_string()))?
-        .auth;
-    let secret = args.secret.clone().ok_or_else(|| {
-        anyhow::anyhow!("--secret (or SWITCHBOARD__AUTH__DEV_HS256_SECRET) is required")
-    })?;
-    let auth = switchboard::edge::auth::Authenticator::new(&switchboard::config::AuthConfig {
-        dev_hs256_secret: Some(SecretString::from(secret)),
-        ..auth_cfg
-    })?;
+    let client = http::client(roots, args.local_ip, args.concurrency);
     let run_id = args
         .run_id
         .clone()
         .unwrap_or_else(|| format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let client_id = format!("{run_id}-client");
-    let operator = auth.sign("load-operator", &["operator", "auditor"], 3600)?;
-    let token = auth.sign(&client_id, &["transact"], 3600)?;
-
+    let tokens = Tokens::sign(&args, &run_id)?;
     let accounts: Vec<String> = (0..args.accounts.max(1))
         .map(|i| format!("{run_id}-acct-{i}"))
         .collect();
-    for account in accounts.iter().filter(|_| !args.garbage_tokens) {
-        let body = serde_json::json!({
-            "accountId": account, "owner": client_id,
-            "currency": args.currency, "openingBalance": args.balance,
-        });
-        let (status, text, _) = post(&client, &args.url, "/v1/accounts", &operator, &body).await?;
-        anyhow::ensure!(
-            status == StatusCode::CREATED,
-            "creating {account}: {status} {text}"
-        );
+    if !args.garbage_tokens {
+        create_accounts(&client, &args, &tokens, &accounts).await?;
     }
     eprintln!(
         "run {run_id}: {} requests, concurrency {}, {} account(s) of {} {}, amount {}",
@@ -195,142 +141,89 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         args.currency,
         args.amount
     );
+    let plan = Arc::new(Plan {
+        client: client.clone(),
+        url: args.url.clone(),
+        token: tokens.transact,
+        run_id,
+        accounts: accounts.clone(),
+        requests: args.requests,
+        amount: args.amount,
+        currency: args.currency.clone(),
+        garbage: args.garbage_tokens,
+        deadline: Instant::now() + Duration::from_secs(args.max_duration_s),
+    });
+    let (mut tally, elapsed) = drive::run(plan, args.concurrency.max(1)).await?;
+    report::summary(&mut tally, elapsed, args.window_s);
+    if !args.garbage_tokens {
+        report::balances(&client, &args.url, &tokens.operator, &accounts).await?;
+    }
+    report::unexpected(&tally);
+    Ok(tally.all_expected())
+}
 
-    let next = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.max_duration_s);
-    let started = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (client, next, accounts, token, url, run_id) = (
-            client.clone(),
-            next.clone(),
-            accounts.clone(),
-            token.clone(),
-            args.url.clone(),
-            run_id.clone(),
-        );
-        let (requests, amount, currency) = (args.requests, args.amount, args.currency.clone());
-        let garbage = args.garbage_tokens;
-        workers.spawn(async move {
-            let mut tally = Tally::default();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests || Instant::now() >= deadline {
-                    break;
-                }
-                let id = format!("{run_id}-tx-{i}");
-                let body = serde_json::json!({
-                    "transactionId": id, "type": "debit",
-                    "accountId": accounts[i % accounts.len()],
-                    "amount": amount, "currency": currency,
-                });
-                let t0 = Instant::now();
-                let token = if garbage {
-                    format!("garbage.{i}.token")
-                } else {
-                    token.clone()
-                };
-                let result = post(&client, &url, "/v1/transactions", &token, &body).await;
-                let latency_us = t0.elapsed().as_micros() as u64;
-                tally.latencies_us.push(latency_us);
-                let outcome = match result {
-                    Ok((status, text, json)) => check(status, &text, json.as_ref(), &id, garbage),
-                    Err(e) => Err(format!("transport: {e}")),
-                };
-                let offset_ms = t0.duration_since(started).as_millis() as u64;
-                let ok = outcome.as_ref().is_ok_and(|l| {
-                    l.starts_with("201") || l.starts_with("202") || l.contains("insufficient_funds")
-                });
-                tally.samples.push((offset_ms, latency_us, ok));
-                match outcome {
-                    Ok(label) => *tally.outcomes.entry(label).or_default() += 1,
-                    Err(bad) => {
-                        *tally.outcomes.entry("unexpected".into()).or_default() += 1;
-                        if tally.bad.len() < 5 {
-                            tally.bad.push(bad);
-                        }
-                    }
-                }
-            }
-            tally
+/// The tool only ever loads a gateway on this machine.
+fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let host = url
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split([':', '/']).next())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
+        "--url must point at loopback (got {url})"
+    );
+    Ok(())
+}
+
+/// The tokens of a run: an operator (accounts) and the client that transacts.
+struct Tokens {
+    operator: String,
+    transact: String,
+    client_id: String,
+}
+
+impl Tokens {
+    /// Signed with the development secret, as the gateway's default config
+    /// verifies them.
+    fn sign(args: &Args, run_id: &str) -> anyhow::Result<Self> {
+        let auth_cfg = switchboard::config::Config::from_toml("")
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?
+            .auth;
+        let secret = args.secret.clone().ok_or_else(|| {
+            anyhow::anyhow!("--secret (or SWITCHBOARD__AUTH__DEV_HS256_SECRET) is required")
+        })?;
+        let auth = switchboard::edge::Authenticator::new(&switchboard::config::AuthConfig {
+            dev_hs256_secret: Some(SecretString::from(secret)),
+            ..auth_cfg
+        })?;
+        let client_id = format!("{run_id}-client");
+        Ok(Self {
+            operator: auth.sign("load-operator", &["operator", "auditor"], 3600)?,
+            transact: auth.sign(&client_id, &["transact"], 3600)?,
+            client_id,
+        })
+    }
+}
+
+async fn create_accounts(
+    client: &HttpsClient,
+    args: &Args,
+    tokens: &Tokens,
+    accounts: &[String],
+) -> anyhow::Result<()> {
+    for account in accounts {
+        let body = serde_json::json!({
+            "accountId": account, "owner": tokens.client_id,
+            "currency": args.currency, "openingBalance": args.balance,
         });
+        let (status, text, _) =
+            http::post(client, &args.url, "/v1/accounts", &tokens.operator, &body).await?;
+        anyhow::ensure!(
+            status == StatusCode::CREATED,
+            "creating {account}: {status} {text}"
+        );
     }
-    let mut all = Tally::default();
-    while let Some(t) = workers.join_next().await {
-        let t = t?;
-        all.latencies_us.extend(t.latencies_us);
-        all.samples.extend(t.samples);
-        for (k, v) in t.outcomes {
-            *all.outcomes.entry(k).or_default() += v;
-        }
-        all.bad.extend(t.bad);
-    }
-    let elapsed = started.elapsed();
-    all.latencies_us.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let idx = ((all.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        all.latencies_us[idx] as f64 / 1000.0
-    };
-    let done = all.latencies_us.len();
-    println!("requests      {done}");
-    println!("wall time     {:.2} s", elapsed.as_secs_f64());
-    println!(
-        "throughput    {:.0} req/s",
-        done as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "latency ms    p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-        pct(0.50),
-        pct(0.90),
-        pct(0.99),
-        pct(1.0)
-    );
-    for (outcome, n) in &all.outcomes {
-        println!("outcome       {outcome:<24} {n}");
-    }
-    if let Some(w) = args.window_s.filter(|w| *w > 0) {
-        let mut windows: BTreeMap<u64, Vec<(u64, bool)>> = BTreeMap::new();
-        for (offset_ms, latency_us, ok) in &all.samples {
-            windows
-                .entry(offset_ms / (w * 1000))
-                .or_default()
-                .push((*latency_us, *ok));
-        }
-        for (i, mut v) in windows {
-            v.sort_unstable();
-            let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].0 as f64 / 1000.0;
-            let failed = v.iter().filter(|(_, ok)| !ok).count();
-            println!(
-                "window {:>4}s  n {:>6}  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  not-ok {failed}",
-                i * w,
-                v.len(),
-                p(0.5),
-                p(0.99),
-                p(1.0)
-            );
-        }
-    }
-    for account in accounts.iter().filter(|_| !args.garbage_tokens) {
-        let (status, text, json) = get(
-            &client,
-            &args.url,
-            &format!("/v1/accounts/{account}"),
-            &operator,
-        )
-        .await?;
-        let balance = json.as_ref().and_then(|j| j["balance"].as_i64());
-        match balance {
-            Some(b) if status == StatusCode::OK => println!("balance       {account} {b}"),
-            _ => println!("balance       {account} unreadable: {status} {text}"),
-        }
-    }
-    for bad in &all.bad {
-        println!("unexpected    {bad}");
-    }
-    Ok(!all.outcomes.contains_key("unexpected"))
+    Ok(())
 }
 
 /// Opens `n` TLS connections, makes one keep-alive request on each, holds
@@ -393,79 +286,4 @@ async fn hold_idle(args: &Args, roots: rustls::RootCertStore, n: usize) -> anyho
     tokio::time::sleep(Duration::from_secs(args.hold_s)).await;
     drop(conns);
     Ok(failed == 0)
-}
-
-/// Labels an answer, or says why it is not one the API may give.
-fn check(
-    status: StatusCode,
-    text: &str,
-    json: Option<&serde_json::Value>,
-    id: &str,
-    garbage: bool,
-) -> Result<String, String> {
-    let Some(json) = json else {
-        return Err(format!("{status}: not JSON: {text}"));
-    };
-    match status.as_u16() {
-        201 | 202 if json["transactionId"] == id => Ok(format!(
-            "{} {}",
-            status.as_u16(),
-            json["status"].as_str().unwrap_or("?")
-        )),
-        401 if !garbage => Err(format!("{status}: {text}")),
-        401 | 409 | 422 | 429 | 503 => match json["error"]["code"].as_str() {
-            Some(code) => Ok(format!("{} {code}", status.as_u16())),
-            None => Err(format!("{status}: no error code: {text}")),
-        },
-        _ => Err(format!("{status}: {text}")),
-    }
-}
-
-async fn post(
-    client: &HttpsClient,
-    base: &str,
-    path: &str,
-    token: &str,
-    body: &serde_json::Value,
-) -> anyhow::Result<(StatusCode, String, Option<serde_json::Value>)> {
-    send(
-        client,
-        Method::POST,
-        base,
-        path,
-        token,
-        Bytes::from(body.to_string()),
-    )
-    .await
-}
-
-async fn get(
-    client: &HttpsClient,
-    base: &str,
-    path: &str,
-    token: &str,
-) -> anyhow::Result<(StatusCode, String, Option<serde_json::Value>)> {
-    send(client, Method::GET, base, path, token, Bytes::new()).await
-}
-
-async fn send(
-    client: &HttpsClient,
-    method: Method,
-    base: &str,
-    path: &str,
-    token: &str,
-    body: Bytes,
-) -> anyhow::Result<(StatusCode, String, Option<serde_json::Value>)> {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"))
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let json = serde_json::from_slice(&bytes).ok();
-    Ok((status, text, json))
 }
