@@ -141,7 +141,7 @@ fn error(code: &str) -> ApiError {
         .unwrap_or_else(|| panic!("no ApiError with code {code}"))
 }
 
-/// The errors each operation can answer, read off `src/api.rs`:
+/// The errors each operation can answer, read off `src/edge/`:
 /// every route passes the per-IP and per-client limits (429), the token
 /// (401), the role (403) and the deadline backstop (504); then
 /// - bodies (`read_json`): 413, 415, 400;
