@@ -24,9 +24,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 # The patched sqlx-core (see Cargo.toml's [patch.crates-io]).
 COPY vendor ./vendor
-RUN mkdir -p src/bin \
+RUN mkdir -p src/devtools/load \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/load.rs \
+    && echo 'fn main() {}' > src/devtools/load/main.rs \
     && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
@@ -39,7 +39,7 @@ COPY config ./config
 COPY docs ./docs
 COPY migrations ./migrations
 COPY src ./src
-RUN touch src/main.rs src/lib.rs src/bin/load.rs \
+RUN touch src/main.rs src/lib.rs src/devtools/load/main.rs \
     && cargo build --release --locked \
     && ./target/release/switchboard --version
 
@@ -58,16 +58,16 @@ WORKDIR /src
 # Dependencies (with dev-dependencies, debug profile) against placeholders.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY vendor ./vendor
-RUN mkdir -p src/bin tests/it \
+RUN mkdir -p src/devtools/load tests/it \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/load.rs \
+    && echo 'fn main() {}' > src/devtools/load/main.rs \
     && touch src/lib.rs tests/it/main.rs \
     && cargo test --all-targets --locked --no-run \
     && rm -rf src tests
 # The whole repository (less .dockerignore): the tests read the compose files,
 # .env files, ops/, docs/ and this Dockerfile too.
 COPY . .
-RUN touch src/main.rs src/lib.rs src/bin/load.rs tests/it/main.rs \
+RUN touch src/main.rs src/lib.rs src/devtools/load/main.rs tests/it/main.rs \
     && cargo test --all-targets --locked --no-run
 # Everything is installed: a missing tool is a broken image, not a reason to
 # reach for a package registry at test time.

@@ -1,16 +1,23 @@
-//! The `switchboard` command line.
+//! The `switchboard` command line: the one part that knows both the
+//! gateway (`serve`, `migrate`, `token`) and the development tools (`demo`,
+//! `sim`, `certs`), so that neither needs the other.
 //!
 //! Exit codes: 0 on success, 64 on bad usage or configuration (as sysexits'
 //! `EX_USAGE`), 1 with a one-line reason on any other failure.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::app::{self, Application};
 use crate::config::{Config, ConfigError, Sources};
+use crate::devtools::certs::CertPaths;
+use crate::devtools::sim::{Mode, Sim, SimOptions, SimTls};
+use crate::domain::{ClientId, Role};
+use crate::edge::Authenticator;
+use crate::ledger::Ledger;
 
 pub const EXIT_USAGE: u8 = 64;
 
@@ -35,32 +42,7 @@ pub enum Command {
     /// Gateway + embedded SQLite ledger + three simulated switches on 127.0.0.1:9001-9003.
     Demo,
     /// Run a simulated switch.
-    Sim {
-        #[arg(long, default_value = "127.0.0.1:9001")]
-        listen: SocketAddr,
-        #[arg(long)]
-        name: String,
-        /// healthy, decline, slow, down, error, flaky or hang-after-receive.
-        #[arg(long, default_value = "healthy")]
-        mode: String,
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-        /// Share of requests failing in `flaky` mode, 0.0 to 1.0.
-        #[arg(long, default_value_t = 0.5)]
-        fail_rate: f64,
-        /// Remember processed transactions in this file across restarts.
-        #[arg(long, value_name = "FILE")]
-        state: Option<PathBuf>,
-        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// Private key (PEM) of --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Require client certificates signed by this CA (mTLS); needs --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        client_ca: Option<PathBuf>,
-    },
+    Sim(SimArgs),
     /// Print a JWT signed with the configured development key.
     Token {
         #[arg(long)]
@@ -82,6 +64,36 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+// `switchboard sim`'s options (a plain comment: a doc comment would
+// replace the subcommand's help).
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    #[arg(long)]
+    name: String,
+    /// healthy, decline, slow, down, error, flaky or hang-after-receive.
+    #[arg(long, default_value = "healthy")]
+    mode: String,
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Share of requests failing in `flaky` mode, 0.0 to 1.0.
+    #[arg(long, default_value_t = 0.5)]
+    fail_rate: f64,
+    /// Remember processed transactions in this file across restarts.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS); needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
 }
 
 /// A failure with its exit code.
@@ -153,108 +165,121 @@ fn load_dotenv() {
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
     let config = Config::load(&Sources::from_process(cli.config.clone()))?;
-    crate::telemetry::init(&config.log);
+    crate::app::telemetry::init(&config.log);
     Ok(config)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Serve => {
-            let config = load_config(&cli)?;
-            let sources = Sources::from_process(cli.config.clone());
-            let app = Application::build_with_sources(config, Some(sources))
-                .await
-                .map_err(Failure::other)?;
-            let shutdown = app::cancel_on_signal();
-            app.run(shutdown).await;
-            Ok(())
-        }
+        Command::Serve => serve(&cli).await,
         Command::Demo => {
             let config = load_config(&cli)?;
-            crate::demo::run(config).await.map_err(Failure::other)
+            crate::devtools::demo::run(config)
+                .await
+                .map_err(Failure::other)
         }
-        Command::Sim {
-            listen,
-            name,
-            mode,
-            latency_ms,
-            fail_rate,
-            state,
-            tls_cert,
-            tls_key,
-            client_ca,
-        } => {
+        Command::Sim(args) => {
             // The sim needs no gateway config, but logging and `--config` are shared.
             load_config(&cli)?;
-            let mode = mode.parse::<crate::sim::Mode>().map_err(Failure::usage)?;
-            if !(0.0..=1.0).contains(fail_rate) {
-                return Err(Failure::usage("--fail-rate must be between 0.0 and 1.0"));
-            }
-            let mut opts = crate::sim::SimOptions::new(name.clone());
-            opts.mode = mode;
-            opts.latency_ms = *latency_ms;
-            opts.fail_rate = *fail_rate;
-            opts.state_file = state.clone();
-            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-                opts.tls = Some(crate::sim::SimTls {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: client_ca.clone(),
-                });
-            }
-            let sim = crate::sim::Sim::bind(*listen, opts)
-                .await
-                .map_err(Failure::other)?;
-            let shutdown = app::cancel_on_signal();
-            sim.run(shutdown).await.map_err(Failure::other)
+            sim(args).await
         }
-        Command::Token { sub, roles, ttl_s } => {
-            let config = load_config(&cli)?;
-            if config.auth.dev_hs256_secret.is_none() {
-                return Err(Failure::usage(
-                    "auth.dev_hs256_secret is not set: set it in config or SWITCHBOARD__AUTH__DEV_HS256_SECRET",
-                ));
-            }
-            for r in roles {
-                if crate::domain::Role::parse(r).is_none() {
-                    return Err(Failure::usage(format!(
-                        "unknown role {r:?}: use transact, auditor or operator"
-                    )));
-                }
-            }
-            crate::domain::ClientId::parse(sub).map_err(|e| Failure::usage(e.to_string()))?;
-            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
-            let token = crate::auth::Authenticator::new(&config.auth)
-                .map_err(|e| Failure::usage(e.to_string()))?
-                .sign(sub, &roles, ttl_s.unwrap_or(config.auth.token_ttl_s))
-                .map_err(Failure::other)?;
-            println!("{token}");
-            Ok(())
+        Command::Token { sub, roles, ttl_s } => token(&load_config(&cli)?, sub, roles, *ttl_s),
+        Command::Migrate => migrate(&load_config(&cli)?).await,
+        Command::Certs { dir, force } => certs(dir, *force),
+    }
+}
+
+/// `switchboard serve`: the gateway until SIGTERM or SIGINT, reloading its
+/// config on change.
+async fn serve(cli: &Cli) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let sources = Sources::from_process(cli.config.clone());
+    let app = Application::build_with_sources(config, Some(sources))
+        .await
+        .map_err(Failure::other)?;
+    let shutdown = app::cancel_on_signal();
+    app.run(shutdown).await;
+    Ok(())
+}
+
+async fn sim(args: &SimArgs) -> Result<(), Failure> {
+    let sim = Sim::bind(args.listen, args.options()?)
+        .await
+        .map_err(Failure::other)?;
+    let shutdown = app::cancel_on_signal();
+    sim.run(shutdown).await.map_err(Failure::other)
+}
+
+impl SimArgs {
+    fn options(&self) -> Result<SimOptions, Failure> {
+        let mode = self.mode.parse::<Mode>().map_err(Failure::usage)?;
+        if !(0.0..=1.0).contains(&self.fail_rate) {
+            return Err(Failure::usage("--fail-rate must be between 0.0 and 1.0"));
         }
-        Command::Migrate => {
-            let config = load_config(&cli)?;
-            let ledger = crate::ledger::Ledger::connect(&config.database)
-                .await
-                .map_err(Failure::other)?;
-            ledger.migrate().await.map_err(Failure::other)?;
-            ledger.close().await;
-            println!("migrations applied to {}", config.database.url_redacted());
-            Ok(())
+        let mut opts = SimOptions::new(self.name.clone());
+        opts.mode = mode;
+        opts.latency_ms = self.latency_ms;
+        opts.fail_rate = self.fail_rate;
+        opts.state_file = self.state.clone();
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            opts.tls = Some(SimTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            });
         }
-        Command::Certs { dir, force } => {
-            let paths = crate::certs::CertPaths::new(dir);
-            if !force && paths.server_cert().exists() {
-                return Err(Failure::usage(format!(
-                    "{} exists; pass --force to replace the certificates",
-                    paths.server_cert().display()
-                )));
-            }
-            crate::certs::generate(dir).map_err(Failure::other)?;
-            println!(
-                "wrote a development CA, server and client certificate to {}",
-                dir.display()
-            );
-            Ok(())
+        Ok(opts)
+    }
+}
+
+/// `switchboard token`: a JWT signed with the development secret.
+fn token(config: &Config, sub: &str, roles: &[String], ttl_s: Option<u64>) -> Result<(), Failure> {
+    if config.auth.dev_hs256_secret.is_none() {
+        return Err(Failure::usage(
+            "auth.dev_hs256_secret is not set: set it in config or SWITCHBOARD__AUTH__DEV_HS256_SECRET",
+        ));
+    }
+    for r in roles {
+        if Role::parse(r).is_none() {
+            return Err(Failure::usage(format!(
+                "unknown role {r:?}: use transact, auditor or operator"
+            )));
         }
     }
+    ClientId::parse(sub).map_err(|e| Failure::usage(e.to_string()))?;
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    let token = Authenticator::new(&config.auth)
+        .map_err(|e| Failure::usage(e.to_string()))?
+        .sign(sub, &roles, ttl_s.unwrap_or(config.auth.token_ttl_s))
+        .map_err(Failure::other)?;
+    println!("{token}");
+    Ok(())
+}
+
+/// `switchboard migrate`.
+async fn migrate(config: &Config) -> Result<(), Failure> {
+    let ledger = Ledger::connect(&config.database)
+        .await
+        .map_err(Failure::other)?;
+    ledger.migrate().await.map_err(Failure::other)?;
+    ledger.close().await;
+    println!("migrations applied to {}", config.database.url_redacted());
+    Ok(())
+}
+
+/// `switchboard certs`.
+fn certs(dir: &Path, force: bool) -> Result<(), Failure> {
+    let paths = CertPaths::new(dir);
+    if !force && paths.server_cert().exists() {
+        return Err(Failure::usage(format!(
+            "{} exists; pass --force to replace the certificates",
+            paths.server_cert().display()
+        )));
+    }
+    crate::devtools::certs::generate(dir).map_err(Failure::other)?;
+    println!(
+        "wrote a development CA, server and client certificate to {}",
+        dir.display()
+    );
+    Ok(())
 }

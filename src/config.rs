@@ -259,7 +259,7 @@ pub struct AuthConfig {
     pub token_lifetime_max_s: Option<u64>,
     /// Where roles are: `roles` (a JSON array claim) or `scope` (a
     /// space-separated string claim, as OAuth 2 scopes).
-    pub roles_claim: String,
+    pub roles_claim: RolesClaim,
     /// Verified tokens kept (until their `exp`) so a hot client skips the
     /// signature check; 0 turns the cache off.
     pub cache_entries_max: usize,
@@ -280,9 +280,30 @@ pub struct KeyConfig {
     /// The `kid` tokens name in their header.
     pub kid: String,
     /// `RS256`, `ES256` or `EdDSA`: the only algorithm this key verifies.
-    pub algorithm: String,
+    pub algorithm: KeyAlgorithm,
     /// PEM file with the public key.
     pub public_key: PathBuf,
+}
+
+/// `auth.roles_claim`: where a token carries its roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolesClaim {
+    /// `"roles": ["transact", ...]`
+    Roles,
+    /// `"scope": "transact auditor"` (OAuth 2 style).
+    Scope,
+}
+
+/// The asymmetric algorithm an `[[auth.keys]]` key is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyAlgorithm {
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "ES256")]
+    Es256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
 }
 
 impl fmt::Debug for AuthConfig {
@@ -374,18 +395,6 @@ pub struct LedgerConfig {
     pub queue_wait_ms: u64,
     /// Batches of each queue applied at once (writer tasks per queue).
     pub writers: usize,
-}
-
-impl LedgerConfig {
-    /// The group-commit bounds the ledger is started with.
-    pub fn batching(&self) -> crate::ledger::GroupConfig {
-        crate::ledger::GroupConfig {
-            batch_max: self.batch_max,
-            queue_max: self.queue_max,
-            queue_wait: Duration::from_millis(self.queue_wait_ms),
-            writers: self.writers,
-        }
-    }
 }
 
 /// `[forwarding]`: how transactions reach switches.
@@ -749,20 +758,8 @@ impl Config {
                 ));
             }
         }
-        if !matches!(self.auth.roles_claim.as_str(), "roles" | "scope") {
-            p.push(format!(
-                "auth.roles_claim: must be \"roles\" or \"scope\" (got {:?})",
-                self.auth.roles_claim
-            ));
-        }
         let mut kids = std::collections::HashSet::new();
         for (i, k) in self.auth.keys.iter().enumerate() {
-            if !matches!(k.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
-                p.push(format!(
-                    "auth.keys[{i}].algorithm: must be RS256, ES256 or EdDSA (got {:?})",
-                    k.algorithm
-                ));
-            }
             if k.kid.is_empty() || !kids.insert(k.kid.as_str()) {
                 p.push(format!("auth.keys[{i}].kid: must be non-empty and unique"));
             }

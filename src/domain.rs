@@ -329,6 +329,49 @@ impl TxStatus {
     }
 }
 
+/// Why a transaction was released, stored as its `reason`: the three
+/// values docs/design.md lists. The ledger stores it as text
+/// ([`ReleaseReason::as_str`]); [`ReleaseReason::parse`] reads it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// The source balance was too low at reservation; never forwarded.
+    InsufficientFunds,
+    /// A switch declined it (its own reason is kept with the attempt).
+    DeclinedBySwitch,
+    /// No switch could take it; nothing ran.
+    NoSwitchAvailable,
+}
+
+impl ReleaseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::InsufficientFunds => "insufficient_funds",
+            ReleaseReason::DeclinedBySwitch => "declined_by_switch",
+            ReleaseReason::NoSwitchAvailable => "no_switch_available",
+        }
+    }
+
+    /// A stored reason; `None` for text no release writes.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "insufficient_funds" => Some(ReleaseReason::InsufficientFunds),
+            "declined_by_switch" => Some(ReleaseReason::DeclinedBySwitch),
+            "no_switch_available" => Some(ReleaseReason::NoSwitchAvailable),
+            _ => None,
+        }
+    }
+
+    /// The final status a release for this reason stores.
+    pub fn status(self) -> TxStatus {
+        match self {
+            ReleaseReason::InsufficientFunds | ReleaseReason::DeclinedBySwitch => {
+                TxStatus::Declined
+            }
+            ReleaseReason::NoSwitchAvailable => TxStatus::Failed,
+        }
+    }
+}
+
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -359,9 +402,31 @@ impl Role {
     }
 }
 
+/// A Unix time in milliseconds as RFC 3339, UTC, to the millisecond: how
+/// every timestamp is shown.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_reasons_read_back_as_written() {
+        for reason in [
+            ReleaseReason::InsufficientFunds,
+            ReleaseReason::DeclinedBySwitch,
+            ReleaseReason::NoSwitchAvailable,
+        ] {
+            assert_eq!(ReleaseReason::parse(reason.as_str()), Some(reason));
+            assert!(reason.status().is_final());
+        }
+        assert_eq!(ReleaseReason::parse("declined"), None);
+    }
 
     #[test]
     fn transaction_id_accepts_the_documented_alphabet_only() {

@@ -13,6 +13,52 @@ const LATENCY_BUCKETS_S: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// What `transactions_total{outcome}` counts, in the order the status page
+/// lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxOutcome {
+    Committed,
+    Declined,
+    InsufficientFunds,
+    Failed,
+    Pending,
+    Replayed,
+    InProgress,
+    Reused,
+    Overloaded,
+    NoSwitch,
+}
+
+impl TxOutcome {
+    pub const ALL: [TxOutcome; 10] = [
+        TxOutcome::Committed,
+        TxOutcome::Declined,
+        TxOutcome::InsufficientFunds,
+        TxOutcome::Failed,
+        TxOutcome::Pending,
+        TxOutcome::Replayed,
+        TxOutcome::InProgress,
+        TxOutcome::Reused,
+        TxOutcome::Overloaded,
+        TxOutcome::NoSwitch,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TxOutcome::Committed => "committed",
+            TxOutcome::Declined => "declined",
+            TxOutcome::InsufficientFunds => "insufficient_funds",
+            TxOutcome::Failed => "failed",
+            TxOutcome::Pending => "pending",
+            TxOutcome::Replayed => "replayed",
+            TxOutcome::InProgress => "in_progress",
+            TxOutcome::Reused => "reused",
+            TxOutcome::Overloaded => "overloaded",
+            TxOutcome::NoSwitch => "no_switch",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -244,6 +290,15 @@ impl Metrics {
         // Encoding into a Vec only fails on a malformed metric, which `new` rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Metrics {
+    /// Counts one answered transaction.
+    pub fn count_transaction(&self, outcome: TxOutcome) {
+        self.transactions
+            .with_label_values(&[outcome.label()])
+            .inc();
     }
 }
 

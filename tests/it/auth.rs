@@ -478,8 +478,8 @@ async fn cached_tokens_are_still_refused_once_expired() {
 /// Every route with every role: allowed exactly where `ROUTES` says.
 #[tokio::test]
 async fn each_route_admits_exactly_the_roles_the_table_names() {
-    use switchboard::api::ROUTES;
     use switchboard::domain::Role;
+    use switchboard::edge::ROUTES;
 
     let sims = crate::harness::spawn_sims(1).await;
     let gw = spawn_gateway_with(Options {

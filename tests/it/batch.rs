@@ -24,7 +24,7 @@ use serde_json::json;
 use switchboard::domain::{
     AccountId, Amount, Movement, TransactionId, TransactionRequest, TxKind, TxStatus,
 };
-use switchboard::flow::RENDER;
+use switchboard::edge::RENDER;
 use switchboard::ledger::{
     AccountKind, AttemptRecord, Ledger, NewAccount, REASON_INSUFFICIENT_FUNDS, Reserved,
     TransactionRecord,

@@ -19,8 +19,8 @@ fn sqlite() -> Options {
 }
 
 fn tls_connector(versions: &[&'static rustls::SupportedProtocolVersion]) -> TlsConnector {
-    switchboard::tls::install_crypto_provider();
-    let roots = switchboard::tls::root_store(&harness::certs().ca_cert()).unwrap();
+    switchboard::edge::tls::install_crypto_provider();
+    let roots = switchboard::edge::tls::root_store(&harness::certs().ca_cert()).unwrap();
     let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -282,7 +282,7 @@ async fn readyz_is_503_without_switches() {
 #[tokio::test]
 async fn an_in_flight_request_completes_during_graceful_shutdown() {
     let sims = harness::spawn_sims(1).await;
-    sims[0].set_faults(switchboard::sim::Mode::Slow, Some(1500), None);
+    sims[0].set_faults(switchboard::devtools::sim::Mode::Slow, Some(1500), None);
     let mut gw = spawn_gateway_with(Options {
         switches: harness::switch_list(&sims),
         ..sqlite()
@@ -366,11 +366,11 @@ fn certs_command_writes_a_ca_and_leaves_that_rustls_accepts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let paths = switchboard::certs::CertPaths::new(dir.path());
+    let paths = switchboard::devtools::certs::CertPaths::new(dir.path());
     assert!(paths.complete());
     // The server leaf verifies against the CA for both names.
-    let roots = Arc::new(switchboard::tls::root_store(&paths.ca_cert()).unwrap());
-    let leaf = switchboard::tls::load_certs(&paths.server_cert()).unwrap();
+    let roots = Arc::new(switchboard::edge::tls::root_store(&paths.ca_cert()).unwrap());
+    let leaf = switchboard::edge::tls::load_certs(&paths.server_cert()).unwrap();
     let verifier = rustls::client::WebPkiServerVerifier::builder(roots)
         .build()
         .unwrap();
@@ -414,7 +414,7 @@ async fn mtls_requires_a_client_certificate_and_can_bind_the_token_subject_to_it
     })
     .await;
     let url = format!("{}/v1/accounts/m1", gw.base);
-    let cn = switchboard::certs::CLIENT_COMMON_NAME;
+    let cn = switchboard::devtools::certs::CLIENT_COMMON_NAME;
 
     // No client certificate: refused at the handshake.
     assert!(gw.client.get(&url).send().await.is_err());

@@ -8,12 +8,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard::api::AppState;
 use switchboard::app::Application;
-use switchboard::auth::Authenticator;
-use switchboard::certs::CertPaths;
 use switchboard::config::{Config, Sources};
-use switchboard::sim::{self, SimHandle, SimOptions};
+use switchboard::devtools::certs::CertPaths;
+use switchboard::devtools::sim::{self, SimHandle, SimOptions};
+use switchboard::edge::AppState;
+use switchboard::edge::Authenticator;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ pub fn certs() -> &'static CertPaths {
     static CERTS: OnceLock<CertPaths> = OnceLock::new();
     CERTS.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("switchboard-it-certs-{}", std::process::id()));
-        switchboard::certs::generate(&dir).expect("generate test certificates")
+        switchboard::devtools::certs::generate(&dir).expect("generate test certificates")
     })
 }
 

@@ -19,7 +19,7 @@ const BALANCE: i64 = 10_000;
 
 struct Setup {
     gw: TestGateway,
-    sims: Vec<switchboard::sim::SimHandle>,
+    sims: Vec<switchboard::devtools::sim::SimHandle>,
     token: String,
 }
 
@@ -488,8 +488,8 @@ fn big_body(id: &str, size: usize) -> Vec<u8> {
 // --- raw HTTP/1.1 over TLS ---------------------------------------------------------
 
 fn connector() -> TlsConnector {
-    switchboard::tls::install_crypto_provider();
-    let roots = switchboard::tls::root_store(&harness::certs().ca_cert()).expect("CA");
+    switchboard::edge::tls::install_crypto_provider();
+    let roots = switchboard::edge::tls::root_store(&harness::certs().ca_cert()).expect("CA");
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::sim::Mode;
+use switchboard::devtools::sim::Mode;
 
 use crate::harness::{self, Options, TestGateway, metric, spawn_gateway_with};
 
-async fn gateway(limits: &str, sims: &[switchboard::sim::SimHandle]) -> TestGateway {
+async fn gateway(limits: &str, sims: &[switchboard::devtools::sim::SimHandle]) -> TestGateway {
     spawn_gateway_with(Options {
         switches: harness::switch_list(sims),
         toml: limits.into(),

@@ -7,6 +7,7 @@ mod db;
 mod foundation;
 mod harness;
 mod hostile;
+mod imports;
 mod ledger;
 mod limits;
 mod openapi;

@@ -1,5 +1,5 @@
 //! `docs/openapi.json` against the code: the same routes, roles and error
-//! statuses as `switchboard::api`, examples and answers that the live gateway
+//! statuses as `switchboard::edge`, examples and answers that the live gateway
 //! accepts and gives, the copy served on the ops listener, and schemathesis
 //! fuzzing the live gateway from the document.
 
@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::api::{Endpoint, ROUTES, Route};
-use switchboard::error::ApiError;
+use switchboard::edge::ApiError;
+use switchboard::edge::{Endpoint, ROUTES, Route};
 
 use crate::harness::{self, Options, Reply, TestGateway, spawn_gateway_with};
 
@@ -141,7 +141,7 @@ fn error(code: &str) -> ApiError {
         .unwrap_or_else(|| panic!("no ApiError with code {code}"))
 }
 
-/// The errors each operation can answer, read off `src/api.rs`:
+/// The errors each operation can answer, read off `src/edge/`:
 /// every route passes the per-IP and per-client limits (429), the token
 /// (401), the role (403) and the deadline backstop (504); then
 /// - bodies (`read_json`): 413, 415, 400;

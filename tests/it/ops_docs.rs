@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::sim::Mode;
+use switchboard::devtools::sim::Mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{self, Options, eventually, spawn_gateway_with};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchboard::devtools::sim::SimHandle;
 use switchboard::domain::{AccountId, Currency, TransactionId, TxStatus};
-use switchboard::sim::SimHandle;
 
 use crate::harness::{self, GatewayProcess, eventually};
 

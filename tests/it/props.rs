@@ -7,11 +7,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value, json};
-use switchboard::api::{TransactionBody, parse_json};
-use switchboard::auth::Authenticator;
 use switchboard::config::Config;
 use switchboard::domain::{Movement, TransactionRequest};
-use switchboard::error::ApiError;
+use switchboard::edge::ApiError;
+use switchboard::edge::Authenticator;
+use switchboard::edge::{TransactionBody, parse_json};
 
 use crate::harness;
 

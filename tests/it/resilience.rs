@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use switchboard::devtools::sim::{self, Mode, SimHandle, SimOptions};
 use switchboard::domain::{Currency, TransactionId, TxStatus};
 use switchboard::ledger::Ledger;
-use switchboard::sim::{self, Mode, SimHandle, SimOptions};
 use tokio::sync::Semaphore;
 
 use crate::harness::{

@@ -1,4 +1,4 @@
-//! The simulated switch over real sockets: `switchboard::sim::spawn` on 127.0.0.1:0,
+//! The simulated switch over real sockets: `switchboard::devtools::sim::spawn` on 127.0.0.1:0,
 //! driven with reqwest over plain HTTP, and over HTTPS (optionally mTLS) with the
 //! development certificates.
 
@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchboard::sim::{self, Mode, Outcome, SimHandle, SimOptions, SimTls, Stats};
+use switchboard::devtools::sim::{self, Mode, Outcome, SimHandle, SimOptions, SimTls, Stats};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::harness;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::sim::{Mode, SimHandle};
+use switchboard::devtools::sim::{Mode, SimHandle};
 
 use crate::harness::{self, Options, TestGateway, eventually, metric, spawn_gateway_with};
 

@@ -7,14 +7,18 @@ use tokio::sync::Semaphore;
 
 use crate::harness::{self, Db, Options, TestGateway, spawn_gateway_with};
 
-async fn gateway(db: Db, sims: &[switchboard::sim::SimHandle]) -> TestGateway {
+async fn gateway(db: Db, sims: &[switchboard::devtools::sim::SimHandle]) -> TestGateway {
     gateway_with(db, sims, "").await
 }
 
 /// Generous deadlines: these tests are about the ledger and the API, not time.
 const PATIENT: &str = "[server]\nrequest_deadline_ms = 60000\n[database]\nconnections_max = 16\nacquire_timeout_ms = 30000\n[reconciler]\nstale_after_ms = 600000\n";
 
-async fn gateway_with(db: Db, sims: &[switchboard::sim::SimHandle], extra: &str) -> TestGateway {
+async fn gateway_with(
+    db: Db,
+    sims: &[switchboard::devtools::sim::SimHandle],
+    extra: &str,
+) -> TestGateway {
     spawn_gateway_with(Options {
         db,
         switches: harness::switch_list(sims),
@@ -51,8 +55,10 @@ async fn post_all(
     replies
 }
 
-async fn sum_stats(sims: &[switchboard::sim::SimHandle]) -> switchboard::sim::Stats {
-    let mut total = switchboard::sim::Stats::default();
+async fn sum_stats(
+    sims: &[switchboard::devtools::sim::SimHandle],
+) -> switchboard::devtools::sim::Stats {
+    let mut total = switchboard::devtools::sim::Stats::default();
     for s in sims {
         let st = s.stats().await;
         total.received += st.received;
@@ -261,7 +267,7 @@ async fn a_replay_returns_the_first_answer_marked_replayed() {
 #[tokio::test]
 async fn an_in_flight_duplicate_gets_409_with_retry_after() {
     let sims = harness::spawn_sims(1).await;
-    sims[0].set_faults(switchboard::sim::Mode::Slow, Some(1500), None);
+    sims[0].set_faults(switchboard::devtools::sim::Mode::Slow, Some(1500), None);
     let gw = Arc::new(gateway(Db::Postgres, &sims).await);
     gw.account("s1", "sam", "EUR", 100).await;
     let token = gw.token("sam", &["transact"]);
@@ -325,7 +331,7 @@ async fn a_reused_id_with_another_payload_or_client_is_refused() {
 #[tokio::test]
 async fn a_decline_releases_the_money_and_answers_422() {
     let sims = harness::spawn_sims(1).await;
-    sims[0].set_faults(switchboard::sim::Mode::Decline, None, None);
+    sims[0].set_faults(switchboard::devtools::sim::Mode::Decline, None, None);
     let gw = gateway(Db::Postgres, &sims).await;
     gw.account("d1", "dan", "EUR", 100).await;
     let token = gw.token("dan", &["transact"]);
@@ -345,7 +351,7 @@ async fn with_every_switch_refusing_the_money_is_released_with_503() {
     // Probes too rare to notice: the switches refuse at send time instead.
     let gw = gateway_with(Db::Postgres, &sims, "[health]\ninterval_ms = 600000\n").await;
     for s in &sims {
-        s.set_faults(switchboard::sim::Mode::Down, None, None);
+        s.set_faults(switchboard::devtools::sim::Mode::Down, None, None);
     }
     gw.account("n1", "nia", "EUR", 100).await;
     let token = gw.token("nia", &["transact"]);

@@ -9,28 +9,17 @@ use std::path::Path;
 use secrecy::SecretString;
 
 use crate::app::{self, Application};
-use crate::auth::Authenticator;
 use crate::config::{Config, SwitchConfig};
+use crate::devtools::certs::CertPaths;
+use crate::devtools::sim::{self, SimHandle, SimOptions};
 use crate::domain::{AccountId, ClientId, Currency};
-use crate::ledger::NewAccount;
-use crate::sim::{self, SimOptions};
+use crate::edge::Authenticator;
+use crate::ledger::{Ledger, NewAccount};
 
 const SIM_PORTS: [u16; 3] = [9001, 9002, 9003];
 
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
-    let certs = crate::certs::CertPaths::new(
-        config
-            .server
-            .tls_cert
-            .parent()
-            .unwrap_or(Path::new("certs")),
-    );
-    if !config.server.tls_cert.is_file() || !config.server.tls_key.is_file() {
-        crate::certs::generate(&certs.dir)?;
-        config.server.tls_cert = certs.server_cert();
-        config.server.tls_key = certs.server_key();
-        tracing::info!(dir = %certs.dir.display(), "generated development certificates");
-    }
+pub(crate) async fn run(mut config: Config) -> anyhow::Result<()> {
+    let certs = certificates(&mut config)?;
     config.database.url = SecretString::from("sqlite::memory:");
     if config.auth.dev_hs256_secret.is_none() {
         let secret: String = (0..48)
@@ -38,7 +27,39 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             .collect();
         config.auth.dev_hs256_secret = Some(SecretString::from(secret));
     }
+    let sims = start_sims(&mut config).await?;
+    let app = Application::build(config.clone()).await?;
+    open_accounts(&app.state().ledger).await?;
+    print_instructions(&app, &config, &certs)?;
+    let shutdown = app::cancel_on_signal();
+    app.run(shutdown).await;
+    for sim in sims {
+        sim.shutdown().await;
+    }
+    Ok(())
+}
 
+/// The configured server certificate, or development ones generated beside
+/// where it is configured.
+fn certificates(config: &mut Config) -> anyhow::Result<CertPaths> {
+    let certs = CertPaths::new(
+        config
+            .server
+            .tls_cert
+            .parent()
+            .unwrap_or(Path::new("certs")),
+    );
+    if !config.server.tls_cert.is_file() || !config.server.tls_key.is_file() {
+        crate::devtools::certs::generate(&certs.dir)?;
+        config.server.tls_cert = certs.server_cert();
+        config.server.tls_key = certs.server_key();
+        tracing::info!(dir = %certs.dir.display(), "generated development certificates");
+    }
+    Ok(certs)
+}
+
+/// Three simulated switches on [`SIM_PORTS`], as the config's only switches.
+async fn start_sims(config: &mut Config) -> anyhow::Result<Vec<SimHandle>> {
     let mut sims = Vec::new();
     config.switches.clear();
     for (i, port) in SIM_PORTS.into_iter().enumerate() {
@@ -55,13 +76,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         });
         sims.push(handle);
     }
+    Ok(sims)
+}
 
-    let app = Application::build(config.clone()).await?;
-    let state = app.state();
+async fn open_accounts(ledger: &Ledger) -> anyhow::Result<()> {
     let eur = Currency::parse("EUR")?;
     for (id, owner, balance) in [("alice-eur", "alice", 10_000), ("bob-eur", "bob", 500)] {
-        state
-            .ledger
+        ledger
             .create_account(&NewAccount {
                 id: AccountId::parse(id)?,
                 owner: ClientId::parse(owner)?,
@@ -70,7 +91,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             })
             .await?;
     }
+    Ok(())
+}
 
+/// The addresses, tokens and ready-to-paste curl lines.
+fn print_instructions(app: &Application, config: &Config, certs: &CertPaths) -> anyhow::Result<()> {
     let auth = Authenticator::new(&config.auth)?;
     let ttl_s = 24 * 3600;
     let alice = auth.sign("alice", &["transact"], ttl_s)?;
@@ -119,11 +144,5 @@ Ctrl-C stops it.
 "#,
         ops = app.ops_addr(),
     );
-
-    let shutdown = app::cancel_on_signal();
-    app.run(shutdown).await;
-    for sim in sims {
-        sim.shutdown().await;
-    }
     Ok(())
 }

@@ -28,7 +28,7 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, KeyAlgorithm, RolesClaim};
 use crate::domain::{ClientId, Role};
 
 /// Longest token accepted, bytes: anything larger is refused before parsing.
@@ -121,15 +121,6 @@ impl AuthError {
     }
 }
 
-/// Where roles are read from (`auth.roles_claim`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RolesClaim {
-    /// `"roles": ["transact", ...]`
-    Array,
-    /// `"scope": "transact auditor"` (OAuth 2 style).
-    Scope,
-}
-
 /// One verification key, bound to exactly one algorithm, with the validation
 /// rules for that algorithm precomputed (a `Validation` holds hash sets:
 /// building one per request would cost more than the cache saves).
@@ -200,10 +191,6 @@ impl Authenticator {
     /// Loads every configured key now; a bad file is an error naming the file
     /// and kid, which the caller turns into a start-up (or reload) failure.
     pub fn new(cfg: &AuthConfig) -> Result<Self, AuthError> {
-        let roles_claim = match cfg.roles_claim.as_str() {
-            "scope" => RolesClaim::Scope,
-            _ => RolesClaim::Array, // config validation allows only these two
-        };
         let mut base = Validation::new(Algorithm::HS256);
         base.leeway = cfg.leeway_s;
         base.validate_exp = true;
@@ -233,13 +220,7 @@ impl Authenticator {
 
         let mut keys = HashMap::new();
         for k in &cfg.keys {
-            let alg = parse_alg(&k.algorithm).ok_or_else(|| {
-                AuthError::key_file(
-                    &k.public_key,
-                    Some(&k.kid),
-                    "algorithm must be RS256, ES256 or EdDSA",
-                )
-            })?;
+            let alg = bound_algorithm(k.algorithm);
             let key = load_pem(&k.public_key, &k.kid, alg)?;
             if keys.insert(k.kid.clone(), bound(alg, key)).is_some() {
                 return Err(AuthError::key_file(
@@ -270,7 +251,7 @@ impl Authenticator {
             inner: Arc::new(Inner {
                 keys,
                 dev,
-                roles_claim,
+                roles_claim: cfg.roles_claim,
                 leeway_s: cfg.leeway_s,
                 lifetime_max_s: cfg.token_lifetime_max_s,
                 issuer: cfg.issuer.clone(),
@@ -369,7 +350,7 @@ impl Authenticator {
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), now.saturating_add(ttl_s).into());
         match inner.roles_claim {
-            RolesClaim::Array => claims.insert("roles".into(), roles.into()),
+            RolesClaim::Roles => claims.insert("roles".into(), roles.into()),
             RolesClaim::Scope => claims.insert("scope".into(), roles.join(" ").into()),
         };
         if let Some(iss) = &inner.issuer {
@@ -417,7 +398,17 @@ fn jose_header(token: &str) -> Result<JoseHeader, AuthError> {
     Ok(header)
 }
 
-/// The asymmetric algorithms a configured key may be bound to.
+/// The algorithm of a configured key.
+fn bound_algorithm(alg: KeyAlgorithm) -> Algorithm {
+    match alg {
+        KeyAlgorithm::Rs256 => Algorithm::RS256,
+        KeyAlgorithm::Es256 => Algorithm::ES256,
+        KeyAlgorithm::EdDsa => Algorithm::EdDSA,
+    }
+}
+
+/// The asymmetric algorithms a key may be bound to, by their JOSE name
+/// (a token's header, a JWKS entry).
 fn parse_alg(name: &str) -> Option<Algorithm> {
     match name {
         "RS256" => Some(Algorithm::RS256),
@@ -477,7 +468,7 @@ fn roles(claims: &Claims, from: RolesClaim) -> Result<Vec<Role>, AuthError> {
         }
     };
     match from {
-        RolesClaim::Array => match &claims.roles {
+        RolesClaim::Roles => match &claims.roles {
             None => {}
             Some(Value::Array(items)) => {
                 for item in items {

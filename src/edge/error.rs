@@ -11,8 +11,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::domain::FieldError;
+use crate::edge::limits::RateLimited;
 use crate::ledger::LedgerError;
-use crate::limits::RateLimited;
 
 pub type Body = Full<Bytes>;
 

@@ -13,16 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::StatusCode;
 use tokio::time::Instant;
 
-use crate::domain::{Movement, TransactionId, TransactionRequest, TxStatus};
-use crate::error::ApiError;
-use crate::ledger::{
-    AttemptEnd, AttemptOutcome, Decision, Ledger, Render, StoredResponse, TransactionRecord,
-};
+use super::{Outcome, release, release_decision};
+use crate::domain::{Movement, ReleaseReason, TransactionId, TransactionRequest};
+use crate::ledger::{AttemptEnd, AttemptOutcome, Decision, Ledger, Render};
 use crate::metrics::Metrics;
-use crate::switch::{Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches};
+use crate::switches::{Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches};
 
 /// Pause before the first requery of an unknown outcome; doubles up to the max.
 const REQUERY_BACKOFF_START: Duration = Duration::from_millis(100);
@@ -30,30 +27,57 @@ const REQUERY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Kept back from the request deadline for the final ledger write and the answer.
 const DEADLINE_RESERVE: Duration = Duration::from_millis(250);
 
-/// How a posted transaction ended, for the HTTP layer.
-pub enum Outcome {
-    /// A final answer (committed, declined, failed), stored for replays.
-    Final(StoredResponse),
-    /// The outcome is not known yet: 202 with `Location`. The record is
-    /// absent when the ledger could not be read back.
-    Pending(TransactionId, Option<Box<TransactionRecord>>),
+/// Sends one reserved transaction to switches and learns its outcome.
+pub(super) struct Forwarder {
+    pub(super) ledger: Ledger,
+    pub(super) switches: Arc<Switches>,
+    pub(super) client: SwitchClient,
+    pub(super) metrics: Metrics,
+    pub(super) attempts_max: u32,
+    /// One attempt or requery on a switch, at most.
+    pub(super) attempt_timeout: Duration,
+    /// The response stored with the transaction once it is final (the
+    /// edge's: the flow knows no HTTP).
+    pub(super) render: Render,
 }
 
-pub struct Forwarder {
-    pub ledger: Ledger,
-    pub switches: Arc<Switches>,
-    pub client: SwitchClient,
-    pub metrics: Metrics,
-    pub attempts_max: u32,
-    /// One attempt or requery on a switch, at most.
-    pub attempt_timeout: Duration,
+/// One transaction on its way through the switches.
+struct Job<'a> {
+    req: &'a TransactionRequest,
+    request_id: &'a str,
+    /// The body every switch is sent.
+    payload: Bytes,
+    /// No attempt or requery runs past this (the deadline less the time
+    /// kept for the final write).
+    budget_end: Instant,
 }
 
 /// What one step of the flow decided.
 enum Step {
     Done(Outcome),
     /// Try the next switch: this one provably did not process it.
-    Next(&'static str),
+    Next(Retry),
+}
+
+/// Why a transaction moved on to another switch (`switch_retries_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// The connection was never made.
+    Unreachable,
+    /// A requery answered 404: the switch never received it.
+    NeverReceived,
+    /// The switch answered `503 not_processed`.
+    Refused,
+}
+
+impl Retry {
+    fn label(self) -> &'static str {
+        match self {
+            Retry::Unreachable => "not_sent",
+            Retry::NeverReceived => "not_found",
+            Retry::Refused => "not_processed",
+        }
+    }
 }
 
 impl Forwarder {
@@ -65,16 +89,20 @@ impl Forwarder {
     /// knows which switch to ask, finishes the transaction.
     /// `first` is the switch whose attempt 1 the reservation recorded (see
     /// [`Ledger::reserve_with_attempt`]); `None` when none was available then.
-    pub async fn run(
+    pub(super) async fn run(
         &self,
         req: &TransactionRequest,
         first: Option<Arc<SwitchState>>,
         request_id: &str,
         deadline: Instant,
     ) -> Outcome {
-        let id = &req.id;
-        let payload = Bytes::from(switch_payload(req).to_string());
-        let budget_end = deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline);
+        let job = Job {
+            req,
+            request_id,
+            payload: Bytes::from(switch_payload(req).to_string()),
+            budget_end: deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline),
+        };
+        let (id, budget_end) = (&req.id, job.budget_end);
         let mut tried: Vec<Arc<SwitchState>> = Vec::new();
         let mut first = first.map(|switch| (switch, 1));
 
@@ -99,27 +127,28 @@ impl Forwarder {
                 self.note(id, &switch, end).await;
                 break;
             }
-            match self
-                .attempt(
-                    req, &switch, attempt_no, request_id, &payload, remaining, budget_end,
-                )
-                .await
-            {
+            match self.attempt(&job, &switch, attempt_no, remaining).await {
                 Step::Done(outcome) => return outcome,
-                Step::Next(reason) => {
-                    self.metrics.retries.with_label_values(&[reason]).inc();
+                Step::Next(retry) => {
+                    self.metrics
+                        .retries
+                        .with_label_values(&[retry.label()])
+                        .inc();
                     tried.push(switch);
                 }
             }
         }
 
         // Every switch tried said, provably, that it did not process it.
-        match self
-            .ledger
-            .release(id, TxStatus::Failed, "no_switch_available", render)
-            .await
+        match release(
+            &self.ledger,
+            id,
+            ReleaseReason::NoSwitchAvailable,
+            self.render,
+        )
+        .await
         {
-            Ok(record) => Outcome::Final(stored(&record)),
+            Ok(record) => Outcome::settled(Box::new(record)),
             Err(e) => self.unsettled(id, &format!("releasing: {e}")).await,
         }
     }
@@ -153,27 +182,36 @@ impl Forwarder {
     }
 
     /// One attempt on one switch, and whatever it takes to learn its outcome.
-    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
-        req: &TransactionRequest,
+        job: &Job<'_>,
         switch: &Arc<SwitchState>,
         attempt_no: u32,
-        request_id: &str,
-        payload: &Bytes,
         remaining: Duration,
-        budget_end: Instant,
     ) -> Step {
-        let id = &req.id;
+        let result = self.send(job, switch, remaining).await;
+        match self.learn(job, switch, attempt_no, result).await {
+            Ok(answer) => self.decide(&job.req.id, switch, attempt_no, answer).await,
+            Err(step) => step,
+        }
+    }
+
+    /// `POST /transactions` on `switch`, timed.
+    async fn send(
+        &self,
+        job: &Job<'_>,
+        switch: &Arc<SwitchState>,
+        remaining: Duration,
+    ) -> Result<Answer, ForwardError> {
         let _in_flight = switch.begin();
         let started = Instant::now();
         let result = self
             .client
             .forward(
                 &switch.switch,
-                id.as_str(),
-                request_id,
-                payload.clone(),
+                job.req.id.as_str(),
+                job.request_id,
+                job.payload.clone(),
                 remaining.min(self.attempt_timeout),
             )
             .await;
@@ -181,40 +219,72 @@ impl Forwarder {
             .forward_duration
             .with_label_values(&[switch.name()])
             .observe(started.elapsed().as_secs_f64());
+        result
+    }
 
-        let end = |outcome, error: Option<&str>| AttemptEnd {
+    /// The switch's answer, requeried when the forward's outcome is unknown;
+    /// or the step to take without one (next switch, or pending).
+    async fn learn(
+        &self,
+        job: &Job<'_>,
+        switch: &Arc<SwitchState>,
+        attempt_no: u32,
+        result: Result<Answer, ForwardError>,
+    ) -> Result<Answer, Step> {
+        let id = &job.req.id;
+        let end = |outcome, error: &str| AttemptEnd {
             attempt_no,
             outcome,
-            error: error.map(str::to_owned),
+            error: Some(error.to_owned()),
         };
-        let answer = match result {
-            Ok(answer) => answer,
+        let reason = match result {
+            Ok(answer) => return Ok(answer),
             Err(ForwardError::NotSent(reason)) => {
                 tracing::warn!(switch = switch.name(), %reason, "switch unreachable; trying another");
-                self.note(id, switch, end(AttemptOutcome::NotSent, Some(&reason)))
+                self.note(id, switch, end(AttemptOutcome::NotSent, &reason))
                     .await;
-                return Step::Next("not_sent");
+                return Err(Step::Next(Retry::Unreachable));
             }
-            Err(ForwardError::Unknown(reason)) => {
-                tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
-                self.note(id, switch, end(AttemptOutcome::Unknown, Some(&reason)))
-                    .await;
-                match self.requery(switch, req, request_id, budget_end).await {
-                    // Never received: as safe as a refused connection.
-                    Some(Answer::NotFound) => return Step::Next("not_found"),
-                    Some(answer) => answer,
-                    None => {
-                        return match self.ledger.mark_pending(id, &reason).await {
-                            Ok(record) => Outcome::Pending(id.clone(), Some(Box::new(record))),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "could not mark pending; the reconciler will");
-                                Outcome::Pending(id.clone(), None)
-                            }
-                        }
-                        .into();
-                    }
-                }
+            Err(ForwardError::Unknown(reason)) => reason,
+        };
+        tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
+        self.note(id, switch, end(AttemptOutcome::Unknown, &reason))
+            .await;
+        match self
+            .requery(switch, job.req, job.request_id, job.budget_end)
+            .await
+        {
+            // Never received: as safe as a refused connection.
+            Some(Answer::NotFound) => Err(Step::Next(Retry::NeverReceived)),
+            Some(answer) => Ok(answer),
+            None => Err(self.pending(id, &reason).await.into()),
+        }
+    }
+
+    /// Still unknown at the end of the budget: `pending`, for the reconciler.
+    async fn pending(&self, id: &TransactionId, reason: &str) -> Outcome {
+        match self.ledger.mark_pending(id, reason).await {
+            Ok(record) => Outcome::Pending(id.clone(), Some(Box::new(record))),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not mark pending; the reconciler will");
+                Outcome::Pending(id.clone(), None)
             }
+        }
+    }
+
+    /// Commits or releases on the switch's answer, with the attempt's outcome
+    /// in the same batched write; or moves on when it did not process it.
+    async fn decide(
+        &self,
+        id: &TransactionId,
+        switch: &Arc<SwitchState>,
+        attempt_no: u32,
+        answer: Answer,
+    ) -> Step {
+        let end = |outcome, error: Option<String>| AttemptEnd {
+            attempt_no,
+            outcome,
+            error,
         };
         let (decision, end) = match answer {
             Answer::Approved { reference } => (
@@ -225,22 +295,22 @@ impl Forwarder {
                 end(AttemptOutcome::Approved, None),
             ),
             Answer::Declined { reason } => (
-                Decision::Release {
-                    status: TxStatus::Declined,
-                    reason: "declined_by_switch".into(),
-                },
-                end(AttemptOutcome::Declined, Some(&reason)),
+                release_decision(ReleaseReason::DeclinedBySwitch),
+                end(AttemptOutcome::Declined, Some(reason)),
             ),
             Answer::NotProcessed | Answer::NotFound => {
                 self.note(id, switch, end(AttemptOutcome::NotProcessed, None))
                     .await;
-                return Step::Next("not_processed");
+                return Step::Next(Retry::Refused);
             }
         };
-        // The decision and the attempt's outcome in one batched write.
         self.observe(switch, end.outcome);
-        match self.ledger.finish(id, decision, Some(end), render).await {
-            Ok(record) => Outcome::Final(stored(&record)).into(),
+        match self
+            .ledger
+            .finish(id, decision, Some(end), self.render)
+            .await
+        {
+            Ok(record) => Outcome::settled(Box::new(record)).into(),
             Err(e) => self.unsettled(id, &format!("finishing: {e}")).await.into(),
         }
     }
@@ -257,8 +327,8 @@ impl Forwarder {
             .flatten()
             .map(Box::new);
         match record {
-            Some(r) if r.status.is_final() => Outcome::Final(stored(&r)),
-            record => Outcome::Pending(id.clone(), record),
+            Some(r) => Outcome::settled(r),
+            None => Outcome::Pending(id.clone(), None),
         }
     }
 
@@ -351,13 +421,8 @@ impl From<Outcome> for Step {
     }
 }
 
-/// The response stored with a finished record (rendered if, unexpectedly, absent).
-pub fn stored(record: &TransactionRecord) -> StoredResponse {
-    record.response.clone().unwrap_or_else(|| render(record))
-}
-
 /// The body sent to a switch: the transaction as the client described it.
-pub fn switch_payload(req: &TransactionRequest) -> serde_json::Value {
+fn switch_payload(req: &TransactionRequest) -> serde_json::Value {
     let mut body = serde_json::json!({
         "transactionId": req.id,
         "type": req.movement.kind().as_str(),
@@ -377,76 +442,4 @@ pub fn switch_payload(req: &TransactionRequest) -> serde_json::Value {
         body["metadata"] = m.clone();
     }
     body
-}
-
-/// The response stored with a finished transaction, replayed on a retry.
-/// A plain `fn` so the ledger can store it in the same database transaction.
-pub const RENDER: Render = render;
-
-pub fn render(record: &TransactionRecord) -> StoredResponse {
-    let error = |e: ApiError| StoredResponse {
-        status: e.status().as_u16(),
-        body: e.body(),
-    };
-    match (record.status, record.reason.as_deref()) {
-        (TxStatus::Committed, _) => StoredResponse {
-            status: StatusCode::CREATED.as_u16(),
-            body: transaction_json(record),
-        },
-        (TxStatus::Declined, Some("insufficient_funds")) => error(ApiError::InsufficientFunds),
-        (TxStatus::Declined, _) => error(ApiError::DeclinedBySwitch),
-        (TxStatus::Failed, _) => error(ApiError::NoSwitchAvailable),
-        (TxStatus::Reserved | TxStatus::Pending, _) => StoredResponse {
-            status: StatusCode::ACCEPTED.as_u16(),
-            body: transaction_json(record),
-        },
-    }
-}
-
-/// A transaction as the API shows it (docs/design.md, "Reading a transaction").
-pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
-    let mut body = serde_json::json!({
-        "transactionId": r.id,
-        "status": r.status,
-        "type": r.kind,
-        "amount": r.amount,
-        "currency": r.currency,
-        "attempts": r.attempts,
-        "createdAt": rfc3339_ms(r.created_at_ms),
-        "updatedAt": rfc3339_ms(r.updated_at_ms),
-    });
-    let obj = body.as_object_mut().expect("a JSON object literal");
-    match (&r.source, &r.destination) {
-        (Some(from), Some(to)) => {
-            obj.insert("from".into(), serde_json::json!(from));
-            obj.insert("to".into(), serde_json::json!(to));
-        }
-        (Some(account), None) | (None, Some(account)) => {
-            obj.insert("accountId".into(), serde_json::json!(account));
-        }
-        (None, None) => {}
-    }
-    let mut optional = |key: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            obj.insert(key.into(), serde_json::json!(v));
-        }
-    };
-    optional("reason", &r.reason);
-    optional("switch", &r.switch);
-    optional("switchReference", &r.switch_reference);
-    optional("lastError", &r.last_error);
-    if r.requeries > 0 {
-        obj.insert("requeries".into(), serde_json::json!(r.requeries));
-    }
-    if let Some(m) = &r.metadata {
-        obj.insert("metadata".into(), m.clone());
-    }
-    body
-}
-
-pub fn rfc3339_ms(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

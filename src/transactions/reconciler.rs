@@ -20,12 +20,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use super::release;
 use crate::config::{Config, RECONCILE_CONCURRENCY};
-use crate::domain::TxStatus;
-use crate::flow::RENDER;
-use crate::ledger::{Ledger, LedgerError, TransactionRecord};
+use crate::domain::{ReleaseReason, TransactionId};
+use crate::ledger::{AttemptOutcome, Ledger, LedgerError, Render, TransactionRecord};
 use crate::metrics::Metrics;
-use crate::switch::{Answer, SwitchClient, Switches};
+use crate::switches::{Answer, ForwardError, SwitchClient, Switches};
 use futures_util::StreamExt;
 
 pub struct Reconciler {
@@ -34,6 +34,8 @@ pub struct Reconciler {
     pub client: SwitchClient,
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: Metrics,
+    /// The response stored with what it finishes (the edge's).
+    pub render: Render,
 }
 
 /// How the reconciler left one transaction.
@@ -114,24 +116,13 @@ impl Reconciler {
         let id = &record.id;
         let switch_name = match (&record.switch, record.attempts) {
             (Some(name), n) if n > 0 => name,
-            _ => {
-                // Write-ahead: no recorded attempt means nothing was sent.
-                self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
-                    .await?;
-                return Ok(Resolution::ReleasedNotSent);
-            }
+            // Write-ahead: no recorded attempt means nothing was sent.
+            _ => return self.release_unsent(id).await,
         };
         // An attempt recorded as provably unprocessed needs no question (the
         // switch may be gone for good).
-        let attempts = self.ledger.attempts(id).await?;
-        if let Some(last) = attempts.last() {
-            if matches!(last.outcome.as_deref(), Some("not_sent" | "not_processed")) {
-                self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
-                    .await?;
-                return Ok(Resolution::ReleasedNotSent);
-            }
+        if self.last_attempt_unprocessed(id).await? {
+            return self.release_unsent(id).await;
         }
         let table = self.switches.snapshot();
         let Some(switch) = table.entries.iter().find(|e| e.name() == switch_name) else {
@@ -149,23 +140,53 @@ impl Reconciler {
             .requeries
             .with_label_values(&[switch_name, result])
             .inc();
+        self.settle(id, switch_name, answer).await
+    }
+
+    /// Whether the last recorded attempt provably did not reach its switch.
+    async fn last_attempt_unprocessed(&self, id: &TransactionId) -> Result<bool, LedgerError> {
+        let unprocessed =
+            [AttemptOutcome::NotSent, AttemptOutcome::NotProcessed].map(AttemptOutcome::as_str);
+        let attempts = self.ledger.attempts(id).await?;
+        Ok(attempts
+            .last()
+            .and_then(|last| last.outcome.as_deref())
+            .is_some_and(|o| unprocessed.contains(&o)))
+    }
+
+    async fn release_unsent(&self, id: &TransactionId) -> Result<Resolution, LedgerError> {
+        release(
+            &self.ledger,
+            id,
+            ReleaseReason::NoSwitchAvailable,
+            self.render,
+        )
+        .await?;
+        Ok(Resolution::ReleasedNotSent)
+    }
+
+    /// Finishes the transaction on what `switch_name` answered, or notes the
+    /// requery when it decided nothing.
+    async fn settle(
+        &self,
+        id: &TransactionId,
+        switch_name: &str,
+        answer: Result<Answer, ForwardError>,
+    ) -> Result<Resolution, LedgerError> {
+        let released = |reason| release(&self.ledger, id, reason, self.render);
         Ok(match answer {
             Ok(Answer::Approved { reference }) => {
                 self.ledger
-                    .commit(id, switch_name, &reference, RENDER)
+                    .commit(id, switch_name, &reference, self.render)
                     .await?;
                 Resolution::Committed
             }
             Ok(Answer::Declined { .. }) => {
-                self.ledger
-                    .release(id, TxStatus::Declined, "declined_by_switch", RENDER)
-                    .await?;
+                released(ReleaseReason::DeclinedBySwitch).await?;
                 Resolution::Declined
             }
             Ok(Answer::NotFound) => {
-                self.ledger
-                    .release(id, TxStatus::Failed, "no_switch_available", RENDER)
-                    .await?;
+                released(ReleaseReason::NoSwitchAvailable).await?;
                 Resolution::ReleasedNotFound
             }
             Ok(Answer::NotProcessed) => {

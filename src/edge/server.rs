@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::Body;
+use crate::edge::error::Body;
 use crate::metrics::Metrics;
 
 /// What a handler learns about the connection a request came on.

@@ -17,11 +17,10 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Sources};
-use crate::limits::Limiter;
+use crate::edge::{Authenticator, Limiter};
 use crate::metrics::Metrics;
-use crate::switch::Switches;
+use crate::switches::Switches;
 
 /// File events are coalesced for this long before a reload.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -222,7 +221,7 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> bool {
         || n.client_ca != o.client_ca
         || n.connections_max != o.connections_max
         || !new.database.same_as(&old.database)
-        || new.ledger.batching() != old.ledger.batching()
+        || super::batching(&new.ledger) != super::batching(&old.ledger)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! scrapers can find it. Switch rows come from [`SwitchState::view`], so the
 //! page and `GET /v1/switches` agree.
 //!
-//! [`SwitchState::view`]: crate::switch::SwitchState::view
+//! [`SwitchState::view`]: crate::switches::SwitchState::view
 
 use std::fmt::Write;
 
@@ -17,24 +17,10 @@ use http::{HeaderValue, Response, header};
 use http_body_util::Full;
 use prometheus::IntCounterVec;
 use prometheus::core::Collector;
-use serde_json::Value;
 
-use crate::api::AppState;
-use crate::error::Body;
-
-/// Outcomes always listed, in this order, even at 0; others follow as seen.
-const OUTCOMES: &[&str] = &[
-    "committed",
-    "declined",
-    "insufficient_funds",
-    "failed",
-    "pending",
-    "replayed",
-    "in_progress",
-    "reused",
-    "overloaded",
-    "no_switch",
-];
+use crate::edge::{AppState, Body};
+use crate::metrics::TxOutcome;
+use crate::switches::SwitchView;
 
 /// Refusal reasons always listed, even at 0; others follow as seen.
 const REASONS: &[&str] = &[
@@ -57,7 +43,7 @@ tr.down{background:#fdecea}tr.ejected{background:#fff3e0}tr.unprobed{background:
 td.status{font-weight:bold;text-align:center}";
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(s: &str) -> String {
+fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -73,13 +59,13 @@ pub fn escape(s: &str) -> String {
 }
 
 /// A switch's state as the page shows it: UP, DOWN, EJECTED or UNPROBED.
-pub fn switch_status(view: &Value) -> &'static str {
-    let flag = |k: &str| view[k].as_bool().unwrap_or(false);
-    if !flag("probed") {
+fn switch_status(view: &SwitchView) -> &'static str {
+    let h = &view.health;
+    if !h.probed {
         "UNPROBED"
-    } else if flag("ejected") {
+    } else if h.ejected {
         "EJECTED"
-    } else if flag("healthy") {
+    } else if h.healthy {
         "UP"
     } else {
         "DOWN"
@@ -121,11 +107,39 @@ fn count_table(out: &mut String, title: &str, id: &str, attr: &str, rows: &[(Str
     out.push_str("</table></section>");
 }
 
+/// One `<tr>` of the switch table.
+fn switch_row(out: &mut String, v: &SwitchView) {
+    let status = switch_status(v);
+    let probe = match &v.health.last_probe_at {
+        Some(at) if v.health.last_probe_ok => format!("{} ok", escape(at)),
+        Some(at) => format!("{} failed", escape(at)),
+        None => "never".to_owned(),
+    };
+    let _ = write!(
+        out,
+        "<tr data-switch=\"{name}\" class=\"{class}\"><td class=\"name\">{name}</td>\
+         <td class=\"url\">{url}</td><td class=\"status\">{status}</td>\
+         <td class=\"last-probe\">{probe}</td><td class=\"n latency\">{latency:.1} ms</td>\
+         <td class=\"n in-flight\">{in_flight}</td><td class=\"n approved\">{approved}</td>\
+         <td class=\"n declined\">{declined}</td><td class=\"n failed\">{failed}</td>\
+         <td class=\"n weight\">{weight}</td></tr>",
+        name = escape(&v.name),
+        url = escape(&v.url),
+        class = status.to_ascii_lowercase(),
+        latency = v.health.last_probe_latency_ms,
+        in_flight = v.in_flight,
+        approved = v.approved,
+        declined = v.declined,
+        failed = v.failed,
+        weight = v.weight,
+    );
+}
+
 /// The status page as one HTML document.
-pub fn render(state: &AppState) -> String {
+fn render(state: &AppState) -> String {
     let m = &state.metrics;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let now = crate::flow::rfc3339_ms(now_ms);
+    let now = crate::domain::rfc3339_ms(now_ms);
     let mut out = String::with_capacity(8192);
     let _ = write!(
         out,
@@ -144,33 +158,7 @@ pub fn render(state: &AppState) -> String {
          <th>approved</th><th>declined</th><th>failed</th><th>weight</th></tr>",
     );
     for entry in &state.switches.snapshot().entries {
-        let v = entry.view();
-        let status = switch_status(&v);
-        let text = |k: &str| escape(v[k].as_str().unwrap_or_default());
-        let num = |k: &str| v[k].to_string();
-        let probe = match v["lastProbeAt"].as_str() {
-            Some(at) if v["lastProbeOk"].as_bool() == Some(true) => format!("{} ok", escape(at)),
-            Some(at) => format!("{} failed", escape(at)),
-            None => "never".to_owned(),
-        };
-        let latency = v["lastProbeLatencyMs"].as_f64().unwrap_or(0.0);
-        let _ = write!(
-            out,
-            "<tr data-switch=\"{name}\" class=\"{class}\"><td class=\"name\">{name}</td>\
-             <td class=\"url\">{url}</td><td class=\"status\">{status}</td>\
-             <td class=\"last-probe\">{probe}</td><td class=\"n latency\">{latency:.1} ms</td>\
-             <td class=\"n in-flight\">{in_flight}</td><td class=\"n approved\">{approved}</td>\
-             <td class=\"n declined\">{declined}</td><td class=\"n failed\">{failed}</td>\
-             <td class=\"n weight\">{weight}</td></tr>",
-            name = text("name"),
-            url = text("url"),
-            class = status.to_ascii_lowercase(),
-            in_flight = num("inFlight"),
-            approved = num("approved"),
-            declined = num("declined"),
-            failed = num("failed"),
-            weight = num("weight"),
-        );
+        switch_row(&mut out, &entry.view());
     }
     out.push_str("</table></section><div class=\"grid\">");
 
@@ -179,7 +167,7 @@ pub fn render(state: &AppState) -> String {
         "Transactions by outcome",
         "transactions",
         "outcome",
-        &counts(&m.transactions, OUTCOMES),
+        &counts(&m.transactions, &TxOutcome::ALL.map(TxOutcome::label)),
     );
     count_table(
         &mut out,
@@ -203,7 +191,7 @@ pub fn render(state: &AppState) -> String {
 }
 
 /// `GET /` on the ops listener: [`render`] as `text/html`, never cached.
-pub fn response(state: &AppState) -> Response<Body> {
+pub(super) fn response(state: &AppState) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(render(state))));
     let headers = resp.headers_mut();
     headers.insert(
@@ -228,7 +216,15 @@ mod tests {
 
     #[test]
     fn status_precedence() {
-        let v = |probed, healthy, ejected| serde_json::json!({"probed": probed, "healthy": healthy, "ejected": ejected});
+        let v = |probed, healthy, ejected| SwitchView {
+            health: crate::switches::HealthView {
+                probed,
+                healthy,
+                ejected,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         assert_eq!(switch_status(&v(false, false, false)), "UNPROBED");
         assert_eq!(switch_status(&v(true, true, true)), "EJECTED");
         assert_eq!(switch_status(&v(true, true, false)), "UP");

@@ -137,16 +137,16 @@ pub struct SimTls {
 impl SimTls {
     /// The rustls configuration: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
     fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-        crate::tls::install_crypto_provider();
-        let certs = crate::tls::load_certs(&self.cert).context("sim TLS certificate")?;
-        let key = crate::tls::load_key(&self.key).context("sim TLS key")?;
+        crate::edge::tls::install_crypto_provider();
+        let certs = crate::edge::tls::load_certs(&self.cert).context("sim TLS certificate")?;
+        let key = crate::edge::tls::load_key(&self.key).context("sim TLS key")?;
         let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
             &rustls::version::TLS13,
             &rustls::version::TLS12,
         ]);
         let builder = match &self.client_ca {
             Some(ca) => {
-                let roots = crate::tls::root_store(ca).context("sim client CA")?;
+                let roots = crate::edge::tls::root_store(ca).context("sim client CA")?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
                     .build()
                     .with_context(|| format!("sim client CA {}", ca.display()))?;
@@ -1017,7 +1017,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Resp {
-    crate::error::json_response(status, body)
+    crate::edge::json_response(status, body)
 }
 
 fn invalid(reason: String) -> Resp {

@@ -1,0 +1,214 @@
+//! Running the gateway: the background tasks, both listeners, and the
+//! drain at shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Application;
+use super::reload::Reloader;
+use crate::edge::{self, Api, AppState, ConnLimits, RENDER};
+use crate::ops::Ops;
+use crate::switches::HealthMonitor;
+use crate::transactions::Reconciler;
+
+/// Most connections the ops listener keeps open.
+const OPS_CONNECTIONS_MAX: usize = 64;
+
+impl Application {
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight requests finish within the grace period, and closes the ledger.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let state = self.state.clone();
+        // What is bound at start keeps its running value: so does the grace.
+        let grace = state.config.load().server.shutdown_grace();
+        // Switches are probed before the gateway reports ready.
+        self.spawn_background(&tracker, &shutdown).await;
+        state.ready.store(true, Ordering::Release);
+        tracing::info!("ready");
+        serve(
+            self.https,
+            self.ops,
+            self.acceptor,
+            &state,
+            &shutdown,
+            &tracker,
+        )
+        .await;
+        // Both accept loops return only once shutdown began.
+        state.ready.store(false, Ordering::Release);
+        drain(&state, &tracker, grace).await;
+        state.ledger.close().await;
+        tracing::info!("stopped");
+    }
+
+    /// The health monitor (after a first probe round), the reconciler,
+    /// housekeeping and, with config sources, the reloader.
+    async fn spawn_background(&self, tracker: &TaskTracker, shutdown: &CancellationToken) {
+        let state = &self.state;
+        let monitor = HealthMonitor {
+            switches: state.switches.clone(),
+            client: self.switch_client.clone(),
+            config: state.config.clone(),
+            metrics: state.metrics.clone(),
+        };
+        monitor.probe_all().await;
+        tracker.spawn(monitor.run(shutdown.clone()));
+        let reconciler = Reconciler {
+            ledger: state.ledger.clone(),
+            switches: state.switches.clone(),
+            client: self.switch_client.clone(),
+            config: state.config.clone(),
+            metrics: state.metrics.clone(),
+            render: RENDER,
+        };
+        tracker.spawn(reconciler.run(shutdown.clone()));
+        tracker.spawn(housekeeping(state.clone(), shutdown.clone()));
+        if let Some(sources) = self.sources.clone() {
+            let reloader = Reloader {
+                sources,
+                auth: state.auth.clone(),
+                limiter: state.limiter.clone(),
+                config: state.config.clone(),
+                switches: state.switches.clone(),
+                metrics: state.metrics.clone(),
+            };
+            tracker.spawn(reloader.run(shutdown.clone()));
+        }
+    }
+}
+
+/// Both listeners, until `shutdown`.
+async fn serve(
+    https: TcpListener,
+    ops: TcpListener,
+    acceptor: TlsAcceptor,
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let config = state.config.load_full();
+    let cfg = &config.server;
+    let limits = ConnLimits {
+        header_read_timeout: cfg.header_read_timeout(),
+        header_bytes_max: cfg.header_bytes_max,
+        idle_timeout: cfg.keepalive_idle_timeout(),
+        h2_streams_max: cfg.h2_streams_max,
+    };
+    tokio::join!(
+        edge::serve_tls(
+            https,
+            acceptor,
+            cfg.tls_handshake_timeout(),
+            cfg.connections_max,
+            limits.clone(),
+            Api(state.clone()),
+            state.metrics.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ),
+        edge::serve_plain(
+            ops,
+            OPS_CONNECTIONS_MAX,
+            limits,
+            Ops(state.clone()),
+            state.metrics.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ),
+    );
+}
+
+/// Waits, within the grace period, for connections and transactions to finish.
+async fn drain(state: &AppState, tracker: &TaskTracker, grace: Duration) {
+    tracker.close();
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        in_flight = tracker.len(),
+        "draining"
+    );
+    let transactions = state.transactions.tasks();
+    transactions.close();
+    let drained = async {
+        tracker.wait().await;
+        transactions.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            connections = tracker.len(),
+            transactions = transactions.len(),
+            "grace period over; the reconciler finishes what is left"
+        );
+    }
+}
+
+/// Prunes the keyed rate limiters and refreshes the gauges of bounded
+/// structures, every `limits.prune_interval_ms`, until `shutdown`.
+async fn housekeeping(state: Arc<AppState>, shutdown: CancellationToken) {
+    loop {
+        let interval = Duration::from_millis(state.config.load().limits.prune_interval_ms);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        state.limiter.prune();
+        report_sizes(&state);
+    }
+}
+
+/// Sizes of the bounded structures, as gauges.
+fn report_sizes(state: &AppState) {
+    let (ip_keys, client_keys) = state.limiter.sizes();
+    let m = &state.metrics;
+    m.limiter_keys
+        .with_label_values(&["ip"])
+        .set(ip_keys as i64);
+    m.limiter_keys
+        .with_label_values(&["client"])
+        .set(client_keys as i64);
+    m.auth_cache_entries
+        .set(state.auth.load().cache_len() as i64);
+    m.transactions_in_flight
+        .set(state.limiter.transactions_in_flight() as i64);
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub(crate) fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    token
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}

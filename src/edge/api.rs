@@ -1,0 +1,190 @@
+//! The HTTPS handler: per request, request id → deadline → per-IP limit →
+//! route (404/405) → authentication → mTLS subject binding → role →
+//! per-client limit → the endpoint's handler. Every refusal is audited in
+//! [`deny`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::domain::Role;
+use crate::edge::auth::Principal;
+use crate::edge::error::{ApiError, Body};
+use crate::edge::handlers;
+use crate::edge::routes::{Endpoint, find_route, route_label};
+use crate::edge::server::{ConnInfo, Handler};
+use crate::edge::state::AppState;
+
+/// Counts a request in flight until dropped, even if hyper drops the
+/// request's future because the client went away.
+struct InFlightGuard(prometheus::IntGauge);
+
+impl InFlightGuard {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The HTTPS handler.
+#[derive(Clone)]
+pub struct Api(pub Arc<AppState>);
+
+/// How long past its deadline a request may run before the backstop answers 504.
+const DEADLINE_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// Longest accepted incoming `X-Request-Id`.
+const REQUEST_ID_LEN_MAX: usize = 128;
+
+impl Handler for Api {
+    async fn call(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+        let state = &self.0;
+        let started = Instant::now();
+        let request_id = request_id(&req);
+        let route = route_label(req.uri().path());
+        let span =
+            tracing::info_span!("request", request_id = %request_id, method = %req.method(), route);
+        let in_flight = InFlightGuard::new(&state.metrics.http_in_flight);
+        let deadline = started + state.config.load().server.request_deadline();
+        let work = route_request(state, req, &conn, &request_id, deadline);
+        // Handlers answer by `deadline` themselves (a transaction answers
+        // 202); this backstop only catches one that does not.
+        let backstop = deadline + DEADLINE_BACKSTOP;
+        let mut resp = match tokio::time::timeout_at(backstop, work)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => e.into_response(),
+            Err(_) => ApiError::DeadlineExceeded.into_response(),
+        };
+        drop(in_flight);
+        let status = resp.status();
+        state
+            .metrics
+            .http_requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+        state
+            .metrics
+            .http_duration
+            .with_label_values(&[route])
+            .observe(started.elapsed().as_secs_f64());
+        span.in_scope(|| {
+            tracing::info!(
+                status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "answered"
+            );
+        });
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        resp
+    }
+}
+
+/// The incoming `X-Request-Id` if it is sane, else a new one.
+fn request_id<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= REQUEST_ID_LEN_MAX
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+async fn route_request(
+    state: &AppState,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    request_id: &str,
+    deadline: Instant,
+) -> Result<Response<Body>, ApiError> {
+    // Before any signature is checked: a flood of garbage tokens from one
+    // address costs a hash-map lookup each.
+    state.limiter.check_ip(conn.peer.ip()).map_err(|r| {
+        deny(state, None, "rate_limited_ip");
+        ApiError::from(r)
+    })?;
+    let path = req.uri().path().to_owned();
+    let (route, id) = find_route(req.method(), &path)?;
+    let who = authorize(state, &req, conn, route.roles)?;
+    state
+        .limiter
+        .check_client(&who.client, &who.roles)
+        .map_err(|r| {
+            deny(state, Some(&who), "rate_limited_client");
+            ApiError::from(r)
+        })?;
+    match route.endpoint {
+        Endpoint::PostTransaction => {
+            handlers::post_transaction(state, who, req, request_id, deadline).await
+        }
+        Endpoint::GetTransaction => handlers::get_transaction(state, &who, id).await,
+        Endpoint::PostAccount => handlers::post_account(state, req).await,
+        Endpoint::GetAccount => handlers::get_account(state, &who, id).await,
+        Endpoint::GetSwitches => Ok(handlers::get_switches(state)),
+    }
+}
+
+/// Verifies the bearer token and that it carries one of `roles`.
+fn authorize<B>(
+    state: &AppState,
+    req: &Request<B>,
+    conn: &ConnInfo,
+    roles: &[Role],
+) -> Result<Principal, ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let who = state.auth.load().verify(header).map_err(|e| {
+        deny(state, None, e.reason());
+        ApiError::Unauthorized("a valid bearer token is required")
+    })?;
+    let config = state.config.load();
+    if config.auth.require_sub_match_client_cert
+        && config.server.client_ca.is_some()
+        && conn.client_cert_cn.as_deref() != Some(who.client.as_str())
+    {
+        deny(state, Some(&who), "client_cert_mismatch");
+        return Err(ApiError::Unauthorized(
+            "the token's subject does not match the client certificate",
+        ));
+    }
+    if !roles.iter().any(|r| who.has(*r)) {
+        deny(state, Some(&who), "missing_role");
+        return Err(ApiError::Forbidden(
+            "the token lacks the role this route needs",
+        ));
+    }
+    Ok(who)
+}
+
+/// The audit trail of a refusal: one log line (inside the request's span,
+/// so with its request id and route) and one count by reason. Never the
+/// token itself.
+fn deny(state: &AppState, who: Option<&Principal>, reason: &'static str) {
+    state.metrics.denied.with_label_values(&[reason]).inc();
+    match who {
+        Some(who) => {
+            tracing::warn!(target: "switchboard::audit", client = %who.client, reason, "denied")
+        }
+        None => tracing::warn!(target: "switchboard::audit", reason, "denied"),
+    }
+}

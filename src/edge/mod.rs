@@ -1,0 +1,30 @@
+//! The gateway's edge: the listeners (TLS, connection limits, HTTP/1 and
+//! HTTP/2), the route table, authentication and limits, body parsing, the
+//! handlers, and the one place an error or a transaction's outcome becomes
+//! an HTTP response (`error.rs`, `answer.rs`).
+//!
+//! Everything here is private to the edge but what this file re-exports.
+
+mod answer;
+mod api;
+mod auth;
+mod body;
+mod error;
+mod handlers;
+mod limits;
+mod routes;
+mod server;
+mod state;
+pub mod tls;
+
+pub use answer::RENDER;
+pub use auth::{AuthError, Authenticator, Principal};
+pub use body::{TransactionBody, parse_json};
+pub use error::{ApiError, Body};
+pub use routes::{Endpoint, ROUTES, Route};
+pub use state::AppState;
+
+pub(crate) use api::Api;
+pub(crate) use error::json_response;
+pub(crate) use limits::Limiter;
+pub(crate) use server::{ConnInfo, ConnLimits, Handler, bind, serve_plain, serve_tls};

@@ -1,0 +1,45 @@
+//! A transaction as the client API shows it.
+
+use crate::domain::rfc3339_ms;
+use crate::ledger::TransactionRecord;
+
+/// A transaction as the API shows it (docs/design.md, "Reading a transaction").
+pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "transactionId": r.id,
+        "status": r.status,
+        "type": r.kind,
+        "amount": r.amount,
+        "currency": r.currency,
+        "attempts": r.attempts,
+        "createdAt": rfc3339_ms(r.created_at_ms),
+        "updatedAt": rfc3339_ms(r.updated_at_ms),
+    });
+    let obj = body.as_object_mut().expect("a JSON object literal");
+    match (&r.source, &r.destination) {
+        (Some(from), Some(to)) => {
+            obj.insert("from".into(), serde_json::json!(from));
+            obj.insert("to".into(), serde_json::json!(to));
+        }
+        (Some(account), None) | (None, Some(account)) => {
+            obj.insert("accountId".into(), serde_json::json!(account));
+        }
+        (None, None) => {}
+    }
+    let mut optional = |key: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            obj.insert(key.into(), serde_json::json!(v));
+        }
+    };
+    optional("reason", &r.reason);
+    optional("switch", &r.switch);
+    optional("switchReference", &r.switch_reference);
+    optional("lastError", &r.last_error);
+    if r.requeries > 0 {
+        obj.insert("requeries".into(), serde_json::json!(r.requeries));
+    }
+    if let Some(m) = &r.metadata {
+        obj.insert("metadata".into(), m.clone());
+    }
+    body
+}
