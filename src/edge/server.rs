@@ -75,33 +75,27 @@ pub async fn serve_tls<H: Handler>(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(connections_max));
-    let builder = Arc::new(http_builder(&limits));
+    let conns = Conns::new(limits, handler, metrics, shutdown.clone());
     while let Some((permit, tcp, peer)) = accept_next(&listener, &permits, &shutdown).await {
         let _ = tcp.set_nodelay(true);
-        let (acceptor, handler, metrics, shutdown, builder, limits) = (
-            acceptor.clone(),
-            handler.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-            builder.clone(),
-            limits.clone(),
-        );
+        let (acceptor, conns) = (acceptor.clone(), conns.clone());
         tracker.spawn(async move {
             let _permit = permit;
-            metrics.connections_open.inc();
+            let open = conns.metrics.connections_open.clone();
+            open.inc();
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
             let tls = tokio::select! {
-                _ = shutdown.cancelled() => None,
+                _ = conns.shutdown.cancelled() => None,
                 r = handshake => match r {
                     Ok(Ok(tls)) => Some(tls),
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        metrics.tls_handshake_failures.with_label_values(&["error"]).inc();
+                        conns.metrics.tls_handshake_failures.with_label_values(&["error"]).inc();
                         None
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
-                        metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
+                        conns.metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
                         None
                     }
                 },
@@ -116,12 +110,9 @@ pub async fn serve_tls<H: Handler>(
                         .and_then(|certs| certs.first())
                         .and_then(|cert| common_name(cert.as_ref())),
                 });
-                serve_connection(
-                    tls, is_h2, info, &builder, &limits, handler, &metrics, shutdown,
-                )
-                .await;
+                conns.serve(tls, is_h2, info).await;
             }
-            metrics.connections_open.dec();
+            open.dec();
         });
     }
     tracing::info!("TLS listener stopped accepting");
@@ -138,26 +129,56 @@ pub async fn serve_plain<H: Handler>(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(connections_max));
-    let builder = Arc::new(http_builder(&limits));
+    let conns = Conns::new(limits, handler, metrics, shutdown.clone());
     while let Some((permit, tcp, peer)) = accept_next(&listener, &permits, &shutdown).await {
-        let (handler, metrics, shutdown, builder, limits) = (
-            handler.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-            builder.clone(),
-            limits.clone(),
-        );
+        let conns = conns.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let info = Arc::new(ConnInfo {
                 peer,
                 client_cert_cn: None,
             });
-            serve_connection(
-                tcp, false, info, &builder, &limits, handler, &metrics, shutdown,
-            )
-            .await;
+            conns.serve(tcp, false, info).await;
         });
+    }
+}
+
+/// What every connection of one listener shares, cloned into its task.
+#[derive(Clone)]
+struct Conns<H> {
+    protocols: Arc<Protocols>,
+    limits: ConnLimits,
+    handler: H,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+impl<H: Handler> Conns<H> {
+    fn new(limits: ConnLimits, handler: H, metrics: Metrics, shutdown: CancellationToken) -> Self {
+        Self {
+            protocols: Arc::new(http_builder(&limits)),
+            limits,
+            handler,
+            metrics,
+            shutdown,
+        }
+    }
+
+    async fn serve<IO>(self, io: IO, is_h2: bool, info: Arc<ConnInfo>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_connection(
+            io,
+            is_h2,
+            info,
+            &self.protocols,
+            &self.limits,
+            self.handler,
+            &self.metrics,
+            self.shutdown,
+        )
+        .await;
     }
 }
 
