@@ -37,6 +37,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use group::{AttemptEnd, Decision, GroupConfig};
+use sql::SqlBackend as _;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{

@@ -1,5 +1,9 @@
 //! The Postgres backend: the production ledger, shared by every gateway
-//! replica. Row locks (`FOR NO KEY UPDATE`, which does not block the
+//! replica. What differs from SQLite is the `impl SqlBackend` below: a plain
+//! `BEGIN` (`READ COMMITTED`), the conflict codes, and the reconciler's
+//! `SKIP LOCKED` claim; the operations themselves are in `sql.rs`.
+//!
+//! Row locks (`FOR NO KEY UPDATE`, which does not block the
 //! `KEY SHARE` locks foreign-key checks take) order concurrent writers;
 //! `READ COMMITTED` is enough because every check that guards a write runs
 //! under the lock of the row it guards. SQL stays within what CockroachDB and
@@ -8,38 +12,18 @@
 use std::str::FromStr;
 
 use secrecy::ExposeSecret;
-use sqlx::Transaction;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult, Postgres,
+};
 
 use super::LedgerError;
-use super::sql::{BackendConn, impl_ledger_ops, unavailable};
+use super::sql::{SqlBackend, WriteTx, unavailable};
 use crate::config::DatabaseConfig;
 
 #[derive(Clone)]
 pub(super) struct PgLedger {
     pool: PgPool,
     retries_max: u32,
-}
-
-/// One write transaction (`READ COMMITTED`, the server default).
-pub(super) struct WriteTx(Transaction<'static, Postgres>);
-
-impl WriteTx {
-    pub(super) fn conn(&mut self) -> &mut PgConnection {
-        &mut self.0
-    }
-
-    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.0.commit().await
-    }
-
-    pub(super) async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.0.rollback().await
-    }
-}
-
-impl BackendConn for PgLedger {
-    type Conn = PgConnection;
 }
 
 impl PgLedger {
@@ -80,19 +64,6 @@ impl PgLedger {
             .await
             .map_err(|e| LedgerError::Unavailable(format!("migrate: {e}")))
     }
-
-    pub(super) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
-        Ok(WriteTx(self.pool.begin().await?))
-    }
-
-    /// Serialization failure (40001: also CockroachDB's "restart transaction")
-    /// and deadlock (40P01) abort the whole transaction, which is safe to rerun.
-    pub(super) fn is_conflict(e: &sqlx::Error) -> bool {
-        matches!(
-            e.as_database_error().and_then(|d| d.code()).as_deref(),
-            Some("40001" | "40P01")
-        )
-    }
 }
 
 /// A plan for the parameters at hand, every time. sqlx prepares every
@@ -115,8 +86,36 @@ async fn prefer_custom_plans(conn: &mut PgConnection) -> Result<(), sqlx::Error>
     }
 }
 
-impl_ledger_ops!(
-    ledger: PgLedger,
-    lock: "FOR NO KEY UPDATE",
-    claim_lock: "FOR UPDATE SKIP LOCKED",
-);
+impl SqlBackend for PgLedger {
+    type Db = Postgres;
+
+    /// Concurrent claimers (other gateway replicas) skip the rows one holds
+    /// instead of waiting for them, so no two get the same row.
+    const CLAIM_LOCK: &'static str = "FOR UPDATE SKIP LOCKED";
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn retries_max(&self) -> u32 {
+        self.retries_max
+    }
+
+    /// `READ COMMITTED`, the server default.
+    async fn begin_write(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
+        Ok(WriteTx::new(self.pool.begin().await?, None))
+    }
+
+    /// Serialization failure (40001: also CockroachDB's "restart transaction")
+    /// and deadlock (40P01) abort the whole transaction, which is safe to rerun.
+    fn is_conflict(e: &sqlx::Error) -> bool {
+        matches!(
+            e.as_database_error().and_then(|d| d.code()).as_deref(),
+            Some("40001" | "40P01")
+        )
+    }
+
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+}

@@ -1,4 +1,7 @@
 //! The SQLite backend: the embedded ledger for `demo` and single-node use.
+//! What differs from Postgres is the `impl SqlBackend` below: `BEGIN
+//! IMMEDIATE` after a writer turn, SQLite's busy codes as conflicts, and no
+//! row-lock clauses; the operations themselves are in `sql.rs`.
 //!
 //! SQLite has one writer at a time. Writes begin with `BEGIN IMMEDIATE`, so a
 //! transaction holds the write lock from its first statement (no read-to-write
@@ -12,15 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sqlx::Transaction;
 use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteQueryResult, SqliteSynchronous,
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::Mutex;
 
 use super::LedgerError;
-use super::sql::{BackendConn, impl_ledger_ops, unavailable};
+use super::sql::{SqlBackend, WriteTx, unavailable};
 use crate::config::DatabaseConfig;
 
 #[derive(Clone)]
@@ -31,27 +33,6 @@ pub(super) struct SqliteLedger {
     writer: Arc<Mutex<()>>,
     /// Longest wait for the writer's turn, like a pool acquire.
     writer_wait: Duration,
-}
-
-/// One write transaction, holding this process's writer turn until it ends.
-/// Field order matters: the transaction drops (rolls back) before the turn.
-pub(super) struct WriteTx {
-    tx: Transaction<'static, Sqlite>,
-    _turn: OwnedMutexGuard<()>,
-}
-
-impl WriteTx {
-    pub(super) fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-
-    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
-    }
-}
-
-impl BackendConn for SqliteLedger {
-    type Conn = SqliteConnection;
 }
 
 /// `sqlite::memory:` and friends: a database that lives as long as a connection.
@@ -103,23 +84,41 @@ impl SqliteLedger {
             .await
             .map_err(|e| LedgerError::Unavailable(format!("migrate: {e}")))
     }
+}
 
-    pub(super) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+impl SqlBackend for SqliteLedger {
+    type Db = Sqlite;
+
+    /// None: `BEGIN IMMEDIATE` already holds the whole file for writing.
+    const CLAIM_LOCK: &'static str = "";
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn retries_max(&self) -> u32 {
+        self.retries_max
+    }
+
+    /// This process's writer turn first (FIFO), then `BEGIN IMMEDIATE`.
+    async fn begin_write(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
         let turn = tokio::time::timeout(self.writer_wait, self.writer.clone().lock_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx { tx, _turn: turn })
+        Ok(WriteTx::new(tx, Some(turn)))
     }
 
     /// SQLITE_BUSY (5) and SQLITE_LOCKED (6), with any extended code: another
     /// connection holds the lock past the busy timeout; rerunning is safe.
-    pub(super) fn is_conflict(e: &sqlx::Error) -> bool {
+    fn is_conflict(e: &sqlx::Error) -> bool {
         e.as_database_error()
             .and_then(|d| d.code())
             .and_then(|code| code.parse::<i32>().ok())
             .is_some_and(|code| matches!(code & 0xff, 5 | 6))
     }
-}
 
-impl_ledger_ops!(ledger: SqliteLedger, lock: "", claim_lock: "");
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+}

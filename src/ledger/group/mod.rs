@@ -45,7 +45,9 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::sql::{AccountRow, Fail, check_destination, check_owned, new_record, now_ms};
+use super::sql::{
+    AccountRow, Fail, SqlBackend, check_destination, check_owned, new_record, now_ms,
+};
 use super::{
     AttemptOutcome, LedgerError, REASON_INSUFFICIENT_FUNDS, Render, Reserved, StoredResponse,
     TransactionRecord,
