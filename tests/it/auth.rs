@@ -105,9 +105,8 @@ fn keys() -> &'static Keys {
     })
 }
 
-/// `[auth]` with every key, issuer, audience and a lifetime cap, plus `extra`
-/// (more `[auth]` keys).
-fn auth_toml(extra: &str) -> String {
+/// `[auth]` with every key, issuer, audience and a lifetime cap.
+fn auth_toml() -> String {
     let dir = &keys().dir;
     let key = |kid: &str, alg: &str, file: &str| {
         format!(
@@ -117,7 +116,7 @@ fn auth_toml(extra: &str) -> String {
     };
     format!(
         "[auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\ntoken_lifetime_max_s = {LIFETIME_MAX_S}\n\
-         jwks_file = \"{jwks}\"\n{extra}\n{}{}{}{}",
+         jwks_file = \"{jwks}\"\n{}{}{}{}",
         key("rsa-1", "RS256", "rsa.pem"),
         key("ec-old", "ES256", "ec-old.pem"),
         key("ec-new", "ES256", "ec-new.pem"),
@@ -126,10 +125,10 @@ fn auth_toml(extra: &str) -> String {
     )
 }
 
-/// A gateway with every test key and an account to read.
-async fn gateway(extra: &str) -> TestGateway {
+/// A gateway with every test key and an account to read, `layer` over them.
+async fn gateway(layer: &str) -> TestGateway {
     let gw = spawn_gateway_with(Options {
-        toml: auth_toml(extra),
+        layers: vec![auth_toml(), layer.into()],
         ..Options::default()
     })
     .await;
@@ -440,7 +439,7 @@ async fn claims_of_the_wrong_shape_are_refused() {
 #[tokio::test]
 async fn scope_roles_are_read_when_configured() {
     let k = keys();
-    let gw = gateway("roles_claim = \"scope\"").await;
+    let gw = gateway("[auth]\nroles_claim = \"scope\"\n").await;
     let sign_ec = |patch: Value| {
         let c = claims(patch);
         sign(Algorithm::ES256, Some("ec-new"), &k.ec_new.private, &c)
@@ -458,7 +457,7 @@ async fn scope_roles_are_read_when_configured() {
 #[tokio::test]
 async fn cached_tokens_are_still_refused_once_expired() {
     let k = keys();
-    let gw = gateway("leeway_s = 0\ncache_entries_max = 100").await;
+    let gw = gateway("[auth]\nleeway_s = 0\ncache_entries_max = 100\n").await;
     let exp = now() + 2;
     let c = claims(json!({"exp": exp}));
     let token = sign(Algorithm::ES256, Some("ec-old"), &k.ec_old.private, &c);
@@ -494,9 +493,14 @@ async fn each_route_admits_exactly_the_roles_the_table_names() {
             let path = route.path.replace("{id}", "rm-1");
             let url = format!("{}{path}", gw.base);
             let body = if path.starts_with("/v1/transactions") {
-                serde_json::json!({"transactionId": format!("rm-{i}-{}", role.as_str()), "type": "debit", "accountId": "rm-1", "amount": 1, "currency": "EUR"})
+                crate::harness::debit(&format!("rm-{i}-{}", role.as_str()), "rm-1", 1)
             } else {
-                serde_json::json!({"accountId": format!("rm-{i}-{}", role.as_str()), "owner": "role-tester", "currency": "EUR", "openingBalance": 0})
+                crate::harness::account_body(
+                    &format!("rm-{i}-{}", role.as_str()),
+                    "role-tester",
+                    "EUR",
+                    0,
+                )
             };
             let request = gw
                 .client

@@ -119,7 +119,7 @@ async fn tls11_and_plaintext_http_are_refused() {
 #[tokio::test]
 async fn an_oversized_body_gets_413_json() {
     let gw = spawn_gateway_with(Options {
-        toml: "[server]\nbody_bytes_max = 1024\n".into(),
+        layers: vec!["[server]\nbody_bytes_max = 1024\n".into()],
         ..sqlite()
     })
     .await;
@@ -133,7 +133,7 @@ async fn an_oversized_body_gets_413_json() {
 #[tokio::test]
 async fn trickled_headers_are_cut_off_within_the_timeout() {
     let gw = spawn_gateway_with(Options {
-        toml: "[server]\nheader_read_timeout_ms = 500\n".into(),
+        layers: vec!["[server]\nheader_read_timeout_ms = 500\n".into()],
         ..sqlite()
     })
     .await;
@@ -172,7 +172,9 @@ async fn trickled_headers_are_cut_off_within_the_timeout() {
 async fn idle_keepalive_connections_outlive_the_header_timeout() {
     // The header timeout must not double as the idle timeout.
     let gw = spawn_gateway_with(Options {
-        toml: "[server]\nheader_read_timeout_ms = 200\nkeepalive_idle_timeout_ms = 5000\n".into(),
+        layers: vec![
+            "[server]\nheader_read_timeout_ms = 200\nkeepalive_idle_timeout_ms = 5000\n".into(),
+        ],
         ..sqlite()
     })
     .await;
@@ -290,10 +292,11 @@ async fn an_in_flight_request_completes_during_graceful_shutdown() {
     .await;
     gw.account("alice-eur", "alice", "EUR", 1000).await;
     let token = gw.token("alice", &["transact"]);
-    let request = gw.client
+    let request = gw
+        .client
         .post(format!("{}/v1/transactions", gw.base))
         .bearer_auth(&token)
-        .json(&serde_json::json!({"transactionId": "slow-1", "type": "debit", "accountId": "alice-eur", "amount": 5, "currency": "EUR"}))
+        .json(&harness::debit("slow-1", "alice-eur", 5))
         .send();
     let in_flight = tokio::spawn(request);
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -406,10 +409,10 @@ fn certs_command_writes_a_ca_and_leaves_that_rustls_accepts() {
 async fn mtls_requires_a_client_certificate_and_can_bind_the_token_subject_to_it() {
     let certs = harness::certs();
     let gw = spawn_gateway_with(Options {
-        toml: format!(
+        layers: vec![format!(
             "[server]\nclient_ca = \"{}\"\n[auth]\nrequire_sub_match_client_cert = true\n",
             certs.ca_cert().display()
-        ),
+        )],
         ..sqlite()
     })
     .await;
@@ -432,7 +435,7 @@ async fn mtls_requires_a_client_certificate_and_can_bind_the_token_subject_to_it
     let created = client
         .post(format!("{}/v1/accounts", gw.base))
         .bearer_auth(&as_cn)
-        .json(&serde_json::json!({"accountId": "m1", "owner": cn, "currency": "EUR", "openingBalance": 5}))
+        .json(&harness::account_body("m1", cn, "EUR", 5))
         .send()
         .await
         .unwrap();

@@ -40,8 +40,9 @@ pub enum Db {
 pub struct Options {
     pub db: Db,
     pub switches: Vec<(String, String)>,
-    /// Extra TOML layered over the test config (for limits).
-    pub toml: String,
+    /// TOML layers over the test config, in order (later wins), merged by
+    /// the config crate as the product merges its own layers.
+    pub layers: Vec<String>,
     /// Also read this file as `--config FILE`, watched for live reloads.
     pub config_file: Option<PathBuf>,
 }
@@ -51,7 +52,7 @@ impl Default for Options {
         Self {
             db: Db::Postgres,
             switches: Vec::new(),
-            toml: String::new(),
+            layers: Vec::new(),
             config_file: None,
         }
     }
@@ -83,18 +84,15 @@ pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
         }
     };
     let mut toml = base_toml(&url);
-    for (name, url) in &opts.switches {
-        toml.push_str(&format!(
-            "[[switches]]\nname = \"{name}\"\nurl = \"{url}\"\n"
-        ));
-    }
-    let config = Config::from_toml_layers(&[&toml, &opts.toml])
-        .unwrap_or_else(|e| panic!("test config: {e}"));
+    toml.push_str(&switches_toml(&opts.switches));
+    let mut layers = vec![toml.as_str()];
+    layers.extend(opts.layers.iter().map(String::as_str));
+    let config = Config::from_toml_layers(&layers).unwrap_or_else(|e| panic!("test config: {e}"));
     let sources = opts.config_file.as_ref().map(|file| {
         // The file is layered over the base as `--config` is over the defaults;
         // it alone carries the switches and limits.
         assert!(
-            opts.switches.is_empty() && opts.toml.is_empty(),
+            opts.switches.is_empty() && opts.layers.is_empty(),
             "put them in the file"
         );
         let dir = file.parent().expect("config file dir").to_owned();
@@ -174,6 +172,24 @@ burst = 1000000
     )
 }
 
+/// `[[switches]]` tables for `switches` (name, url): appended to a config
+/// document, they are its switch list.
+pub fn switches_toml(switches: &[(String, String)]) -> String {
+    switches
+        .iter()
+        .map(|(name, url)| format!("[[switches]]\nname = \"{name}\"\nurl = \"{url}\"\n"))
+        .collect()
+}
+
+/// The test config (`base_toml` for `url`) with `layers` over it, through
+/// the product's own layering (`Config::from_toml_layers`).
+pub fn test_config(url: &str, layers: &[&str]) -> Config {
+    let base = base_toml(url);
+    let mut all = vec![base.as_str()];
+    all.extend_from_slice(layers);
+    Config::from_toml_layers(&all).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
 /// An HTTPS client that trusts only the development CA.
 pub fn https_client() -> reqwest::Client {
     let pem = std::fs::read(certs().ca_cert()).expect("read CA");
@@ -237,7 +253,7 @@ impl TestGateway {
             .post(
                 "/v1/accounts",
                 &op,
-                &serde_json::json!({"accountId": id, "owner": owner, "currency": currency, "openingBalance": balance}),
+                &account_body(id, owner, currency, balance),
             )
             .await;
         assert_eq!(r.status, 201, "create account {id}: {:?}", r.json);
@@ -350,25 +366,25 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// Writes `toml` (on top of the test base for `db_url`, with fixed free
-    /// ports) to `dir/gateway.toml` and starts `switchboard serve` on it.
-    pub async fn start(dir: &std::path::Path, db_url: &str, toml: &str) -> Self {
+    /// Writes `toml` and the `switches` list to `dir/gateway.toml` and starts
+    /// `switchboard serve` on it, over the test base for `db_url`, on fixed
+    /// free ports.
+    pub async fn start(
+        dir: &std::path::Path,
+        db_url: &str,
+        toml: &str,
+        switches: &[(String, String)],
+    ) -> Self {
         let (port, ops_port) = (free_port(), free_port());
         // Layered as in production: the base is the working directory's
-        // config/default.toml, the test's settings are the `--config` file.
-        let base = base_toml(db_url)
-            .replace(
-                "\nlisten = \"127.0.0.1:0\"",
-                &format!("\nlisten = \"127.0.0.1:{port}\""),
-            )
-            .replace(
-                "\nops_listen = \"127.0.0.1:0\"",
-                &format!("\nops_listen = \"127.0.0.1:{ops_port}\""),
-            );
+        // config/default.toml, the test's settings are the `--config` file,
+        // the ports are environment variables (`spawn`).
         std::fs::create_dir_all(dir.join("config")).expect("config dir");
-        std::fs::write(dir.join("config/default.toml"), base).expect("write base config");
+        std::fs::write(dir.join("config/default.toml"), base_toml(db_url))
+            .expect("write base config");
         let config_file = dir.join("gateway.toml");
-        std::fs::write(&config_file, toml).expect("write gateway config");
+        let text = format!("{toml}{}", switches_toml(switches));
+        std::fs::write(&config_file, text).expect("write gateway config");
         Self::spawn(
             dir,
             config_file,
@@ -410,6 +426,10 @@ impl GatewayProcess {
             .env_remove("SWITCHBOARD_ENV")
             .env_remove("SWITCHBOARD__AUTH__DEV_HS256_SECRET")
             .env_remove("SWITCHBOARD__DATABASE__URL")
+            // The last layer, over the base's port 0: fixed ports, the same
+            // on a restart.
+            .env("SWITCHBOARD__SERVER__LISTEN", addr.to_string())
+            .env("SWITCHBOARD__SERVER__OPS_LISTEN", ops.to_string())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -445,7 +465,7 @@ impl GatewayProcess {
         let r = https_client()
             .post(format!("{}/v1/accounts", self.base()))
             .bearer_auth(&op)
-            .json(&serde_json::json!({"accountId": id, "owner": owner, "currency": currency, "openingBalance": balance}))
+            .json(&account_body(id, owner, currency, balance))
             .send()
             .await
             .unwrap_or_else(|e| panic!("create account {id}: {e}"));
@@ -493,7 +513,7 @@ pub async fn ledger_at(url: &str) -> switchboard::ledger::Ledger {
 
 /// Signs tokens the way every test gateway verifies them (`SECRET`).
 pub fn test_auth() -> Authenticator {
-    let config = Config::from_toml(&base_toml("sqlite::memory:")).expect("test config");
+    let config = test_config("sqlite::memory:", &[]);
     Authenticator::new(&config.auth).expect("test auth keys")
 }
 
@@ -508,4 +528,40 @@ pub fn cid(s: &str) -> switchboard::domain::ClientId {
 
 pub fn eur() -> switchboard::domain::Currency {
     switchboard::domain::Currency::parse("EUR").unwrap()
+}
+
+// Request bodies of the API, built here once. Tests that send malformed
+// bodies on purpose (hostile.rs, props.rs, the invalid-field table in
+// transactions.rs) write theirs out: the malformation is the point.
+
+/// A debit of `amount` EUR minor units from `account`.
+pub fn debit(id: &str, account: &str, amount: i64) -> Value {
+    serde_json::json!({"transactionId": id, "type": "debit", "accountId": account, "amount": amount, "currency": "EUR"})
+}
+
+/// A credit of `amount` EUR minor units to `account`.
+pub fn credit(id: &str, account: &str, amount: i64) -> Value {
+    serde_json::json!({"transactionId": id, "type": "credit", "accountId": account, "amount": amount, "currency": "EUR"})
+}
+
+/// A transfer of `amount` EUR minor units from `from` to `to`.
+pub fn transfer(id: &str, from: &str, to: &str, amount: i64) -> Value {
+    serde_json::json!({"transactionId": id, "type": "transfer", "from": from, "to": to, "amount": amount, "currency": "EUR"})
+}
+
+/// `body` (a transaction request) in another currency.
+pub fn in_currency(mut body: Value, currency: &str) -> Value {
+    body["currency"] = currency.into();
+    body
+}
+
+/// `body` (a transaction request) carrying `metadata`.
+pub fn with_metadata(mut body: Value, metadata: Value) -> Value {
+    body["metadata"] = metadata;
+    body
+}
+
+/// An account-creation request.
+pub fn account_body(id: &str, owner: &str, currency: &str, opening_balance: i64) -> Value {
+    serde_json::json!({"accountId": id, "owner": owner, "currency": currency, "openingBalance": opening_balance})
 }

@@ -471,7 +471,7 @@ async fn hostile_bodies_get_4xx_json_and_leave_the_ledger_alone() {
         .post(
             "/v1/transactions",
             &s.token,
-            &json!({"transactionId": "h-after", "type": "debit", "accountId": "alice-eur", "amount": 1, "currency": "EUR"}),
+            &harness::debit("h-after", "alice-eur", 1),
         )
         .await;
     assert_eq!(ok.status, 201, "{}", ok.json);
@@ -480,7 +480,7 @@ async fn hostile_bodies_get_4xx_json_and_leave_the_ledger_alone() {
 /// A valid-looking debit padded in metadata to about `size` bytes.
 fn big_body(id: &str, size: usize) -> Vec<u8> {
     let pad = "x".repeat(size);
-    json!({"transactionId": id, "type": "debit", "accountId": "alice-eur", "amount": 1, "currency": "EUR", "metadata": {"pad": pad}})
+    harness::with_metadata(harness::debit(id, "alice-eur", 1), json!({"pad": pad}))
         .to_string()
         .into_bytes()
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use switchboard::devtools::sim::Mode;
 
 use crate::harness::{self, Options, TestGateway, metric, spawn_gateway_with};
@@ -11,7 +10,7 @@ use crate::harness::{self, Options, TestGateway, metric, spawn_gateway_with};
 async fn gateway(limits: &str, sims: &[switchboard::devtools::sim::SimHandle]) -> TestGateway {
     spawn_gateway_with(Options {
         switches: harness::switch_list(sims),
-        toml: limits.into(),
+        layers: vec![limits.into()],
         ..Options::default()
     })
     .await
@@ -106,7 +105,7 @@ async fn past_the_in_flight_cap_transactions_are_shed_with_503_overloaded() {
     let gw = Arc::new(gateway("[limits]\ntransactions_in_flight_max = 1\n", &sims).await);
     gw.account("o1", "ola", "EUR", 100).await;
     let token = gw.token("ola", &["transact"]);
-    let debit = |id: &str| json!({"transactionId": id, "type": "debit", "accountId": "o1", "amount": 1, "currency": "EUR"});
+    let debit = |id: &str| harness::debit(id, "o1", 1);
     let first = {
         let (gw, token, body) = (gw.clone(), token.clone(), debit("ov-1"));
         tokio::spawn(async move { gw.post("/v1/transactions", &token, &body).await })

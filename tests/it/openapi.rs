@@ -618,7 +618,7 @@ async fn the_examples_are_accepted_and_the_answers_match_the_document() {
     let sims = harness::spawn_sims(1).await;
     let gw = spawn_gateway_with(Options {
         switches: harness::switch_list(&sims),
-        toml: PATIENT.into(),
+        layers: vec![PATIENT.into()],
         ..Default::default()
     })
     .await;
@@ -694,9 +694,9 @@ async fn the_examples_are_accepted_and_the_answers_match_the_document() {
     assert_conforms(&doc, Endpoint::GetSwitches, &r, "switches");
 
     // Refusals: each documented for its operation, with the Error schema.
-    let unknown = json!({"transactionId": "tx-doc-x", "type": "debit", "accountId": "nobody", "amount": 1, "currency": "EUR"});
-    let reused = json!({"transactionId": "tx-2024-0001", "type": "debit", "accountId": "alice-eur", "amount": 1, "currency": "EUR"});
-    let broke = json!({"transactionId": "tx-doc-big", "type": "debit", "accountId": "bob-eur", "amount": 5001, "currency": "EUR"});
+    let unknown = harness::debit("tx-doc-x", "nobody", 1);
+    let reused = harness::debit("tx-2024-0001", "alice-eur", 1);
+    let broke = harness::debit("tx-doc-big", "bob-eur", 5001);
     let bob = gw.token("bob", &["transact"]);
     for (what, token, body, status) in [
         ("no account", &alice, &unknown, 404),
@@ -809,7 +809,7 @@ async fn schemathesis_finds_no_server_error() {
     let sims = harness::spawn_sims(1).await;
     let gw = spawn_gateway_with(Options {
         switches: harness::switch_list(&sims),
-        toml: PATIENT.into(),
+        layers: vec![PATIENT.into()],
         ..Default::default()
     })
     .await;

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::json;
 use switchboard::devtools::sim::Mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -561,7 +560,7 @@ prune_interval_ms = 200
 "#;
 
 fn debit(id: &str) -> serde_json::Value {
-    json!({"transactionId": id, "type": "debit", "accountId": "ops-docs", "amount": 10, "currency": "EUR"})
+    harness::debit(id, "ops-docs", 10)
 }
 
 /// Drives a gateway through everything that makes a labelled series appear
@@ -574,9 +573,8 @@ async fn exposition_with_every_family() -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("gateway.toml");
     let config = format!(
-        "{FAST}\n[[switches]]\nname = \"{}\"\nurl = \"{}\"\n",
-        sim.name,
-        sim.url()
+        "{FAST}\n{}",
+        harness::switches_toml(&harness::switch_list(&sims))
     );
     std::fs::write(&file, &config).expect("write the config file");
     let gw = spawn_gateway_with(Options {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard::devtools::sim::SimHandle;
 use switchboard::domain::{AccountId, Currency, TransactionId, TxStatus};
 
@@ -279,7 +279,7 @@ impl Load {
 
     async fn send(&self, id: String) -> Sent {
         let phase = self.phase.load(Ordering::Acquire);
-        let body = json!({"transactionId": id, "type": "debit", "accountId": ACCOUNT, "amount": 1, "currency": "EUR"});
+        let body = harness::debit(&id, ACCOUNT, 1);
         let answer = match self
             .client
             .post(&self.url)
@@ -334,12 +334,9 @@ async fn postgres_stopped_mid_load_and_restarted_loses_nothing_and_runs_nothing_
     let cluster = Cluster::start_new().await;
     let url = cluster.url();
     let sims = harness::spawn_sims(2).await;
-    let mut toml = FAST.to_owned();
-    for (name, u) in harness::switch_list(&sims) {
-        toml.push_str(&format!("[[switches]]\nname = \"{name}\"\nurl = \"{u}\"\n"));
-    }
+    let switches = harness::switch_list(&sims);
     let gw_dir = tempfile::tempdir().expect("gateway dir");
-    let mut gw = GatewayProcess::start(gw_dir.path(), &url, &toml).await;
+    let mut gw = GatewayProcess::start(gw_dir.path(), &url, FAST, &switches).await;
     let gateway_log =
         || std::fs::read_to_string(gw_dir.path().join("gateway.log")).unwrap_or_default();
 

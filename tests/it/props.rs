@@ -7,7 +7,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value, json};
-use switchboard::config::Config;
 use switchboard::domain::{Movement, TransactionRequest};
 use switchboard::edge::ApiError;
 use switchboard::edge::Authenticator;
@@ -274,7 +273,7 @@ fn reversed_json(v: &Value) -> String {
 }
 
 fn debit(id: &str, amount: i64, metadata: &Value) -> Value {
-    json!({"transactionId": id, "type": "debit", "accountId": "alice-eur", "amount": amount, "currency": "EUR", "metadata": metadata})
+    harness::with_metadata(harness::debit(id, "alice-eur", amount), metadata.clone())
 }
 
 fn small_object() -> impl Strategy<Value = Value> {
@@ -384,7 +383,7 @@ proptest! {
         space in "[ \t\r\n]{0,4}",
         trailer in "[^ \t\r\n]\\PC{0,16}",
     ) {
-        let body = json!({"transactionId": id, "type": "debit", "accountId": "a", "amount": amount, "currency": "EUR"}).to_string();
+        let body = harness::debit(&id, "a", amount).to_string();
         let spaced = format!("{body}{space}");
         prop_assert!(parse(spaced.as_bytes()).is_ok(), "refused trailing whitespace");
         // `{...} x`, `{...}{...}`: one request must be one JSON value, or a
@@ -448,8 +447,8 @@ fn b64(bytes: &[u8]) -> String {
 
 /// An authenticator with another development secret.
 fn other_auth(secret: &str) -> Authenticator {
-    let toml = harness::base_toml("sqlite::memory:").replace(harness::SECRET, secret);
-    let config = Config::from_toml(&toml).expect("config with another secret");
+    let secret = format!("[auth]\ndev_hs256_secret = \"{secret}\"\n");
+    let config = harness::test_config("sqlite::memory:", &[&secret]);
     Authenticator::new(&config.auth).expect("auth")
 }
 

@@ -7,14 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard::devtools::sim::{self, Mode, SimHandle, SimOptions};
 use switchboard::domain::{Currency, TransactionId, TxStatus};
 use switchboard::ledger::Ledger;
 use tokio::sync::Semaphore;
 
 use crate::harness::{
-    self, Db, GatewayProcess, Options, TestGateway, eventually, metric, spawn_gateway_with,
+    self, Db, GatewayProcess, Options, TestGateway, debit, eventually, metric, spawn_gateway_with,
 };
 
 /// Fast health checks and a short deadline, so failures show within seconds.
@@ -44,14 +44,10 @@ async fn gateway(sims: &[SimHandle]) -> TestGateway {
     spawn_gateway_with(Options {
         db: Db::Postgres,
         switches: harness::switch_list(sims),
-        toml: FAST.into(),
+        layers: vec![FAST.into()],
         ..Options::default()
     })
     .await
-}
-
-fn debit(id: &str, account: &str, amount: i64) -> Value {
-    json!({"transactionId": id, "type": "debit", "accountId": account, "amount": amount, "currency": "EUR"})
 }
 
 async fn spawn_sim(name: &str, addr: SocketAddr, state: Option<&Path>) -> SimHandle {
@@ -356,15 +352,12 @@ async fn the_gateway_killed_mid_load_recovers_every_transaction_after_restart() 
     let dir = tempfile::tempdir().unwrap();
     let url = crate::db::fresh_postgres_url().await;
     let sims = harness::spawn_sims(3).await;
-    let mut toml = FAST.to_owned();
-    for (name, u) in harness::switch_list(&sims) {
-        toml.push_str(&format!("[[switches]]\nname = \"{name}\"\nurl = \"{u}\"\n"));
-    }
+    let switches = harness::switch_list(&sims);
     // Slow switches keep many transactions in flight when the process dies.
     for s in &sims {
         s.set_faults(Mode::Slow, Some(40), None);
     }
-    let mut gw = GatewayProcess::start(dir.path(), &url, &toml).await;
+    let mut gw = GatewayProcess::start(dir.path(), &url, FAST, &switches).await;
     let auth = harness::test_auth();
     let client = harness::https_client();
     for i in 0..4 {
@@ -418,12 +411,9 @@ async fn two_gateways_on_one_postgres_never_duplicate_and_never_double_resolve()
     let dir_b = tempfile::tempdir().unwrap();
     let url = crate::db::fresh_postgres_url().await;
     let sims = harness::spawn_sims(2).await;
-    let mut toml = FAST.to_owned();
-    for (name, u) in harness::switch_list(&sims) {
-        toml.push_str(&format!("[[switches]]\nname = \"{name}\"\nurl = \"{u}\"\n"));
-    }
-    let a = GatewayProcess::start(dir_a.path(), &url, &toml).await;
-    let b = GatewayProcess::start(dir_b.path(), &url, &toml).await;
+    let switches = harness::switch_list(&sims);
+    let a = GatewayProcess::start(dir_a.path(), &url, FAST, &switches).await;
+    let b = GatewayProcess::start(dir_b.path(), &url, FAST, &switches).await;
     let auth = harness::test_auth();
     let client = harness::https_client();
     a.account("shared", "pat", "EUR", 1_000_000).await;
@@ -487,15 +477,8 @@ async fn a_live_switch_list_reload_adds_removes_and_rejects_broken_files() {
     let sims = harness::spawn_sims(2).await;
     let file = dir.path().join("switchboard.toml");
     let write = |switches: &[&SimHandle], extra: &str| {
-        let mut text = FAST.to_owned();
-        for s in switches {
-            text.push_str(&format!(
-                "[[switches]]\nname = \"{}\"\nurl = \"{}\"\n",
-                s.name,
-                s.url()
-            ));
-        }
-        text.push_str(extra);
+        let list: Vec<_> = switches.iter().map(|s| (s.name.clone(), s.url())).collect();
+        let text = format!("{FAST}{}{extra}", harness::switches_toml(&list));
         std::fs::write(&file, text).unwrap();
     };
     write(&[&sims[0]], "");
@@ -573,18 +556,22 @@ async fn https_switches_are_verified_and_client_certificates_presented() {
         .unwrap();
     assert!(secure.url().starts_with("https://"));
     let switches = vec![(secure.name.clone(), secure.url())];
-    let ca = format!("ca_bundle = \"{}\"\n", certs.ca_cert().display());
+    let ca = format!(
+        "[forwarding]\nca_bundle = \"{}\"\n",
+        certs.ca_cert().display()
+    );
 
     let with_cert = spawn_gateway_with(Options {
         switches: switches.clone(),
-        toml: FAST.replace(
-            "[forwarding]\n",
-            &format!(
-                "[forwarding]\n{ca}client_cert = \"{}\"\nclient_key = \"{}\"\n",
+        layers: vec![
+            FAST.into(),
+            ca.clone(),
+            format!(
+                "[forwarding]\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
                 certs.client_cert().display(),
                 certs.client_key().display()
             ),
-        ),
+        ],
         ..Options::default()
     })
     .await;
@@ -600,7 +587,7 @@ async fn https_switches_are_verified_and_client_certificates_presented() {
     // switch down and nothing is reserved.
     let without_cert = spawn_gateway_with(Options {
         switches,
-        toml: FAST.replace("[forwarding]\n", &format!("[forwarding]\n{ca}")),
+        layers: vec![FAST.into(), ca],
         ..Options::default()
     })
     .await;

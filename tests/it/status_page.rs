@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard::devtools::sim::{Mode, SimHandle};
 
 use crate::harness::{self, Options, TestGateway, eventually, metric, spawn_gateway_with};
@@ -17,7 +17,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const FAST_HEALTH: &str = "[health]\ninterval_ms = 150\ntimeout_ms = 150\nunhealthy_threshold = 2\nhealthy_threshold = 2\n";
 
 fn debit(id: &str, amount: i64) -> Value {
-    json!({"transactionId": id, "type": "debit", "accountId": "status-acct", "amount": amount, "currency": "EUR"})
+    harness::debit(id, "status-acct", amount)
 }
 
 /// Three sims, three committed debits, one refused for funds, one refusal
@@ -26,7 +26,7 @@ async fn busy_gateway() -> (Vec<SimHandle>, TestGateway) {
     let sims = harness::spawn_sims(3).await;
     let gw = spawn_gateway_with(Options {
         switches: harness::switch_list(&sims),
-        toml: FAST_HEALTH.into(),
+        layers: vec![FAST_HEALTH.into()],
         ..Options::default()
     })
     .await;

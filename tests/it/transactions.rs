@@ -5,7 +5,10 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::harness::{self, Db, Options, TestGateway, spawn_gateway_with};
+use crate::harness::{
+    self, Db, Options, TestGateway, account_body, credit, debit, in_currency, spawn_gateway_with,
+    transfer,
+};
 
 async fn gateway(db: Db, sims: &[switchboard::devtools::sim::SimHandle]) -> TestGateway {
     gateway_with(db, sims, "").await
@@ -22,14 +25,10 @@ async fn gateway_with(
     spawn_gateway_with(Options {
         db,
         switches: harness::switch_list(sims),
-        toml: format!("{PATIENT}{extra}"),
+        layers: vec![PATIENT.into(), extra.into()],
         ..Options::default()
     })
     .await
-}
-
-fn debit(id: &str, account: &str, amount: i64) -> Value {
-    json!({"transactionId": id, "type": "debit", "accountId": account, "amount": amount, "currency": "EUR"})
 }
 
 /// Sends `bodies` concurrently (at most `in_flight` at once), returns every reply.
@@ -179,7 +178,7 @@ async fn opposite_transfers_conserve_money(db: Db) {
     gw.account("b", "bob", "EUR", 1_000_000).await;
     let alice = gw.token("alice", &["transact"]);
     let bob = gw.token("bob", &["transact"]);
-    let transfer = |i: usize, from: &str, to: &str| json!({"transactionId": format!("x-{i}"), "type": "transfer", "from": from, "to": to, "amount": 7, "currency": "EUR"});
+    let transfer = |i: usize, from: &str, to: &str| transfer(&format!("x-{i}"), from, to, 7);
     let a_to_b = (0..1_000).map(|i| transfer(i, "a", "b")).collect();
     let b_to_a = (1_000..2_000).map(|i| transfer(i, "b", "a")).collect();
     let (ra, rb) = tokio::join!(
@@ -213,7 +212,7 @@ async fn credit_and_debit_move_money_through_settlement_accounts() {
     gw.account("c1", "carol", "EUR", 100).await;
     let token = gw.token("carol", &["transact"]);
     let r = gw
-        .post("/v1/transactions", &token, &json!({"transactionId": "cr-1", "type": "credit", "accountId": "c1", "amount": 50, "currency": "EUR"}))
+        .post("/v1/transactions", &token, &credit("cr-1", "c1", 50))
         .await;
     assert_eq!(r.status, 201, "{:?}", r.json);
     assert_eq!(r.json["status"], "committed");
@@ -405,7 +404,7 @@ async fn another_clients_account_is_indistinguishable_from_a_missing_one() {
     // A transfer to their account in another currency answers like one to
     // no account: their account's currency is not mine to learn.
     gw.account("mine-usd", "me", "USD", 100).await;
-    let transfer = |id: &str, to: &str| json!({"transactionId": id, "type": "transfer", "from": "mine-usd", "to": to, "amount": 1, "currency": "USD"});
+    let transfer = |id: &str, to: &str| in_currency(transfer(id, "mine-usd", to, 1), "USD");
     let to_theirs = gw
         .post("/v1/transactions", &me, &transfer("x-usd-1", "theirs"))
         .await;
@@ -440,7 +439,7 @@ async fn roles_are_enforced_per_route() {
     let sims = harness::spawn_sims(1).await;
     let gw = gateway(Db::Postgres, &sims).await;
     let transact = gw.token("t", &["transact"]);
-    let acct = json!({"accountId": "x1", "owner": "t", "currency": "EUR", "openingBalance": 1});
+    let acct = account_body("x1", "t", "EUR", 1);
     let r = gw.post("/v1/accounts", &transact, &acct).await;
     assert_eq!((r.status, r.code()), (403, "forbidden"));
     let auditor = gw.token("a", &["auditor"]);
@@ -478,7 +477,11 @@ async fn a_currency_mismatch_is_refused_without_touching_money() {
     gw.account("e1", "eve", "EUR", 100).await;
     let token = gw.token("eve", &["transact"]);
     let r = gw
-        .post("/v1/transactions", &token, &json!({"transactionId": "cm-1", "type": "debit", "accountId": "e1", "amount": 5, "currency": "USD"}))
+        .post(
+            "/v1/transactions",
+            &token,
+            &in_currency(debit("cm-1", "e1", 5), "USD"),
+        )
         .await;
     assert_eq!((r.status, r.code()), (422, "currency_mismatch"));
     assert_eq!(gw.balance("e1").await, 100);
