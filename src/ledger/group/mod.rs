@@ -228,9 +228,8 @@ impl Group {
         let writers = cfg.writers.max(1);
         let mut db = db.clone();
         db.connections_max = u32::try_from(writers * 2).unwrap_or(u32::MAX);
-        let (ready, started) = oneshot::channel::<Result<Queues, LedgerError>>();
+        let (ready, started) = oneshot::channel::<Result<Self, LedgerError>>();
         let retries_max = db.conflict_retries_max;
-        let (group_tx, group_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("ledger-writers".to_owned())
             .spawn(move || {
@@ -256,7 +255,7 @@ impl Group {
                     };
                     let (group, queues, writer) =
                         Self::queues(Store::Postgres(pg.clone()), cfg, retries_max);
-                    if group_tx.send(group).is_err() || ready.send(Ok(queues.clone())).is_err() {
+                    if ready.send(Ok(group)).is_err() {
                         return;
                     }
                     let mut tasks = tokio::task::JoinSet::new();
@@ -270,9 +269,11 @@ impl Group {
                 });
             })
             .map_err(|e| LedgerError::Unavailable(format!("ledger writers' thread: {e}")))?;
-        let gone = || LedgerError::Unavailable("ledger writers' thread ended at start".to_owned());
-        started.await.map_err(|_| gone())??;
-        group_rx.await.map_err(|_| gone())
+        started.await.unwrap_or_else(|_| {
+            Err(LedgerError::Unavailable(
+                "ledger writers' thread ended at start".to_owned(),
+            ))
+        })
     }
 
     /// The two bounded queues, the group (their sending ends) and a writer.
@@ -369,7 +370,6 @@ fn writer_gone(what: &str) -> LedgerError {
 type Queue<T> = Arc<Mutex<mpsc::Receiver<T>>>;
 
 /// Both queues' receiving ends.
-#[derive(Clone)]
 struct Queues {
     reserves: Queue<ReserveOp>,
     finishes: Queue<FinishOp>,
@@ -810,32 +810,28 @@ impl Store {
         let ids: Vec<String> = ops.iter().map(|op| op.req.id.as_str().to_owned()).collect();
         match self {
             Store::Postgres(l) => {
-                // First try without reading existing rows: ids are new in the
-                // common case, and the write says when one was not.
-                let mut tx = l.begin_write().await?;
-                let accounts = postgres::lock_accounts(tx.conn(), &account_ids).await?;
-                let plan = plan_reserves(ops, &Rows::new(), &accounts, now);
-                match postgres::write_reserves(tx.conn(), &ids, 0, &plan, now).await? {
-                    postgres::ReserveWrite::Done => {
-                        tx.commit().await?;
-                        return Ok(plan.answers);
-                    }
-                    postgres::ReserveWrite::Existed => tx.rollback().await?,
-                }
-                // A replay or a twin: plan again, knowing the rows.
-                let mut tx = l.begin_write().await?;
-                let accounts = postgres::lock_accounts(tx.conn(), &account_ids).await?;
-                let existing = postgres::transactions(tx.conn(), &ids, false).await?;
-                let plan = plan_reserves(ops, &existing, &accounts, now);
-                match postgres::write_reserves(tx.conn(), &ids, existing.len(), &plan, now).await? {
-                    postgres::ReserveWrite::Done => {
-                        tx.commit().await?;
-                        Ok(plan.answers)
-                    }
-                    postgres::ReserveWrite::Existed => {
-                        Err(Fail::Conflict("a transaction id was inserted concurrently"))
+                // First without reading existing rows: ids are new in the
+                // common case, and the write says when one was not (a replay
+                // or a twin); then once more, knowing the rows.
+                for read_existing in [false, true] {
+                    let mut tx = l.begin_write().await?;
+                    let accounts = postgres::lock_accounts(tx.conn(), &account_ids).await?;
+                    let existing = if read_existing {
+                        postgres::transactions(tx.conn(), &ids, false).await?
+                    } else {
+                        Rows::new()
+                    };
+                    let plan = plan_reserves(ops, &existing, &accounts, now);
+                    let known = existing.len();
+                    match postgres::write_reserves(tx.conn(), &ids, known, &plan, now).await? {
+                        postgres::ReserveWrite::Done => {
+                            tx.commit().await?;
+                            return Ok(plan.answers);
+                        }
+                        postgres::ReserveWrite::Existed => tx.rollback().await?,
                     }
                 }
+                Err(Fail::Conflict("a transaction id was inserted concurrently"))
             }
             Store::Sqlite(l) => {
                 let mut tx = l.begin_write().await?;
