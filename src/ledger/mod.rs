@@ -342,10 +342,10 @@ impl Ledger {
         &self,
         id: &TransactionId,
         attempt_no: u32,
-        outcome: &str,
+        outcome: AttemptOutcome,
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
-        dispatch!(self, l => l.finish_attempt(id, attempt_no, outcome, error).await)
+        dispatch!(self, l => l.finish_attempt(id, attempt_no, outcome.as_str(), error).await)
     }
 
     /// Completes the movement (see the module docs) and stores `committed` with

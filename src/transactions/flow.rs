@@ -402,12 +402,7 @@ impl Forwarder {
         self.observe(switch, end.outcome);
         if let Err(e) = self
             .ledger
-            .finish_attempt(
-                id,
-                end.attempt_no,
-                end.outcome.as_str(),
-                end.error.as_deref(),
-            )
+            .finish_attempt(id, end.attempt_no, end.outcome, end.error.as_deref())
             .await
         {
             tracing::warn!(error = %e, attempt_no = end.attempt_no, "could not record the attempt's outcome");

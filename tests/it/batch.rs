@@ -26,8 +26,8 @@ use switchboard::domain::{
 };
 use switchboard::edge::RENDER;
 use switchboard::ledger::{
-    AccountKind, AttemptRecord, Ledger, NewAccount, REASON_INSUFFICIENT_FUNDS, Reserved,
-    TransactionRecord,
+    AccountKind, AttemptOutcome, AttemptRecord, Ledger, NewAccount, REASON_INSUFFICIENT_FUNDS,
+    Reserved, TransactionRecord,
 };
 use tokio::sync::{Barrier, Semaphore, watch};
 
@@ -296,7 +296,7 @@ impl Run {
     async fn settle(&self, plan: &Op) -> TransactionRecord {
         let l = &self.ledger;
         let id = &plan.req.id;
-        let attempt = |switch: &'static str, outcome: &'static str| async move {
+        let attempt = |switch: &'static str, outcome: AttemptOutcome| async move {
             let n = l
                 .record_attempt(id, switch)
                 .await
@@ -307,11 +307,11 @@ impl Run {
         };
         let settled = match plan.settle {
             Settle::Commit(switch) => {
-                attempt(switch, "approved").await;
+                attempt(switch, AttemptOutcome::Approved).await;
                 l.commit(id, switch, &format!("ref-{id}"), RENDER).await
             }
             Settle::Decline(switch) => {
-                attempt(switch, "declined").await;
+                attempt(switch, AttemptOutcome::Declined).await;
                 l.release(id, TxStatus::Declined, "declined_by_switch", RENDER)
                     .await
             }

@@ -10,8 +10,8 @@ use switchboard::domain::{
     AccountId, Amount, Currency, Movement, TransactionId, TransactionRequest, TxStatus,
 };
 use switchboard::ledger::{
-    Account, AccountKind, Ledger, LedgerError, NewAccount, Reserved, StoredResponse,
-    TransactionRecord,
+    Account, AccountKind, AttemptOutcome, Ledger, LedgerError, NewAccount, Reserved,
+    StoredResponse, TransactionRecord,
 };
 
 use crate::db;
@@ -596,9 +596,14 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
     fresh(l, "c1", debit("t1", "alice", 10)).await;
     assert_eq!(l.attempts(&tid("t1")).await.unwrap(), vec![]);
     assert_eq!(l.record_attempt(&tid("t1"), "sw-a").await.unwrap(), 1);
-    l.finish_attempt(&tid("t1"), 1, "not_processed", Some("connection refused"))
-        .await
-        .unwrap();
+    l.finish_attempt(
+        &tid("t1"),
+        1,
+        AttemptOutcome::NotProcessed,
+        Some("connection refused"),
+    )
+    .await
+    .unwrap();
     assert_eq!(l.record_attempt(&tid("t1"), "sw-b").await.unwrap(), 2);
     let row = l.transaction(&tid("t1")).await.unwrap().unwrap();
     assert_eq!((row.attempts, row.switch.as_deref()), (2, Some("sw-b")));
@@ -622,16 +627,18 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
     assert!(attempts[0].started_at_ms <= attempts[1].started_at_ms);
 
     // The reconciler may resolve an unknown outcome later.
-    l.finish_attempt(&tid("t1"), 2, "unknown", Some("timeout"))
+    l.finish_attempt(&tid("t1"), 2, AttemptOutcome::Unknown, Some("timeout"))
         .await
         .unwrap();
-    l.finish_attempt(&tid("t1"), 2, "approved", None)
+    l.finish_attempt(&tid("t1"), 2, AttemptOutcome::Approved, None)
         .await
         .unwrap();
     let attempts = l.attempts(&tid("t1")).await.unwrap();
     assert_eq!(attempts[1].outcome.as_deref(), Some("approved"));
 
-    let missing = l.finish_attempt(&tid("t1"), 3, "approved", None).await;
+    let missing = l
+        .finish_attempt(&tid("t1"), 3, AttemptOutcome::Approved, None)
+        .await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
