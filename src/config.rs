@@ -18,6 +18,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::domain::SwitchName;
+
 /// The defaults, compiled in so the binary runs from any directory.
 const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 
@@ -478,7 +480,7 @@ impl ForwardingConfig {
 #[serde(deny_unknown_fields)]
 pub struct SwitchConfig {
     /// Unique name, used in metrics, logs and settlement account ids.
-    pub name: String,
+    pub name: SwitchName,
     /// Base URL, `http://host:port` or `https://host:port`.
     pub url: String,
     /// Share of traffic relative to the others (smooth weighted round-robin).
@@ -863,10 +865,10 @@ pub fn switch_problems(switches: &[SwitchConfig]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     for (i, sw) in switches.iter().enumerate() {
         let key = format!("switches[{i}]");
-        let name_ok = !sw.name.is_empty()
-            && sw.name.len() <= 32
-            && sw
-                .name
+        let name = sw.name.as_str();
+        let name_ok = !name.is_empty()
+            && name.len() <= 32
+            && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !name_ok {
@@ -946,12 +948,12 @@ mod tests {
     fn switch_list_is_checked() {
         let p = switch_problems(&[
             SwitchConfig {
-                name: "a".into(),
+                name: SwitchName::parse("a").unwrap(),
                 url: "http://127.0.0.1:1".into(),
                 weight: 1,
             },
             SwitchConfig {
-                name: "a".into(),
+                name: SwitchName::parse("a").unwrap(),
                 url: "ftp://x".into(),
                 weight: 0,
             },

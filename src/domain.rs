@@ -67,6 +67,20 @@ macro_rules! id_type {
                 f.write_str(&self.0)
             }
         }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        /// Parsed by the same rules as at the edge (config files, stored JSON).
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
@@ -81,9 +95,16 @@ id_type!(
     "accountId"
 );
 
+id_type!(
+    /// A switch's name as configured (`switches[].name`) and as the ledger
+    /// stores it with a transaction and each attempt.
+    SwitchName,
+    "switch"
+);
+
 impl AccountId {
     /// The settlement account of a switch for a currency: money outside the ledger.
-    pub fn settlement(switch: &str, currency: &Currency) -> Self {
+    pub fn settlement(switch: &SwitchName, currency: &Currency) -> Self {
         Self(format!("settlement:{switch}:{currency}"))
     }
 
@@ -136,6 +157,12 @@ impl Amount {
             return Err(FieldError::new(field, format!("must be at most {max}")));
         }
         Ok(Self(raw))
+    }
+
+    /// An amount the ledger stored (validated when it was accepted): only
+    /// positivity is checked again, the configured maximum may have changed.
+    pub fn stored(raw: i64) -> Option<Self> {
+        (raw > 0).then_some(Self(raw))
     }
 
     pub fn minor_units(self) -> i64 {
@@ -332,7 +359,8 @@ impl TxStatus {
 /// Why a transaction was released, stored as its `reason`: the three
 /// values docs/design.md lists. The ledger stores it as text
 /// ([`ReleaseReason::as_str`]); [`ReleaseReason::parse`] reads it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
     /// The source balance was too low at reservation; never forwarded.
     InsufficientFunds,

@@ -12,7 +12,7 @@ use crate::app::{self, Application};
 use crate::config::{Config, SwitchConfig};
 use crate::devtools::certs::CertPaths;
 use crate::devtools::sim::{self, SimHandle, SimOptions};
-use crate::domain::{AccountId, ClientId, Currency};
+use crate::domain::{AccountId, ClientId, Currency, SwitchName};
 use crate::edge::Authenticator;
 use crate::ledger::{Ledger, NewAccount};
 
@@ -70,7 +70,7 @@ async fn start_sims(config: &mut Config) -> anyhow::Result<Vec<SimHandle>> {
         )
         .await?;
         config.switches.push(SwitchConfig {
-            name,
+            name: SwitchName::parse(&name)?,
             url: handle.url(),
             weight: 1,
         });

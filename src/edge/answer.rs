@@ -93,13 +93,12 @@ fn render(record: &TransactionRecord) -> StoredResponse {
         status: e.status().as_u16(),
         body: e.body(),
     };
-    let reason = record.reason.as_deref().and_then(ReleaseReason::parse);
     match record.status {
         TxStatus::Committed => StoredResponse {
             status: StatusCode::CREATED.as_u16(),
             body: transaction_json(record),
         },
-        TxStatus::Declined => match reason {
+        TxStatus::Declined => match record.reason {
             Some(ReleaseReason::InsufficientFunds) => error(ApiError::InsufficientFunds),
             Some(ReleaseReason::DeclinedBySwitch | ReleaseReason::NoSwitchAvailable) | None => {
                 error(ApiError::DeclinedBySwitch)

@@ -52,7 +52,7 @@ pub(super) async fn get_transaction(
         .transaction(&id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    if !who.has(Role::Auditor) && record.client != who.client.as_str() {
+    if !who.has(Role::Auditor) && record.client != who.client {
         return Err(ApiError::NotFound);
     }
     Ok(json_response(StatusCode::OK, &transaction_json(&record)))
@@ -98,7 +98,7 @@ pub(super) async fn get_account(
 ) -> Result<Response<Body>, ApiError> {
     let id = AccountId::parse(raw_id).map_err(|_| ApiError::NotFound)?;
     let account = state.ledger.account(&id).await?.ok_or(ApiError::NotFound)?;
-    if !who.has(Role::Auditor) && account.owner != who.client.as_str() {
+    if !who.has(Role::Auditor) && account.owner != who.client {
         return Err(ApiError::NotFound);
     }
     Ok(json_response(StatusCode::OK, &account_json(&account)))

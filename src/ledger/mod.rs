@@ -41,7 +41,8 @@ use sql::SqlBackend as _;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    AccountId, ClientId, Currency, TransactionId, TransactionRequest, TxKind, TxStatus,
+    AccountId, Amount, ClientId, Currency, ReleaseReason, SwitchName, TransactionId,
+    TransactionRequest, TxKind, TxStatus,
 };
 
 /// What the ledger can refuse or fail with. The HTTP layer maps each variant to
@@ -90,7 +91,7 @@ impl AccountKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub id: AccountId,
-    pub owner: String,
+    pub owner: ClientId,
     pub currency: Currency,
     pub kind: AccountKind,
     /// Minor units.
@@ -116,19 +117,19 @@ pub struct StoredResponse {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransactionRecord {
     pub id: TransactionId,
-    pub client: String,
+    pub client: ClientId,
     pub kind: TxKind,
     /// debit: the account; transfer: from; credit: None
     pub source: Option<AccountId>,
     /// credit: the account; transfer: to; debit: None
     pub destination: Option<AccountId>,
-    pub amount: i64,
+    pub amount: Amount,
     pub currency: Currency,
     pub metadata: Option<serde_json::Value>,
     pub fingerprint: String,
     pub status: TxStatus,
-    pub reason: Option<String>,
-    pub switch: Option<String>,
+    pub reason: Option<ReleaseReason>,
+    pub switch: Option<SwitchName>,
     pub switch_reference: Option<String>,
     pub attempts: u32,
     pub requeries: u32,
@@ -141,9 +142,9 @@ pub struct TransactionRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {
     pub attempt_no: u32,
-    pub switch: String,
+    pub switch: SwitchName,
     pub started_at_ms: i64,
-    pub outcome: Option<String>,
+    pub outcome: Option<AttemptOutcome>,
     pub error: Option<String>,
 }
 
@@ -188,10 +189,20 @@ impl AttemptOutcome {
             AttemptOutcome::Unknown => "unknown",
         }
     }
-}
 
-/// The reason stored with a reservation refused for lack of funds.
-pub const REASON_INSUFFICIENT_FUNDS: &str = "insufficient_funds";
+    /// A stored outcome; `None` for text no attempt writes.
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            AttemptOutcome::Approved,
+            AttemptOutcome::Declined,
+            AttemptOutcome::NotSent,
+            AttemptOutcome::NotProcessed,
+            AttemptOutcome::Unknown,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == raw)
+    }
+}
 
 /// The ledger handle: cheap to clone (the pool is shared).
 #[derive(Clone)]
@@ -320,7 +331,7 @@ impl Ledger {
         &self,
         client: &ClientId,
         req: &TransactionRequest,
-        switch: Option<&str>,
+        switch: Option<&SwitchName>,
         render: Render,
     ) -> Result<Reserved, LedgerError> {
         self.group.reserve(client, req, switch, render).await
@@ -331,7 +342,7 @@ impl Ledger {
     pub async fn record_attempt(
         &self,
         id: &TransactionId,
-        switch: &str,
+        switch: &SwitchName,
     ) -> Result<u32, LedgerError> {
         dispatch!(self, l => l.record_attempt(id, switch).await)
     }
@@ -353,30 +364,26 @@ impl Ledger {
     pub async fn commit(
         &self,
         id: &TransactionId,
-        switch: &str,
+        switch: &SwitchName,
         reference: &str,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
         let decision = Decision::Commit {
-            switch: switch.to_owned(),
+            switch: switch.clone(),
             reference: reference.to_owned(),
         };
         self.finish(id, decision, None, render).await
     }
 
-    /// Gives held money back and stores `status` (`Declined` or `Failed`) with
+    /// Gives held money back and stores the status `reason` implies, with
     /// `reason` and its response. Idempotent for the same final status.
     pub async fn release(
         &self,
         id: &TransactionId,
-        status: TxStatus,
-        reason: &str,
+        reason: ReleaseReason,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
-        let decision = Decision::Release {
-            status,
-            reason: reason.to_owned(),
-        };
+        let decision = Decision::Release { reason };
         self.finish(id, decision, None, render).await
     }
 

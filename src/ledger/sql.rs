@@ -25,10 +25,12 @@ use sqlx::{
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    Account, AccountKind, AttemptRecord, LedgerError, NewAccount, StoredResponse, TransactionRecord,
+    Account, AccountKind, AttemptOutcome, AttemptRecord, LedgerError, NewAccount, StoredResponse,
+    TransactionRecord,
 };
 use crate::domain::{
-    AccountId, ClientId, Currency, TransactionId, TransactionRequest, TxKind, TxStatus,
+    AccountId, Amount, ClientId, Currency, ReleaseReason, SwitchName, TransactionId,
+    TransactionRequest, TxKind, TxStatus,
 };
 
 /// Why one try of a database transaction ended early.
@@ -187,17 +189,23 @@ impl TxRow {
         };
         Ok(TransactionRecord {
             id: TransactionId::parse(&self.id).map_err(|e| corrupt(what, e))?,
-            client: self.client,
+            client: ClientId::parse(&self.client).map_err(|e| corrupt(what, e))?,
             kind: TxKind::from_db(&self.kind).ok_or_else(|| corrupt(what, &self.kind))?,
             source: account(self.source)?,
             destination: account(self.destination)?,
-            amount: self.amount,
+            amount: Amount::stored(self.amount).ok_or_else(|| corrupt(what, self.amount))?,
             currency: Currency::parse(&self.currency).map_err(|e| corrupt(what, e))?,
             metadata: json(self.metadata)?,
             fingerprint: self.fingerprint,
             status: TxStatus::from_db(&self.status).ok_or_else(|| corrupt(what, &self.status))?,
-            reason: self.reason,
-            switch: self.switch,
+            reason: self
+                .reason
+                .map(|r| ReleaseReason::parse(&r).ok_or_else(|| corrupt(what, r)))
+                .transpose()?,
+            switch: self
+                .switch
+                .map(|s| SwitchName::parse(&s).map_err(|e| corrupt(what, e)))
+                .transpose()?,
             switch_reference: self.switch_reference,
             attempts: count(self.attempts)?,
             requeries: count(self.requeries)?,
@@ -240,7 +248,7 @@ impl AccountRow {
         let what = "account";
         Ok(Account {
             id: AccountId::parse(&self.id).map_err(|e| corrupt(what, e))?,
-            owner: self.owner,
+            owner: ClientId::parse(&self.owner).map_err(|e| corrupt(what, e))?,
             currency: Currency::parse(&self.currency).map_err(|e| corrupt(what, e))?,
             kind: match self.kind.as_str() {
                 "customer" => AccountKind::Customer,
@@ -263,11 +271,15 @@ pub(super) struct AttemptRow {
 
 impl AttemptRow {
     pub(super) fn into_record(self) -> Result<AttemptRecord, LedgerError> {
+        let what = "attempt";
         Ok(AttemptRecord {
-            attempt_no: u32::try_from(self.attempt_no).map_err(|e| corrupt("attempt", e))?,
-            switch: self.switch,
+            attempt_no: u32::try_from(self.attempt_no).map_err(|e| corrupt(what, e))?,
+            switch: SwitchName::parse(&self.switch).map_err(|e| corrupt(what, e))?,
             started_at_ms: self.started_at_ms,
-            outcome: self.outcome,
+            outcome: self
+                .outcome
+                .map(|o| AttemptOutcome::parse(&o).ok_or_else(|| corrupt(what, o)))
+                .transpose()?,
             error: self.error,
         })
     }
@@ -325,11 +337,11 @@ pub(super) fn new_record(
 ) -> TransactionRecord {
     TransactionRecord {
         id: req.id.clone(),
-        client: client.as_str().to_owned(),
+        client: client.clone(),
         kind: req.movement.kind(),
         source: req.movement.source().cloned(),
         destination: req.movement.destination().cloned(),
-        amount: req.amount.minor_units(),
+        amount: req.amount,
         currency: req.currency.clone(),
         metadata: req.metadata.clone(),
         fingerprint: req.fingerprint(),
@@ -487,7 +499,7 @@ where
         tx.commit().await?;
         Ok(Account {
             id: new.id.clone(),
-            owner: new.owner.as_str().to_owned(),
+            owner: new.owner.clone(),
             currency: new.currency.clone(),
             kind: AccountKind::Customer,
             balance: new.opening_balance,
@@ -514,7 +526,11 @@ where
         .await
     }
 
-    async fn record_attempt(&self, id: &TransactionId, switch: &str) -> Result<u32, LedgerError> {
+    async fn record_attempt(
+        &self,
+        id: &TransactionId,
+        switch: &SwitchName,
+    ) -> Result<u32, LedgerError> {
         with_retries(
             "record_attempt",
             self.retries_max(),
@@ -530,7 +546,7 @@ where
                  RETURNING attempts",
                 )
                 .bind(id.as_str())
-                .bind(switch)
+                .bind(switch.as_str())
                 .bind(now)
                 .fetch_optional(tx.conn())
                 .await?;
@@ -543,7 +559,7 @@ where
                 )
                 .bind(id.as_str())
                 .bind(attempt_no)
-                .bind(switch)
+                .bind(switch.as_str())
                 .bind(now)
                 .execute(tx.conn())
                 .await?;

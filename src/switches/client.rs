@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
 use crate::config::{ForwardingConfig, SwitchConfig};
+use crate::domain::SwitchName;
 
 /// A switch's answer to `POST /transactions` or `GET /transactions/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +55,7 @@ struct WireAnswer {
 /// One upstream switch, as configured.
 #[derive(Debug, Clone)]
 pub struct Switch {
-    pub name: String,
+    pub name: SwitchName,
     pub base: Uri,
     pub weight: u32,
 }

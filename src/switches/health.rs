@@ -191,7 +191,7 @@ impl HealthMonitor {
         let name = entry.name();
         self.metrics
             .probes
-            .with_label_values(&[name, if ok { "ok" } else { "failed" }])
+            .with_label_values(&[name.as_str(), if ok { "ok" } else { "failed" }])
             .inc();
         self.metrics
             .switch_up
@@ -199,9 +199,9 @@ impl HealthMonitor {
             .set(i64::from(healthy));
         if healthy != was {
             if healthy {
-                tracing::info!(switch = name, "switch is healthy: back in rotation");
+                tracing::info!(switch = %name, "switch is healthy: back in rotation");
             } else {
-                tracing::warn!(switch = name, "switch is down: out of rotation");
+                tracing::warn!(switch = %name, "switch is down: out of rotation");
             }
         }
     }

@@ -10,6 +10,7 @@ use super::client::Switch;
 use super::health::{ForwardResult, Health};
 use super::view::SwitchView;
 use crate::config::SwitchConfig;
+use crate::domain::SwitchName;
 
 /// Live state of one switch. Its health is written by the health monitor;
 /// the request path only bumps counters and reads.
@@ -36,7 +37,7 @@ impl SwitchState {
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &SwitchName {
         &self.switch.name
     }
 
@@ -69,7 +70,7 @@ impl SwitchState {
     /// What `GET /v1/switches` and the status page show.
     pub fn view(&self) -> SwitchView {
         SwitchView {
-            name: self.switch.name.clone(),
+            name: self.switch.name.to_string(),
             url: self.switch.base.to_string(),
             weight: self.weight(),
             health: self.health.view(),
@@ -156,7 +157,7 @@ impl Switches {
         &self,
         configs: &[SwitchConfig],
         passive_failures_max: u32,
-    ) -> (Vec<String>, Vec<String>) {
+    ) -> (Vec<SwitchName>, Vec<SwitchName>) {
         let old = self.snapshot();
         let mut added = Vec::new();
         let entries: Vec<Arc<SwitchState>> = configs
@@ -233,7 +234,7 @@ mod tests {
 
     fn cfg(name: &str, weight: u32) -> SwitchConfig {
         SwitchConfig {
-            name: name.into(),
+            name: SwitchName::parse(name).unwrap(),
             url: format!("http://127.0.0.1:{}", 9000 + weight),
             weight,
         }
@@ -256,8 +257,7 @@ mod tests {
             .map(|_| {
                 switches
                     .pick(&allowed)
-                    .map(|s| s.switch.name.clone())
-                    .unwrap_or("-".into())
+                    .map_or("-".to_owned(), |s| s.switch.name.to_string())
             })
             .collect()
     }
@@ -284,7 +284,7 @@ mod tests {
             "nothing is in rotation before a probe"
         );
         up(&s);
-        assert_eq!(names(&s, 4, |e| e.name() != "a"), "bbbb");
+        assert_eq!(names(&s, 4, |e| e.name().as_str() != "a"), "bbbb");
         assert!(s.pick(|_| false).is_none());
     }
 
@@ -316,7 +316,7 @@ mod tests {
             .map(|_| {
                 let s = s.clone();
                 std::thread::spawn(move || {
-                    (0..10_000).all(|_| s.pick(|e| e.name() == "c").is_some())
+                    (0..10_000).all(|_| s.pick(|e| e.name().as_str() == "c").is_some())
                 })
             })
             .collect();
@@ -332,7 +332,7 @@ mod tests {
         let (added, removed) = s.replace(&[cfg("b", 1), cfg("c", 1)], 3);
         assert_eq!(
             (added, removed),
-            (vec!["c".to_owned()], vec!["a".to_owned()])
+            (vec![cfg("c", 1).name], vec![cfg("a", 1).name])
         );
         assert_eq!(names(&s, 2, |_| true), "bb", "c waits for its first probe");
     }

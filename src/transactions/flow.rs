@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Outcome, release, release_decision};
+use super::Outcome;
 use crate::domain::{Movement, ReleaseReason, TransactionId, TransactionRequest};
 use crate::ledger::{AttemptEnd, AttemptOutcome, Decision, Ledger, Render};
 use crate::metrics::Metrics;
@@ -140,13 +140,10 @@ impl Forwarder {
         }
 
         // Every switch tried said, provably, that it did not process it.
-        match release(
-            &self.ledger,
-            id,
-            ReleaseReason::NoSwitchAvailable,
-            self.render,
-        )
-        .await
+        match self
+            .ledger
+            .release(id, ReleaseReason::NoSwitchAvailable, self.render)
+            .await
         {
             Ok(record) => Outcome::settled(Box::new(record)),
             Err(e) => self.unsettled(id, &format!("releasing: {e}")).await,
@@ -240,14 +237,14 @@ impl Forwarder {
         let reason = match result {
             Ok(answer) => return Ok(answer),
             Err(ForwardError::NotSent(reason)) => {
-                tracing::warn!(switch = switch.name(), %reason, "switch unreachable; trying another");
+                tracing::warn!(switch = %switch.name(), %reason, "switch unreachable; trying another");
                 self.note(id, switch, end(AttemptOutcome::NotSent, &reason))
                     .await;
                 return Err(Step::Next(Retry::Unreachable));
             }
             Err(ForwardError::Unknown(reason)) => reason,
         };
-        tracing::warn!(switch = switch.name(), %reason, "outcome unknown; requerying");
+        tracing::warn!(switch = %switch.name(), %reason, "outcome unknown; requerying");
         self.note(id, switch, end(AttemptOutcome::Unknown, &reason))
             .await;
         match self
@@ -289,13 +286,15 @@ impl Forwarder {
         let (decision, end) = match answer {
             Answer::Approved { reference } => (
                 Decision::Commit {
-                    switch: switch.name().to_owned(),
+                    switch: switch.name().clone(),
                     reference,
                 },
                 end(AttemptOutcome::Approved, None),
             ),
             Answer::Declined { reason } => (
-                release_decision(ReleaseReason::DeclinedBySwitch),
+                Decision::Release {
+                    reason: ReleaseReason::DeclinedBySwitch,
+                },
                 end(AttemptOutcome::Declined, Some(reason)),
             ),
             Answer::NotProcessed | Answer::NotFound => {
@@ -365,16 +364,16 @@ impl Forwarder {
                 Ok(answer) => {
                     self.metrics
                         .requeries
-                        .with_label_values(&[switch.name(), "answered"])
+                        .with_label_values(&[switch.name().as_str(), "answered"])
                         .inc();
                     return Some(answer);
                 }
                 Err(e) => {
                     self.metrics
                         .requeries
-                        .with_label_values(&[switch.name(), "failed"])
+                        .with_label_values(&[switch.name().as_str(), "failed"])
                         .inc();
-                    tracing::debug!(switch = switch.name(), error = %e, "requery failed");
+                    tracing::debug!(switch = %switch.name(), error = %e, "requery failed");
                 }
             }
         }
@@ -384,7 +383,7 @@ impl Forwarder {
     fn observe(&self, switch: &SwitchState, outcome: AttemptOutcome) {
         self.metrics
             .forwards
-            .with_label_values(&[switch.name(), outcome.as_str()])
+            .with_label_values(&[switch.name().as_str(), outcome.as_str()])
             .inc();
         let result = match outcome {
             AttemptOutcome::Approved => ForwardResult::Approved,

@@ -16,39 +16,3 @@ pub use outcome::Outcome;
 pub use reconciler::{Reconciler, Resolution};
 pub use submit::{Submission, Transactions};
 pub use view::transaction_json;
-
-use crate::domain::{ReleaseReason, TransactionId};
-use crate::ledger::{Decision, Ledger, LedgerError, Render, TransactionRecord};
-
-/// Gives the held money back for `reason`, with the status it implies.
-async fn release(
-    ledger: &Ledger,
-    id: &TransactionId,
-    reason: ReleaseReason,
-    render: Render,
-) -> Result<TransactionRecord, LedgerError> {
-    ledger
-        .release(id, reason.status(), reason.as_str(), render)
-        .await
-}
-
-/// The ledger's decision to release for `reason`.
-fn release_decision(reason: ReleaseReason) -> Decision {
-    Decision::Release {
-        status: reason.status(),
-        reason: reason.as_str().to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ledger_stores_insufficient_funds_as_the_release_reason_reads_it() {
-        assert_eq!(
-            ReleaseReason::parse(crate::ledger::REASON_INSUFFICIENT_FUNDS),
-            Some(ReleaseReason::InsufficientFunds)
-        );
-    }
-}

@@ -62,7 +62,7 @@ impl Outcome {
     ) -> Self {
         // Another client's id, or this id with another payload: "reused",
         // never a look at someone else's transaction.
-        if record.client != client.as_str() || record.fingerprint != request.fingerprint() {
+        if record.client != *client || record.fingerprint != request.fingerprint() {
             return Outcome::Reused;
         }
         match (record.status.is_final(), record.response) {

@@ -20,9 +20,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use super::release;
 use crate::config::{Config, RECONCILE_CONCURRENCY};
-use crate::domain::{ReleaseReason, TransactionId};
+use crate::domain::{ReleaseReason, SwitchName, TransactionId};
 use crate::ledger::{AttemptOutcome, Ledger, LedgerError, Render, TransactionRecord};
 use crate::metrics::Metrics;
 use crate::switches::{Answer, ForwardError, SwitchClient, Switches};
@@ -138,30 +137,24 @@ impl Reconciler {
         let result = if answer.is_ok() { "answered" } else { "failed" };
         self.metrics
             .requeries
-            .with_label_values(&[switch_name, result])
+            .with_label_values(&[switch_name.as_str(), result])
             .inc();
         self.settle(id, switch_name, answer).await
     }
 
     /// Whether the last recorded attempt provably did not reach its switch.
     async fn last_attempt_unprocessed(&self, id: &TransactionId) -> Result<bool, LedgerError> {
-        let unprocessed =
-            [AttemptOutcome::NotSent, AttemptOutcome::NotProcessed].map(AttemptOutcome::as_str);
         let attempts = self.ledger.attempts(id).await?;
-        Ok(attempts
-            .last()
-            .and_then(|last| last.outcome.as_deref())
-            .is_some_and(|o| unprocessed.contains(&o)))
+        Ok(matches!(
+            attempts.last().and_then(|last| last.outcome),
+            Some(AttemptOutcome::NotSent | AttemptOutcome::NotProcessed)
+        ))
     }
 
     async fn release_unsent(&self, id: &TransactionId) -> Result<Resolution, LedgerError> {
-        release(
-            &self.ledger,
-            id,
-            ReleaseReason::NoSwitchAvailable,
-            self.render,
-        )
-        .await?;
+        self.ledger
+            .release(id, ReleaseReason::NoSwitchAvailable, self.render)
+            .await?;
         Ok(Resolution::ReleasedNotSent)
     }
 
@@ -170,10 +163,10 @@ impl Reconciler {
     async fn settle(
         &self,
         id: &TransactionId,
-        switch_name: &str,
+        switch_name: &SwitchName,
         answer: Result<Answer, ForwardError>,
     ) -> Result<Resolution, LedgerError> {
-        let released = |reason| release(&self.ledger, id, reason, self.render);
+        let released = |reason| self.ledger.release(id, reason, self.render);
         Ok(match answer {
             Ok(Answer::Approved { reference }) => {
                 self.ledger

@@ -1,6 +1,6 @@
 //! A transaction as the client API shows it.
 
-use crate::domain::rfc3339_ms;
+use crate::domain::{ReleaseReason, SwitchName, rfc3339_ms};
 use crate::ledger::TransactionRecord;
 
 /// A transaction as the API shows it (docs/design.md, "Reading a transaction").
@@ -26,15 +26,15 @@ pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
         }
         (None, None) => {}
     }
-    let mut optional = |key: &str, value: &Option<String>| {
+    let mut optional = |key: &str, value: Option<&str>| {
         if let Some(v) = value {
             obj.insert(key.into(), serde_json::json!(v));
         }
     };
-    optional("reason", &r.reason);
-    optional("switch", &r.switch);
-    optional("switchReference", &r.switch_reference);
-    optional("lastError", &r.last_error);
+    optional("reason", r.reason.map(ReleaseReason::as_str));
+    optional("switch", r.switch.as_ref().map(SwitchName::as_str));
+    optional("switchReference", r.switch_reference.as_deref());
+    optional("lastError", r.last_error.as_deref());
     if r.requeries > 0 {
         obj.insert("requeries".into(), serde_json::json!(r.requeries));
     }

@@ -22,16 +22,15 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use switchboard::domain::{
-    AccountId, Amount, Movement, TransactionId, TransactionRequest, TxKind, TxStatus,
+    AccountId, Amount, Movement, ReleaseReason, TransactionId, TransactionRequest, TxKind, TxStatus,
 };
 use switchboard::edge::RENDER;
 use switchboard::ledger::{
-    AccountKind, AttemptOutcome, AttemptRecord, Ledger, NewAccount, REASON_INSUFFICIENT_FUNDS,
-    Reserved, TransactionRecord,
+    AccountKind, AttemptOutcome, AttemptRecord, Ledger, NewAccount, Reserved, TransactionRecord,
 };
 use tokio::sync::{Barrier, Semaphore, watch};
 
-use crate::harness::{aid, cid, eur};
+use crate::harness::{aid, cid, eur, sw};
 use crate::{db, harness};
 
 /// (account, owner, opening balance). Two accounts share a client, so a
@@ -298,7 +297,7 @@ impl Run {
         let id = &plan.req.id;
         let attempt = |switch: &'static str, outcome: AttemptOutcome| async move {
             let n = l
-                .record_attempt(id, switch)
+                .record_attempt(id, &sw(switch))
                 .await
                 .unwrap_or_else(|e| panic!("record_attempt {id}: {e}"));
             l.finish_attempt(id, n, outcome, None)
@@ -308,15 +307,15 @@ impl Run {
         let settled = match plan.settle {
             Settle::Commit(switch) => {
                 attempt(switch, AttemptOutcome::Approved).await;
-                l.commit(id, switch, &format!("ref-{id}"), RENDER).await
+                l.commit(id, &sw(switch), &format!("ref-{id}"), RENDER)
+                    .await
             }
             Settle::Decline(switch) => {
                 attempt(switch, AttemptOutcome::Declined).await;
-                l.release(id, TxStatus::Declined, "declined_by_switch", RENDER)
-                    .await
+                l.release(id, ReleaseReason::DeclinedBySwitch, RENDER).await
             }
             Settle::Fail => {
-                l.release(id, TxStatus::Failed, "no_switch_available", RENDER)
+                l.release(id, ReleaseReason::NoSwitchAvailable, RENDER)
                     .await
             }
         };
@@ -506,14 +505,19 @@ async fn check(l: &Ledger, ops: &[Op], answers: &[Answer], seed: u64) {
             .clone()
             .unwrap_or_else(|| panic!("{}", ctx(&format!("{id} was never stored"))));
         assert_eq!(row.id, *id);
-        assert_eq!(row.client, plan.client, "{}", ctx(&format!("{id} client")));
+        assert_eq!(
+            row.client.as_str(),
+            plan.client,
+            "{}",
+            ctx(&format!("{id} client"))
+        );
         assert_eq!(
             row.fingerprint,
             plan.req.fingerprint(),
             "{}",
             ctx(&format!("{id} payload"))
         );
-        assert_eq!(row.amount, plan.req.amount.minor_units(), "{id}");
+        assert_eq!(row.amount, plan.req.amount, "{id}");
         assert_eq!(row.kind, plan.req.movement.kind(), "{id}");
         assert_eq!(row.source.as_ref(), plan.req.movement.source(), "{id}");
         assert_eq!(
@@ -572,7 +576,7 @@ async fn check(l: &Ledger, ops: &[Op], answers: &[Answer], seed: u64) {
                 };
                 assert_eq!(last.status, want, "{}", ctx(&format!("{id}: {last:?}")));
                 if let Settle::Commit(switch) = plan.settle {
-                    assert_eq!(last.switch.as_deref(), Some(switch), "{id}");
+                    assert_eq!(last.switch, Some(sw(switch)), "{id}");
                     assert_eq!(
                         last.switch_reference.as_deref(),
                         Some(format!("ref-{id}").as_str()),
@@ -589,8 +593,8 @@ async fn check(l: &Ledger, ops: &[Op], answers: &[Answer], seed: u64) {
                 }
                 assert_eq!(declined.status, TxStatus::Declined, "{id}");
                 assert_eq!(
-                    declined.reason.as_deref(),
-                    Some(REASON_INSUFFICIENT_FUNDS),
+                    declined.reason,
+                    Some(ReleaseReason::InsufficientFunds),
                     "{id}"
                 );
                 declined
@@ -648,28 +652,25 @@ async fn check(l: &Ledger, ops: &[Op], answers: &[Answer], seed: u64) {
 
         // The attempts the winner recorded, and nothing else.
         match (&winner.got, plan.settle) {
-            (Got::Fresh(_), Settle::Commit(sw) | Settle::Decline(sw)) => {
+            (Got::Fresh(_), Settle::Commit(switch) | Settle::Decline(switch)) => {
                 assert_eq!(attempts.len(), 1, "{}", ctx(&format!("{id}: {attempts:?}")));
-                assert_eq!(attempts[0].switch, sw, "{id}");
+                assert_eq!(attempts[0].switch.as_str(), switch, "{id}");
                 let want = if row.status == TxStatus::Committed {
-                    "approved"
+                    AttemptOutcome::Approved
                 } else {
-                    "declined"
+                    AttemptOutcome::Declined
                 };
-                assert_eq!(attempts[0].outcome.as_deref(), Some(want), "{id}");
+                assert_eq!(attempts[0].outcome, Some(want), "{id}");
             }
             _ => assert_eq!(attempts, &vec![], "{}", ctx(&format!("{id}: attempts"))),
         }
 
         if row.status == TxStatus::Committed {
             committed_stored.insert(id.clone());
-            let amount = row.amount;
+            let amount = row.amount.minor_units();
             let settlement = |row: &TransactionRecord| {
-                AccountId::settlement(
-                    row.switch.as_deref().expect("committed via a switch"),
-                    &eur(),
-                )
-                .to_string()
+                AccountId::settlement(row.switch.as_ref().expect("committed via a switch"), &eur())
+                    .to_string()
             };
             match row.kind {
                 TxKind::Debit => {
@@ -714,7 +715,7 @@ async fn check(l: &Ledger, ops: &[Op], answers: &[Answer], seed: u64) {
     }
     // Nothing settled through a switch the model does not know of.
     for switch in SWITCHES {
-        let id = AccountId::settlement(switch, &eur());
+        let id = AccountId::settlement(&sw(switch), &eur());
         if !expected.contains_key(id.as_str()) {
             assert_eq!(
                 l.account(&id)

@@ -526,6 +526,10 @@ pub fn cid(s: &str) -> switchboard::domain::ClientId {
     switchboard::domain::ClientId::parse(s).unwrap()
 }
 
+pub fn sw(s: &str) -> switchboard::domain::SwitchName {
+    switchboard::domain::SwitchName::parse(s).unwrap()
+}
+
 pub fn eur() -> switchboard::domain::Currency {
     switchboard::domain::Currency::parse("EUR").unwrap()
 }

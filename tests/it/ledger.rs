@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard::domain::{
-    AccountId, Amount, Currency, Movement, TransactionId, TransactionRequest, TxStatus,
+    AccountId, Amount, Currency, Movement, ReleaseReason, TransactionId, TransactionRequest,
+    TxStatus,
 };
 use switchboard::ledger::{
     Account, AccountKind, AttemptOutcome, Ledger, LedgerError, NewAccount, Reserved,
@@ -15,7 +16,7 @@ use switchboard::ledger::{
 };
 
 use crate::db;
-use crate::harness::{aid, cid, eur};
+use crate::harness::{aid, cid, eur, sw};
 
 /// Each behaviour below, once per backend.
 macro_rules! conformance {
@@ -96,7 +97,10 @@ async fn in_memory_sqlite_ledger_keeps_its_data() {
     // Its single connection must outlive idle periods, or the data vanishes.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let tx = fresh(&ledger, "c1", debit("t1", "alice", 40)).await;
-    ledger.commit(&tx.id, "sw-a", "r1", render).await.unwrap();
+    ledger
+        .commit(&tx.id, &sw("sw-a"), "r1", render)
+        .await
+        .unwrap();
     assert_eq!(balance(&ledger, "alice").await, 60);
     assert_eq!(ledger.balance_sum(&eur()).await.unwrap(), 0);
     ledger.close().await;
@@ -157,13 +161,19 @@ async fn postings_workload(l: &Ledger) -> Vec<(&'static str, i64)> {
     open(l, "alice", "c1", 1000).await;
     open(l, "bob", "c2", 500).await;
     fresh(l, "c1", debit("d1", "alice", 100)).await;
-    l.commit(&tid("d1"), "sw-a", "r", render).await.unwrap();
+    l.commit(&tid("d1"), &sw("sw-a"), "r", render)
+        .await
+        .unwrap();
     fresh(l, "c2", credit("c1", "bob", 70)).await;
-    l.commit(&tid("c1"), "sw-a", "r", render).await.unwrap();
+    l.commit(&tid("c1"), &sw("sw-a"), "r", render)
+        .await
+        .unwrap();
     fresh(l, "c1", transfer("x1", "alice", "bob", 200)).await;
-    l.commit(&tid("x1"), "sw-b", "r", render).await.unwrap();
+    l.commit(&tid("x1"), &sw("sw-b"), "r", render)
+        .await
+        .unwrap();
     fresh(l, "c2", debit("d2", "bob", 30)).await;
-    l.release(&tid("d2"), TxStatus::Declined, "declined", render)
+    l.release(&tid("d2"), ReleaseReason::DeclinedBySwitch, render)
         .await
         .unwrap();
     // In flight: held, not posted.
@@ -207,7 +217,7 @@ async fn opening_balance_comes_from_equity(l: &Ledger) {
         alice,
         Account {
             id: aid("alice"),
-            owner: "c1".into(),
+            owner: cid("c1"),
             currency: eur(),
             kind: AccountKind::Customer,
             balance: 1000,
@@ -221,7 +231,7 @@ async fn opening_balance_comes_from_equity(l: &Ledger) {
         .unwrap()
         .unwrap();
     assert_eq!(equity.kind, AccountKind::Settlement);
-    assert_eq!(equity.owner, "system");
+    assert_eq!(equity.owner.as_str(), "system");
     assert_eq!(equity.balance, -1000);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
 
@@ -259,9 +269,12 @@ async fn debit_commit_moves_money_to_settlement(l: &Ledger) {
     assert_eq!(balance(l, "alice").await, 700);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), -300);
 
-    let committed = l.commit(&tid("t1"), "sw-a", "ref-1", render).await.unwrap();
+    let committed = l
+        .commit(&tid("t1"), &sw("sw-a"), "ref-1", render)
+        .await
+        .unwrap();
     assert_eq!(committed.status, TxStatus::Committed);
-    assert_eq!(committed.switch.as_deref(), Some("sw-a"));
+    assert_eq!(committed.switch, Some(sw("sw-a")));
     assert_eq!(committed.switch_reference.as_deref(), Some("ref-1"));
     assert_eq!(
         committed.response,
@@ -270,7 +283,7 @@ async fn debit_commit_moves_money_to_settlement(l: &Ledger) {
     assert_eq!(l.transaction(&tid("t1")).await.unwrap(), Some(committed));
     assert_eq!(balance(l, "alice").await, 700);
     let settlement = l
-        .account(&AccountId::settlement("sw-a", &eur()))
+        .account(&AccountId::settlement(&sw("sw-a"), &eur()))
         .await
         .unwrap()
         .unwrap();
@@ -290,7 +303,10 @@ async fn credit_commit_moves_money_from_settlement(l: &Ledger) {
     assert_eq!(balance(l, "alice").await, 0);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
 
-    let committed = l.commit(&tid("t1"), "sw-b", "ref-9", render).await.unwrap();
+    let committed = l
+        .commit(&tid("t1"), &sw("sw-b"), "ref-9", render)
+        .await
+        .unwrap();
     assert_eq!(committed.status, TxStatus::Committed);
     assert_eq!(balance(l, "alice").await, 250);
     assert_eq!(balance(l, "settlement:sw-b:EUR").await, -250);
@@ -309,7 +325,9 @@ async fn transfer_commit_moves_money_between_customers(l: &Ledger) {
     );
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), -400);
 
-    l.commit(&tid("t1"), "sw-a", "ref-1", render).await.unwrap();
+    l.commit(&tid("t1"), &sw("sw-a"), "ref-1", render)
+        .await
+        .unwrap();
     assert_eq!(
         (balance(l, "alice").await, balance(l, "bob").await),
         (600, 410)
@@ -317,7 +335,7 @@ async fn transfer_commit_moves_money_between_customers(l: &Ledger) {
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
     // Customer to customer: no settlement account is involved.
     let settlement = l
-        .account(&AccountId::settlement("sw-a", &eur()))
+        .account(&AccountId::settlement(&sw("sw-a"), &eur()))
         .await
         .unwrap();
     assert_eq!(settlement, None);
@@ -334,7 +352,7 @@ async fn insufficient_funds_is_stored_declined(l: &Ledger) {
         other => panic!("expected InsufficientFunds, got {other:?}"),
     };
     assert_eq!(declined.status, TxStatus::Declined);
-    assert_eq!(declined.reason.as_deref(), Some("insufficient_funds"));
+    assert_eq!(declined.reason, Some(ReleaseReason::InsufficientFunds));
     assert_eq!(
         declined.response,
         Some(render(&without_response(&declined)))
@@ -353,7 +371,7 @@ async fn insufficient_funds_is_stored_declined(l: &Ledger) {
         Ok(Reserved::Existing(row)) => assert_eq!(row, declined),
         other => panic!("expected Existing, got {other:?}"),
     }
-    let commit = l.commit(&tid("t1"), "sw-a", "r", render).await;
+    let commit = l.commit(&tid("t1"), &sw("sw-a"), "r", render).await;
     assert!(
         matches!(commit, Err(LedgerError::InvalidState(_))),
         "{commit:?}"
@@ -397,14 +415,17 @@ async fn replay_returns_the_stored_row_untouched(l: &Ledger) {
         .reserve(&cid("mallory"), &debit("t1", "mallory-acct", 300), render)
         .await
     {
-        Ok(Reserved::Existing(row)) => assert_eq!(row.client, "c1"),
+        Ok(Reserved::Existing(row)) => assert_eq!(row.client.as_str(), "c1"),
         other => panic!("expected Existing, got {other:?}"),
     }
     assert_eq!(balance(l, "alice").await, 700);
     assert_eq!(balance(l, "mallory-acct").await, 1000);
 
     // After commit, a replay sees the final row with its response.
-    let committed = l.commit(&tid("t1"), "sw-a", "r1", render).await.unwrap();
+    let committed = l
+        .commit(&tid("t1"), &sw("sw-a"), "r1", render)
+        .await
+        .unwrap();
     match l
         .reserve(&cid("c1"), &debit("t1", "alice", 300), render)
         .await
@@ -436,7 +457,9 @@ async fn foreign_or_missing_account_is_not_found(l: &Ledger) {
     // System accounts are nobody's to spend, even for a client named "system".
     open(l, "carol", "c3", 0).await;
     fresh(l, "c3", credit("seed", "carol", 5)).await;
-    l.commit(&tid("seed"), "sw-a", "r", render).await.unwrap();
+    l.commit(&tid("seed"), &sw("sw-a"), "r", render)
+        .await
+        .unwrap();
     let got = l
         .reserve(
             &cid("system"),
@@ -497,11 +520,11 @@ async fn release_returns_held_money(l: &Ledger) {
     open(l, "bob", "c2", 0).await;
     fresh(l, "c1", debit("t1", "alice", 300)).await;
     let failed = l
-        .release(&tid("t1"), TxStatus::Failed, "no_switch_available", render)
+        .release(&tid("t1"), ReleaseReason::NoSwitchAvailable, render)
         .await
         .unwrap();
     assert_eq!(failed.status, TxStatus::Failed);
-    assert_eq!(failed.reason.as_deref(), Some("no_switch_available"));
+    assert_eq!(failed.reason, Some(ReleaseReason::NoSwitchAvailable));
     assert_eq!(failed.response, Some(render(&without_response(&failed))));
     assert_eq!(balance(l, "alice").await, 1000);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
@@ -511,13 +534,13 @@ async fn release_returns_held_money(l: &Ledger) {
     );
     // Same final state again: the stored row, money not returned twice.
     let again = l
-        .release(&tid("t1"), TxStatus::Failed, "no_switch_available", render)
+        .release(&tid("t1"), ReleaseReason::NoSwitchAvailable, render)
         .await
         .unwrap();
     assert_eq!(again, failed);
     assert_eq!(balance(l, "alice").await, 1000);
     let other = l
-        .release(&tid("t1"), TxStatus::Declined, "declined", render)
+        .release(&tid("t1"), ReleaseReason::DeclinedBySwitch, render)
         .await;
     assert!(
         matches!(other, Err(LedgerError::InvalidState(_))),
@@ -526,7 +549,7 @@ async fn release_returns_held_money(l: &Ledger) {
 
     fresh(l, "c1", transfer("t2", "alice", "bob", 400)).await;
     let declined = l
-        .release(&tid("t2"), TxStatus::Declined, "declined", render)
+        .release(&tid("t2"), ReleaseReason::DeclinedBySwitch, render)
         .await
         .unwrap();
     assert_eq!(declined.status, TxStatus::Declined);
@@ -536,18 +559,17 @@ async fn release_returns_held_money(l: &Ledger) {
     );
 
     fresh(l, "c1", credit("t3", "alice", 50)).await;
-    l.release(&tid("t3"), TxStatus::Declined, "declined", render)
+    l.release(&tid("t3"), ReleaseReason::DeclinedBySwitch, render)
         .await
         .unwrap();
     assert_eq!(balance(l, "alice").await, 1000);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
 
-    fresh(l, "c1", debit("t4", "alice", 1)).await;
-    let bad = l
-        .release(&tid("t4"), TxStatus::Committed, "x", render)
+    // A release to `committed` is not expressible: its status comes from the
+    // ReleaseReason.
+    let missing = l
+        .release(&tid("nope"), ReleaseReason::NoSwitchAvailable, render)
         .await;
-    assert!(matches!(bad, Err(LedgerError::InvalidState(_))), "{bad:?}");
-    let missing = l.release(&tid("nope"), TxStatus::Failed, "x", render).await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
@@ -557,34 +579,42 @@ async fn release_returns_held_money(l: &Ledger) {
 async fn commit_is_idempotent_and_final_states_stay_final(l: &Ledger) {
     open(l, "alice", "c1", 1000).await;
     fresh(l, "c1", debit("t1", "alice", 300)).await;
-    let first = l.commit(&tid("t1"), "sw-a", "ref-1", render).await.unwrap();
-    let second = l.commit(&tid("t1"), "sw-b", "ref-2", render).await.unwrap();
+    let first = l
+        .commit(&tid("t1"), &sw("sw-a"), "ref-1", render)
+        .await
+        .unwrap();
+    let second = l
+        .commit(&tid("t1"), &sw("sw-b"), "ref-2", render)
+        .await
+        .unwrap();
     assert_eq!(second, first);
     assert_eq!(balance(l, "settlement:sw-a:EUR").await, 300);
     assert_eq!(
-        l.account(&AccountId::settlement("sw-b", &eur()))
+        l.account(&AccountId::settlement(&sw("sw-b"), &eur()))
             .await
             .unwrap(),
         None
     );
-    let release = l.release(&tid("t1"), TxStatus::Failed, "x", render).await;
+    let release = l
+        .release(&tid("t1"), ReleaseReason::NoSwitchAvailable, render)
+        .await;
     assert!(
         matches!(release, Err(LedgerError::InvalidState(_))),
         "{release:?}"
     );
 
     fresh(l, "c1", debit("t2", "alice", 100)).await;
-    l.release(&tid("t2"), TxStatus::Declined, "declined", render)
+    l.release(&tid("t2"), ReleaseReason::DeclinedBySwitch, render)
         .await
         .unwrap();
-    let commit = l.commit(&tid("t2"), "sw-a", "ref-3", render).await;
+    let commit = l.commit(&tid("t2"), &sw("sw-a"), "ref-3", render).await;
     assert!(
         matches!(commit, Err(LedgerError::InvalidState(_))),
         "{commit:?}"
     );
     assert_eq!(balance(l, "alice").await, 700);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
-    let missing = l.commit(&tid("nope"), "sw-a", "r", render).await;
+    let missing = l.commit(&tid("nope"), &sw("sw-a"), "r", render).await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
@@ -595,7 +625,7 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
     open(l, "alice", "c1", 1000).await;
     fresh(l, "c1", debit("t1", "alice", 10)).await;
     assert_eq!(l.attempts(&tid("t1")).await.unwrap(), vec![]);
-    assert_eq!(l.record_attempt(&tid("t1"), "sw-a").await.unwrap(), 1);
+    assert_eq!(l.record_attempt(&tid("t1"), &sw("sw-a")).await.unwrap(), 1);
     l.finish_attempt(
         &tid("t1"),
         1,
@@ -604,9 +634,9 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
     )
     .await
     .unwrap();
-    assert_eq!(l.record_attempt(&tid("t1"), "sw-b").await.unwrap(), 2);
+    assert_eq!(l.record_attempt(&tid("t1"), &sw("sw-b")).await.unwrap(), 2);
     let row = l.transaction(&tid("t1")).await.unwrap().unwrap();
-    assert_eq!((row.attempts, row.switch.as_deref()), (2, Some("sw-b")));
+    assert_eq!((row.attempts, row.switch), (2, Some(sw("sw-b"))));
 
     let attempts = l.attempts(&tid("t1")).await.unwrap();
     assert_eq!(attempts.len(), 2);
@@ -614,14 +644,14 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
         (attempts[0].attempt_no, attempts[0].switch.as_str()),
         (1, "sw-a")
     );
-    assert_eq!(attempts[0].outcome.as_deref(), Some("not_processed"));
+    assert_eq!(attempts[0].outcome, Some(AttemptOutcome::NotProcessed));
     assert_eq!(attempts[0].error.as_deref(), Some("connection refused"));
     assert_eq!(
         (attempts[1].attempt_no, attempts[1].switch.as_str()),
         (2, "sw-b")
     );
     assert_eq!(
-        (attempts[1].outcome.as_deref(), attempts[1].error.as_deref()),
+        (attempts[1].outcome, attempts[1].error.as_deref()),
         (None, None)
     );
     assert!(attempts[0].started_at_ms <= attempts[1].started_at_ms);
@@ -634,7 +664,7 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
         .await
         .unwrap();
     let attempts = l.attempts(&tid("t1")).await.unwrap();
-    assert_eq!(attempts[1].outcome.as_deref(), Some("approved"));
+    assert_eq!(attempts[1].outcome, Some(AttemptOutcome::Approved));
 
     let missing = l
         .finish_attempt(&tid("t1"), 3, AttemptOutcome::Approved, None)
@@ -643,15 +673,18 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
     );
-    let missing = l.record_attempt(&tid("nope"), "sw-a").await;
+    let missing = l.record_attempt(&tid("nope"), &sw("sw-a")).await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
     );
 
-    let committed = l.commit(&tid("t1"), "sw-b", "ref", render).await.unwrap();
+    let committed = l
+        .commit(&tid("t1"), &sw("sw-b"), "ref", render)
+        .await
+        .unwrap();
     assert_eq!(committed.attempts, 2);
-    let late = l.record_attempt(&tid("t1"), "sw-c").await;
+    let late = l.record_attempt(&tid("t1"), &sw("sw-c")).await;
     assert!(
         matches!(late, Err(LedgerError::InvalidState(_))),
         "{late:?}"
@@ -693,7 +726,10 @@ async fn pending_and_requeries_keep_money_held(l: &Ledger) {
 
     assert_eq!(l.count_unfinished().await.unwrap(), 2);
 
-    let committed = l.commit(&tid("t1"), "sw-a", "ref", render).await.unwrap();
+    let committed = l
+        .commit(&tid("t1"), &sw("sw-a"), "ref", render)
+        .await
+        .unwrap();
     assert_eq!(l.count_unfinished().await.unwrap(), 1);
     assert_eq!(
         (committed.status, committed.requeries),
@@ -763,7 +799,7 @@ async fn opposite_transfers_do_not_deadlock(l: &Ledger) {
                     ("cb", transfer(&format!("ba{i}"), "acct-b", "acct-a", 1))
                 };
                 match l.reserve(&cid(client), &req, render).await? {
-                    Reserved::Fresh(row) => l.commit(&row.id, "sw-a", "ref", render).await,
+                    Reserved::Fresh(row) => l.commit(&row.id, &sw("sw-a"), "ref", render).await,
                     other => panic!("unexpected {other:?}"),
                 }
             })
@@ -785,7 +821,9 @@ async fn claimed_rows_are_leased_until_expiry(l: &Ledger) {
     }
     // Settled rows are never claimed.
     fresh(l, "c1", debit("done", "alice", 1)).await;
-    l.commit(&tid("done"), "sw-a", "r", render).await.unwrap();
+    l.commit(&tid("done"), &sw("sw-a"), "r", render)
+        .await
+        .unwrap();
 
     // Too young for a one-minute threshold.
     assert_eq!(l.claim_stale(60_000, 60_000, 100).await.unwrap(), vec![]);

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard::devtools::sim::SimHandle;
-use switchboard::domain::{AccountId, Currency, TransactionId, TxStatus};
+use switchboard::domain::{
+    AccountId, Currency, ReleaseReason, SwitchName, TransactionId, TxStatus,
+};
 
 use crate::harness::{self, GatewayProcess, eventually};
 
@@ -447,8 +449,8 @@ async fn postgres_stopped_mid_load_and_restarted_loses_nothing_and_runs_nothing_
             (Ok((201, _)), Some(r)) => assert_eq!(r.status, TxStatus::Committed, "{}", s.id),
             (Ok((201, _)), None) => panic!("{} answered 201 but is not in the ledger", s.id),
             (Ok((422, _)), r) => assert_eq!(
-                r.as_ref().map(|r| (r.status, r.reason.clone())),
-                Some((TxStatus::Declined, Some("insufficient_funds".into()))),
+                r.as_ref().map(|r| (r.status, r.reason)),
+                Some((TxStatus::Declined, Some(ReleaseReason::InsufficientFunds))),
                 "{}",
                 s.id
             ),
@@ -461,7 +463,12 @@ async fn postgres_stopped_mid_load_and_restarted_loses_nothing_and_runs_nothing_
                 assert!(committed.insert(s.id.clone()), "{} sent twice", s.id);
                 assert_eq!(at.len(), 1, "{} committed but approved by no switch", s.id);
                 let (sim, reference) = &at[0];
-                assert_eq!(r.switch.as_deref(), Some(sim.as_str()), "{}", s.id);
+                assert_eq!(
+                    r.switch.as_ref().map(SwitchName::as_str),
+                    Some(sim.as_str()),
+                    "{}",
+                    s.id
+                );
                 assert_eq!(r.switch_reference.as_ref(), Some(reference), "{}", s.id);
             }
             Some(r) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchboard::devtools::sim::{self, Mode, SimHandle, SimOptions};
-use switchboard::domain::{Currency, TransactionId, TxStatus};
+use switchboard::domain::{Currency, SwitchName, TransactionId, TxStatus};
 use switchboard::ledger::Ledger;
 use tokio::sync::Semaphore;
 
@@ -121,7 +121,11 @@ async fn assert_ledger_matches_sims(ledger: &Ledger, sims: &[SimHandle], ids: &[
                 TxStatus::Committed => {
                     committed += 1;
                     assert_eq!(at.len(), 1, "{id} committed but at no switch");
-                    assert_eq!(r.switch.as_deref(), Some(at[0].name.as_str()), "{id}");
+                    assert_eq!(
+                        r.switch.as_ref().map(SwitchName::as_str),
+                        Some(at[0].name.as_str()),
+                        "{id}"
+                    );
                     let outcome = at[0].outcome(id).unwrap();
                     assert_eq!(outcome.status, "approved");
                     assert_eq!(r.switch_reference, outcome.reference);
@@ -534,7 +538,10 @@ async fn a_live_switch_list_reload_adds_removes_and_rejects_broken_files() {
         },
     )
     .await;
-    assert_eq!(gw.state.switches.snapshot().entries[0].name(), "sim-2");
+    assert_eq!(
+        gw.state.switches.snapshot().entries[0].name().as_str(),
+        "sim-2"
+    );
     assert_eq!(send().await.status, 201);
 }
 

@@ -48,13 +48,11 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::sql::{
     AccountRow, Fail, SqlBackend, check_destination, check_owned, new_record, now_ms,
 };
-use super::{
-    AttemptOutcome, LedgerError, REASON_INSUFFICIENT_FUNDS, Render, Reserved, StoredResponse,
-    TransactionRecord,
-};
+use super::{AttemptOutcome, LedgerError, Render, Reserved, StoredResponse, TransactionRecord};
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    AccountId, ClientId, Currency, Movement, TransactionRequest, TxKind, TxStatus,
+    AccountId, ClientId, Currency, Movement, ReleaseReason, SwitchName, TransactionRequest, TxKind,
+    TxStatus,
 };
 
 /// The bounds of group commit, from `[ledger]`.
@@ -101,24 +99,20 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// The switch approved it: complete the movement.
-    Commit { switch: String, reference: String },
-    /// Give the held money back and store `status` (declined or failed).
-    Release { status: TxStatus, reason: String },
+    Commit {
+        switch: SwitchName,
+        reference: String,
+    },
+    /// Give the held money back and store the status the reason implies.
+    Release { reason: ReleaseReason },
 }
 
 impl Decision {
-    /// The final status the transaction takes; a release may only end
-    /// `declined` or `failed`.
-    fn target(&self) -> Result<TxStatus, LedgerError> {
+    /// The final status the transaction takes.
+    fn target(&self) -> TxStatus {
         match self {
-            Decision::Commit { .. } => Ok(TxStatus::Committed),
-            Decision::Release { status, .. } => match status {
-                TxStatus::Declined | TxStatus::Failed => Ok(*status),
-                s => Err(LedgerError::InvalidState(format!(
-                    "release to {}",
-                    s.as_str()
-                ))),
-            },
+            Decision::Commit { .. } => TxStatus::Committed,
+            Decision::Release { reason } => reason.status(),
         }
     }
 }
@@ -135,7 +129,7 @@ pub(super) struct ReserveOp {
     client: ClientId,
     req: TransactionRequest,
     /// The switch the first attempt goes to, recorded in the same batch.
-    first_attempt: Option<String>,
+    first_attempt: Option<SwitchName>,
     render: Render,
     reply: oneshot::Sender<Result<Reserved, LedgerError>>,
 }
@@ -310,14 +304,14 @@ impl Group {
         &self,
         client: &ClientId,
         req: &TransactionRequest,
-        first_attempt: Option<&str>,
+        first_attempt: Option<&SwitchName>,
         render: Render,
     ) -> Result<Reserved, LedgerError> {
         let (reply, answer) = oneshot::channel();
         let op = ReserveOp {
             client: client.clone(),
             req: req.clone(),
-            first_attempt: first_attempt.map(str::to_owned),
+            first_attempt: first_attempt.cloned(),
             render,
             reply,
         };
@@ -553,12 +547,13 @@ fn plan_reserves(ops: &[ReserveOp], existing: &Rows, accounts: &Accounts, now: i
             if let Some(switch) = &op.first_attempt {
                 row.attempts = 1;
                 row.switch = Some(switch.clone());
-                plan.first_attempts.push((id.to_owned(), switch.clone()));
+                plan.first_attempts
+                    .push((id.to_owned(), switch.as_str().to_owned()));
             }
             row
         } else {
             let mut row = new_record(&op.client, &op.req, TxStatus::Declined, now);
-            row.reason = Some(REASON_INSUFFICIENT_FUNDS.to_owned());
+            row.reason = Some(ReleaseReason::InsufficientFunds);
             row.response = Some((op.render)(&row));
             row
         };
@@ -645,10 +640,9 @@ fn plan_finishes(ops: &[FinishOp], mut rows: Rows, accounts: &Accounts, now: i64
                 end.error.clone(),
             ));
         }
-        let answer = match (op.decision.target(), rows.get_mut(op.id.as_str())) {
-            (Err(e), _) => Err(e),
-            (Ok(_), None) => Err(LedgerError::TransactionNotFound),
-            (Ok(target), Some(row)) => plan_finish(op, target, row, accounts, now, &mut plan),
+        let answer = match rows.get_mut(op.id.as_str()) {
+            None => Err(LedgerError::TransactionNotFound),
+            Some(row) => plan_finish(op, op.decision.target(), row, accounts, now, &mut plan),
         };
         plan.answers.push(answer);
     }
@@ -686,14 +680,14 @@ fn plan_finish(
             done.switch_reference = Some(reference.clone());
             (moves, done)
         }
-        Decision::Release { reason, .. } => {
+        Decision::Release { reason } => {
             let mut moves = Vec::new();
             if let Some(source) = &row.source {
                 customer(accounts, source)?;
-                moves.push((source.as_str().to_owned(), row.amount));
+                moves.push((source.as_str().to_owned(), row.amount.minor_units()));
             }
             let mut done = row.clone();
-            done.reason = Some(reason.clone());
+            done.reason = Some(*reason);
             (moves, done)
         }
     };
@@ -707,8 +701,9 @@ fn plan_finish(
     if let Decision::Commit { switch, .. } = &op.decision {
         let (from, to) = posting_ends(row, switch)?;
         let id = row.id.as_str();
-        plan.postings.push((id.to_owned(), from, -row.amount));
-        plan.postings.push((id.to_owned(), to, row.amount));
+        let amount = row.amount.minor_units();
+        plan.postings.push((id.to_owned(), from, -amount));
+        plan.postings.push((id.to_owned(), to, amount));
     }
     *row = done.clone();
     plan.finals.push(done.clone());
@@ -719,7 +714,7 @@ fn plan_finish(
 /// a debit's goes to settlement, a credit's comes from it.
 fn commit_moves(
     row: &TransactionRecord,
-    switch: &str,
+    switch: &SwitchName,
     accounts: &Accounts,
 ) -> Result<Vec<(String, i64)>, LedgerError> {
     let settlement = AccountId::settlement(switch, &row.currency);
@@ -732,7 +727,7 @@ fn commit_moves(
             ))),
         }
     };
-    let amount = row.amount;
+    let amount = row.amount.minor_units();
     Ok(match row.kind {
         TxKind::Debit => vec![(system()?, amount)],
         TxKind::Credit => {
@@ -755,7 +750,10 @@ fn commit_moves(
 }
 
 /// `(from, to)` of a commit's two postings.
-fn posting_ends(row: &TransactionRecord, switch: &str) -> Result<(String, String), LedgerError> {
+fn posting_ends(
+    row: &TransactionRecord,
+    switch: &SwitchName,
+) -> Result<(String, String), LedgerError> {
     let settlement = AccountId::settlement(switch, &row.currency);
     let source = || row.source.as_ref().ok_or_else(|| missing(row, "source"));
     let dest = || {

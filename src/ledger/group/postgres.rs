@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use sqlx::postgres::PgConnection;
 
 use super::{Accounts, FinishPlan, ReservePlan, Rows, check_rows, response_of};
-use crate::domain::Currency;
+use crate::domain::{Currency, ReleaseReason, SwitchName};
 use crate::ledger::TransactionRecord;
 use crate::ledger::sql::{AccountRow, Fail, TxRow, account_columns, tx_columns};
 
@@ -184,7 +184,7 @@ struct Columns {
     metadata: Vec<Option<String>>,
     fingerprint: Vec<String>,
     status: Vec<&'static str>,
-    reason: Vec<Option<String>>,
+    reason: Vec<Option<&'static str>>,
     switch: Vec<Option<String>>,
     attempts: Vec<i64>,
     response_status: Vec<Option<i64>>,
@@ -216,20 +216,21 @@ impl Columns {
 
     fn push(&mut self, r: &TransactionRecord) -> Result<(), Fail> {
         self.id.push(r.id.as_str().to_owned());
-        self.client.push(r.client.clone());
+        self.client.push(r.client.as_str().to_owned());
         self.kind.push(r.kind.as_str());
         self.source
             .push(r.source.as_ref().map(|a| a.as_str().to_owned()));
         self.destination
             .push(r.destination.as_ref().map(|a| a.as_str().to_owned()));
-        self.amount.push(r.amount);
+        self.amount.push(r.amount.minor_units());
         self.currency.push(r.currency.as_str().to_owned());
         self.metadata
             .push(r.metadata.as_ref().map(|m| m.to_string()));
         self.fingerprint.push(r.fingerprint.clone());
         self.status.push(r.status.as_str());
-        self.reason.push(r.reason.clone());
-        self.switch.push(r.switch.clone());
+        self.reason.push(r.reason.map(ReleaseReason::as_str));
+        self.switch
+            .push(r.switch.as_ref().map(|s| s.as_str().to_owned()));
         self.attempts.push(i64::from(r.attempts));
         let response = if r.status.is_final() {
             Some(response_of(r)?)
@@ -396,8 +397,8 @@ impl<'a> Finals<'a> {
             let response = response_of(r)?;
             f.id.push(r.id.as_str());
             f.status.push(r.status.as_str());
-            f.reason.push(r.reason.as_deref());
-            f.switch.push(r.switch.as_deref());
+            f.reason.push(r.reason.map(ReleaseReason::as_str));
+            f.switch.push(r.switch.as_ref().map(SwitchName::as_str));
             f.reference.push(r.switch_reference.as_deref());
             f.response_status.push(i64::from(response.status));
             f.response_body.push(response.body.to_string());

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use sqlx::sqlite::SqliteConnection;
 
 use super::{Accounts, Rows, check_rows, response_of};
-use crate::domain::Currency;
+use crate::domain::{Currency, ReleaseReason, SwitchName};
 use crate::ledger::TransactionRecord;
 use crate::ledger::sql::{AccountRow, Fail, TxRow, account_columns, tx_columns};
 
@@ -108,17 +108,17 @@ pub(super) async fn insert_transactions(
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(r.id.as_str())
-        .bind(&r.client)
+        .bind(r.client.as_str())
         .bind(r.kind.as_str())
         .bind(r.source.as_ref().map(|a| a.as_str()))
         .bind(r.destination.as_ref().map(|a| a.as_str()))
-        .bind(r.amount)
+        .bind(r.amount.minor_units())
         .bind(r.currency.as_str())
         .bind(r.metadata.as_ref().map(|m| m.to_string()))
         .bind(&r.fingerprint)
         .bind(r.status.as_str())
-        .bind(r.reason.as_deref())
-        .bind(r.switch.as_deref())
+        .bind(r.reason.map(ReleaseReason::as_str))
+        .bind(r.switch.as_ref().map(SwitchName::as_str))
         .bind(i64::from(r.attempts))
         .bind(response.map(|s| i64::from(s.status)))
         .bind(response.map(|s| s.body.to_string()))
@@ -186,8 +186,8 @@ pub(super) async fn store_finals(
         )
         .bind(r.id.as_str())
         .bind(r.status.as_str())
-        .bind(r.reason.as_deref())
-        .bind(r.switch.as_deref())
+        .bind(r.reason.map(ReleaseReason::as_str))
+        .bind(r.switch.as_ref().map(SwitchName::as_str))
         .bind(r.switch_reference.as_deref())
         .bind(i64::from(response.status))
         .bind(response.body.to_string())
