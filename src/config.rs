@@ -422,6 +422,35 @@ pub struct ForwardingConfig {
     pub client_cert: Option<PathBuf>,
     /// Private key (PEM) of `client_cert`.
     pub client_key: Option<PathBuf>,
+    /// Where a fresh transaction goes among the switches in rotation.
+    pub balancing: Balancing,
+    /// `least_latency`: time constant of the peak-EWMA of each switch's
+    /// forward latency, ms. An idle switch's estimate decays toward zero over
+    /// it, so a switch that was slow is tried again.
+    pub ewma_decay_ms: u64,
+    /// A switch back in rotation ramps its share up over this window, ms,
+    /// starting at a tenth; 0 turns slow start off.
+    pub slow_start_ms: u64,
+}
+
+/// `forwarding.balancing`: how a fresh attempt's switch is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancing {
+    /// Smooth weighted round-robin, in weight proportion.
+    RoundRobin,
+    /// The better of two random switches by peak-EWMA latency times
+    /// outstanding attempts, divided by weight.
+    LeastLatency,
+}
+
+impl Balancing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balancing::RoundRobin => "round_robin",
+            Balancing::LeastLatency => "least_latency",
+        }
+    }
 }
 
 /// `[health]`: the switch health monitor.
@@ -438,6 +467,31 @@ pub struct HealthConfig {
     pub healthy_threshold: u32,
     /// Failed forwards in a row that take a switch out at once (passive ejection).
     pub passive_failures_max: u32,
+    /// Success-rate outlier detection: the window each switch's attempts are
+    /// counted over, ms.
+    pub outlier_interval_ms: u64,
+    /// Fewest attempts in a window for its failure share to count.
+    pub outlier_min_requests: u64,
+    /// A switch whose failed attempts (not sent, not processed, unknown) are
+    /// at least this share of a window's attempts is ejected, percent.
+    pub outlier_failure_percent: u8,
+    /// First ejection time, ms; each repeat ejection adds as much again.
+    pub outlier_base_ejection_ms: u64,
+    /// Longest ejection, ms.
+    pub outlier_max_ejection_ms: u64,
+    /// Most switches ejected by success rate at once, percent of the list
+    /// (at least one switch may always be ejected).
+    pub outlier_max_ejection_percent: u8,
+    /// Fewer switches than this share in rotation is a panic: metric, log and
+    /// status page say so loudly, percent. Routing still goes only to
+    /// switches that are up.
+    pub panic_threshold_percent: u8,
+}
+
+impl HealthConfig {
+    pub fn outlier_interval(&self) -> Duration {
+        Duration::from_millis(self.outlier_interval_ms)
+    }
 }
 
 impl HealthConfig {
@@ -697,12 +751,40 @@ impl Config {
         positive("health.unhealthy_threshold", h.unhealthy_threshold as u64);
         positive("health.healthy_threshold", h.healthy_threshold as u64);
         positive("health.passive_failures_max", h.passive_failures_max as u64);
+        positive("health.outlier_interval_ms", h.outlier_interval_ms);
+        positive("health.outlier_min_requests", h.outlier_min_requests);
+        positive(
+            "health.outlier_base_ejection_ms",
+            h.outlier_base_ejection_ms,
+        );
+        positive("forwarding.ewma_decay_ms", f.ewma_decay_ms);
         let r = &self.reconciler;
         positive("reconciler.interval_ms", r.interval_ms);
         positive("reconciler.lease_ms", r.lease_ms);
         positive("reconciler.batch_max", r.batch_max as u64);
         positive("reconciler.requery_timeout_ms", r.requery_timeout_ms);
         positive("auth.token_ttl_s", self.auth.token_ttl_s);
+        for (key, pct) in [
+            ("health.outlier_failure_percent", h.outlier_failure_percent),
+            (
+                "health.outlier_max_ejection_percent",
+                h.outlier_max_ejection_percent,
+            ),
+            ("health.panic_threshold_percent", h.panic_threshold_percent),
+        ] {
+            if pct > 100 {
+                p.push(format!("{key}: must be at most 100"));
+            }
+        }
+        if h.outlier_failure_percent == 0 {
+            p.push("health.outlier_failure_percent: must be greater than 0".into());
+        }
+        if h.outlier_max_ejection_ms < h.outlier_base_ejection_ms {
+            p.push(
+                "health.outlier_max_ejection_ms: must be at least health.outlier_base_ejection_ms"
+                    .into(),
+            );
+        }
 
         if s.listen == s.ops_listen && s.listen.port() != 0 {
             p.push("server.ops_listen: must differ from server.listen".into());

@@ -4,8 +4,8 @@
 //! switch name, outcome). Never a transaction, account or client id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 1 ms to 10 s.
@@ -73,6 +73,13 @@ pub struct Metrics {
     pub forward_duration: HistogramVec,
     pub ledger_duration: Histogram,
     pub switch_up: IntGaugeVec,
+    pub switch_latency_ewma: GaugeVec,
+    pub switch_score: GaugeVec,
+    pub switch_success_ratio: GaugeVec,
+    pub switch_traffic_share: GaugeVec,
+    pub switch_picks: IntCounterVec,
+    pub switch_outlier_ejections: IntCounterVec,
+    pub switches_panic: IntGauge,
     pub probes: IntCounterVec,
     pub retries: IntCounterVec,
     pub requeries: IntCounterVec,
@@ -168,6 +175,59 @@ impl Metrics {
                 &["switch"],
             )
             .expect("valid metric"),
+            switch_latency_ewma: GaugeVec::new(
+                Opts::new(
+                    "switch_latency_ewma_seconds",
+                    "Peak-EWMA of the switch's forward latency (least_latency balancing), decayed to the last health round.",
+                ),
+                &["switch"],
+            )
+            .expect("valid metric"),
+            switch_score: GaugeVec::new(
+                Opts::new(
+                    "switch_balancing_score",
+                    "least_latency score at the last health round: EWMA latency (s) x (outstanding + 1) / weight / slow-start share; lower wins.",
+                ),
+                &["switch"],
+            )
+            .expect("valid metric"),
+            switch_success_ratio: GaugeVec::new(
+                Opts::new(
+                    "switch_success_ratio",
+                    "Decided (approved or declined) share of the switch's attempts in the last outlier window with enough volume.",
+                ),
+                &["switch"],
+            )
+            .expect("valid metric"),
+            switch_traffic_share: GaugeVec::new(
+                Opts::new(
+                    "switch_traffic_share",
+                    "Share of fresh attempts sent to the switch during the last health round (0 to 1).",
+                ),
+                &["switch"],
+            )
+            .expect("valid metric"),
+            switch_picks: IntCounterVec::new(
+                Opts::new(
+                    "switch_picks_total",
+                    "Fresh attempts the balancer sent to the switch (counted at each health round).",
+                ),
+                &["switch"],
+            )
+            .expect("valid metric"),
+            switch_outlier_ejections: IntCounterVec::new(
+                Opts::new(
+                    "switch_outlier_ejections_total",
+                    "Times the switch was ejected by success rate (outlier detection).",
+                ),
+                &["switch"],
+            )
+            .expect("valid metric"),
+            switches_panic: IntGauge::new(
+                "switches_panic",
+                "1 while fewer switches than health.panic_threshold_percent of the list are in rotation.",
+            )
+            .expect("valid metric"),
             probes: IntCounterVec::new(
                 Opts::new("switch_probes_total", "Health probes, by switch and result (ok, failed)."),
                 &["switch", "result"],
@@ -252,6 +312,13 @@ impl Metrics {
             Box::new(m.forward_duration.clone()),
             Box::new(m.ledger_duration.clone()),
             Box::new(m.switch_up.clone()),
+            Box::new(m.switch_latency_ewma.clone()),
+            Box::new(m.switch_score.clone()),
+            Box::new(m.switch_success_ratio.clone()),
+            Box::new(m.switch_traffic_share.clone()),
+            Box::new(m.switch_picks.clone()),
+            Box::new(m.switch_outlier_ejections.clone()),
+            Box::new(m.switches_panic.clone()),
             Box::new(m.probes.clone()),
             Box::new(m.retries.clone()),
             Box::new(m.requeries.clone()),

@@ -14,7 +14,7 @@ use crate::edge::tls::{self, TlsError};
 use crate::edge::{self, AppState, Authenticator, Limiter, RENDER};
 use crate::ledger::{GroupConfig, Ledger, LedgerError};
 use crate::metrics::Metrics;
-use crate::switches::{SwitchClient, Switches};
+use crate::switches::{BalanceSettings, SwitchClient, Switches};
 use crate::transactions::Transactions;
 
 /// Why the gateway could not start.
@@ -72,6 +72,7 @@ impl Application {
         let switches = Arc::new(Switches::new(
             &config.switches,
             config.health.passive_failures_max,
+            BalanceSettings::from_config(&config.forwarding),
         ));
         let metrics = Metrics::new();
         metrics.register_all(ledger.collectors());

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, Sources};
 use crate::edge::{Authenticator, Limiter};
 use crate::metrics::Metrics;
-use crate::switches::Switches;
+use crate::switches::{BalanceSettings, Switches};
 
 /// File events are coalesced for this long before a reload.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -116,11 +116,22 @@ impl Reloader {
         new.ledger.writers = old.ledger.writers;
         new.log = old.log.clone();
 
-        let (added, removed) = self
-            .switches
-            .replace(&new.switches, new.health.passive_failures_max);
+        let (added, removed) = self.switches.replace(
+            &new.switches,
+            new.health.passive_failures_max,
+            BalanceSettings::from_config(&new.forwarding),
+        );
         for name in &removed {
-            let _ = self.metrics.switch_up.remove_label_values(&[name]);
+            let m = &self.metrics;
+            for gauge in [
+                &m.switch_latency_ewma,
+                &m.switch_score,
+                &m.switch_success_ratio,
+                &m.switch_traffic_share,
+            ] {
+                let _ = gauge.remove_label_values(&[name.as_str()]);
+            }
+            let _ = m.switch_up.remove_label_values(&[name.as_str()]);
         }
         tracing::info!(
             ?added,

@@ -115,12 +115,13 @@ fn account_json(a: &Account) -> serde_json::Value {
 }
 
 pub(super) fn get_switches(state: &AppState) -> Response<Body> {
-    let switches: Vec<_> = state
-        .switches
-        .snapshot()
-        .entries
-        .iter()
-        .map(|s| s.view())
-        .collect();
-    json_response(StatusCode::OK, &serde_json::json!({ "switches": switches }))
+    let switches = state.switches.views();
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "switches": switches,
+            "balancing": state.switches.balance_settings().mode,
+            "panic": state.switches.in_panic(),
+        }),
+    )
 }

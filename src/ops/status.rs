@@ -38,7 +38,8 @@ th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}th{background:#e4e
 td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .grid{display:flex;flex-wrap:wrap;gap:2em}\
 tr.up td.status{background:#2e7d32;color:#fff}tr.down td.status{background:#c62828;color:#fff}\
-tr.ejected td.status{background:#ef6c00;color:#fff}tr.unprobed td.status{background:#9e9e9e;color:#fff}\
+tr.ejected td.status,tr.outlier td.status{background:#ef6c00;color:#fff}\
+p.panic{background:#c62828;color:#fff;padding:.5em;font-weight:bold}tr.unprobed td.status{background:#9e9e9e;color:#fff}\
 tr.down{background:#fdecea}tr.ejected{background:#fff3e0}tr.unprobed{background:#f2f2f2}\
 td.status{font-weight:bold;text-align:center}";
 
@@ -65,6 +66,8 @@ fn switch_status(view: &SwitchView) -> &'static str {
         "UNPROBED"
     } else if h.ejected {
         "EJECTED"
+    } else if h.outlier_ejected {
+        "OUTLIER"
     } else if h.healthy {
         "UP"
     } else {
@@ -122,7 +125,10 @@ fn switch_row(out: &mut String, v: &SwitchView) {
          <td class=\"last-probe\">{probe}</td><td class=\"n latency\">{latency:.1} ms</td>\
          <td class=\"n in-flight\">{in_flight}</td><td class=\"n approved\">{approved}</td>\
          <td class=\"n declined\">{declined}</td><td class=\"n failed\">{failed}</td>\
-         <td class=\"n weight\">{weight}</td></tr>",
+         <td class=\"n weight\">{weight}</td><td class=\"n ewma\">{ewma:.1} ms</td>\
+         <td class=\"n score\">{score:.4}</td><td class=\"n success\">{success}</td>\
+         <td class=\"n share\">{share:.0}%</td><td class=\"n slow-start\">{ramp:.0}%</td>\
+         <td class=\"n outlier-ejections\">{ejections}</td></tr>",
         name = escape(&v.name),
         url = escape(&v.url),
         class = status.to_ascii_lowercase(),
@@ -132,6 +138,15 @@ fn switch_row(out: &mut String, v: &SwitchView) {
         declined = v.declined,
         failed = v.failed,
         weight = v.weight,
+        ewma = v.balancing.latency_ewma_ms,
+        score = v.balancing.score,
+        success = v
+            .balancing
+            .success_rate
+            .map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
+        share = v.balancing.traffic_share * 100.0,
+        ramp = v.balancing.slow_start_share * 100.0,
+        ejections = v.health.outlier_ejections,
     );
 }
 
@@ -152,13 +167,26 @@ fn render(state: &AppState) -> String {
         now = escape(&now),
     );
 
+    if state.switches.in_panic() {
+        out.push_str(
+            "<p id=\"panic\" class=\"panic\">PANIC: fewer switches in rotation than \
+             health.panic_threshold_percent; transactions go only to the switches up.</p>",
+        );
+    }
+    let _ = write!(
+        out,
+        "<p id=\"balancing\">Balancing: <b>{}</b></p>",
+        state.switches.balance_settings().mode.as_str()
+    );
     out.push_str(
         "<section><h2>Switches</h2><table id=\"switches\"><tr><th>name</th><th>URL</th>\
          <th>status</th><th>last probe</th><th>latency</th><th>in flight</th>\
-         <th>approved</th><th>declined</th><th>failed</th><th>weight</th></tr>",
+         <th>approved</th><th>declined</th><th>failed</th><th>weight</th>\
+         <th>EWMA latency</th><th>score</th><th>success rate</th><th>traffic share</th>\
+         <th>slow start</th><th>outlier ejections</th></tr>",
     );
-    for entry in &state.switches.snapshot().entries {
-        switch_row(&mut out, &entry.view());
+    for view in state.switches.views() {
+        switch_row(&mut out, &view);
     }
     out.push_str("</table></section><div class=\"grid\">");
 

@@ -212,10 +212,12 @@ impl Forwarder {
                 remaining.min(self.attempt_timeout),
             )
             .await;
+        let rtt = started.elapsed();
+        switch.observe_latency(rtt, self.switches.balance_settings().ewma_decay);
         self.metrics
             .forward_duration
             .with_label_values(&[switch.name()])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(rtt.as_secs_f64());
         result
     }
 

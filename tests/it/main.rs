@@ -1,6 +1,7 @@
 //! The one integration-test binary: real TLS, real Postgres, real simulated switches.
 
 mod auth;
+mod balancing;
 mod batch;
 mod compose;
 mod db;

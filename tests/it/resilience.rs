@@ -65,7 +65,7 @@ async fn spawn_sim(name: &str, addr: SocketAddr, state: Option<&Path>) -> SimHan
 
 /// Sends every body concurrently over `client` (at most `in_flight` at once);
 /// returns (id, status) pairs, status 0 for a transport error.
-async fn post_all(
+pub(crate) async fn post_all(
     client: &reqwest::Client,
     base: &str,
     token: &str,
@@ -98,7 +98,7 @@ async fn post_all(
     out
 }
 
-async fn received(sims: &[SimHandle]) -> u64 {
+pub(crate) async fn received(sims: &[SimHandle]) -> u64 {
     let mut n = 0;
     for s in sims {
         n += s.stats().await.received;
@@ -109,7 +109,11 @@ async fn received(sims: &[SimHandle]) -> u64 {
 /// Every id ends final, and the ledger and the sims agree one to one: a
 /// committed id was approved by exactly the switch the ledger names, a
 /// released id is at no switch, and no switch saw a duplicate.
-async fn assert_ledger_matches_sims(ledger: &Ledger, sims: &[SimHandle], ids: &[String]) {
+pub(crate) async fn assert_ledger_matches_sims(
+    ledger: &Ledger,
+    sims: &[SimHandle],
+    ids: &[String],
+) {
     let mut committed = 0;
     for id in ids {
         let tid = TransactionId::parse(id).unwrap();
@@ -153,7 +157,7 @@ async fn assert_ledger_matches_sims(ledger: &Ledger, sims: &[SimHandle], ids: &[
     assert!(committed > 0, "the load committed something");
 }
 
-async fn wait_until_all_final(ledger: &Ledger, limit: Duration) {
+pub(crate) async fn wait_until_all_final(ledger: &Ledger, limit: Duration) {
     eventually(limit, "every transaction is final", || async {
         ledger.count_unfinished().await.unwrap() == 0
     })
