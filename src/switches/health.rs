@@ -366,6 +366,14 @@ impl HealthMonitor {
                     .then(|| (w.failure_percent(h.outlier_min_requests).unwrap_or(0.0), e))
             })
             .collect();
+        for entry in &table.entries {
+            if let Some(rate) = entry.health.success_rate() {
+                self.metrics
+                    .switch_success_ratio
+                    .with_label_values(&[entry.name().as_str()])
+                    .set(rate);
+            }
+        }
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
         let now = balance::now_ms();
         for (failed_pct, entry) in candidates {
@@ -426,9 +434,6 @@ impl HealthMonitor {
             m.switch_score
                 .with_label_values(&[name])
                 .set(entry.score(&settings, now));
-            if let Some(rate) = entry.health.success_rate() {
-                m.switch_success_ratio.with_label_values(&[name]).set(rate);
-            }
         }
         let up = table.entries.iter().filter(|e| e.is_available()).count();
         let n = table.entries.len();
@@ -448,21 +453,30 @@ impl HealthMonitor {
         }
     }
 
-    /// Probes, and closes outlier windows, until `shutdown`.
+    /// Probes every `health.interval_ms` (jittered) and closes outlier
+    /// windows every `health.outlier_interval_ms`, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut window_started = Instant::now();
-        loop {
-            let interval = self.config.load().health.interval();
+        let jittered = |interval: Duration| {
             let jitter_ms = rand::random_range(0..=interval.as_millis() as u64 / 10);
+            tokio::time::Instant::now() + interval + Duration::from_millis(jitter_ms)
+        };
+        let mut next_probe = jittered(self.config.load().health.interval());
+        let mut next_window =
+            tokio::time::Instant::now() + self.config.load().health.outlier_interval();
+        loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval + Duration::from_millis(jitter_ms)) => {}
+                _ = tokio::time::sleep_until(next_probe) => {
+                    self.probe_all().await;
+                    next_probe = jittered(self.config.load().health.interval());
+                }
+                _ = tokio::time::sleep_until(next_window) => {
+                    self.close_outlier_window();
+                    self.release_outliers();
+                    next_window = tokio::time::Instant::now()
+                        + self.config.load().health.outlier_interval();
+                }
             }
-            if window_started.elapsed() >= self.config.load().health.outlier_interval() {
-                self.close_outlier_window();
-                window_started = Instant::now();
-            }
-            self.probe_all().await;
         }
     }
 }

@@ -551,6 +551,9 @@ attempt_timeout_ms = 500
 acquire_timeout_ms = 500
 [health]
 interval_ms = 600000
+outlier_interval_ms = 200
+outlier_min_requests = 3
+outlier_failure_percent = 100
 [reconciler]
 interval_ms = 200
 stale_after_ms = 3000
@@ -561,6 +564,10 @@ prune_interval_ms = 200
 
 fn debit(id: &str) -> serde_json::Value {
     harness::debit(id, "ops-docs", 10)
+}
+
+fn debit_n(i: usize) -> serde_json::Value {
+    debit(&format!("ops-outlier-{i}"))
 }
 
 /// Drives a gateway through everything that makes a labelled series appear
@@ -630,7 +637,20 @@ async fn exposition_with_every_family() -> String {
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink)).await;
 
+    // Last, as it ejects the only switch: failures enough for a window of
+    // their own, an outlier.
+    sim.set_faults(Mode::Error, None, None);
+    let bodies: Vec<_> = (0..6).map(debit_n).collect();
+    let failing = bodies
+        .iter()
+        .map(|b| gw.post("/v1/transactions", &client, b));
+    for r in futures_util::future::join_all(failing).await {
+        assert_eq!(r.status, 503, "{:?}", r.json);
+    }
+
     for sample in [
+        "switchboard_switch_outlier_ejections_total{switch=\"sim-1\"}",
+        "switchboard_switch_success_ratio{switch=\"sim-1\"}",
         "switchboard_reconciler_outcomes_total{outcome=\"committed\"}",
         "switchboard_config_reloads_total{result=\"ok\"}",
         "switchboard_tls_handshake_failures_total{reason=\"error\"}",
