@@ -13,6 +13,10 @@
 #   benches/run.sh memory       idle RSS, then RSS with 10,000 idle TLS keep-alive connections
 #   benches/run.sh failover     concurrency 64, sim-1 killed after 5 s: errors, ejection time, p99 by second
 #   benches/run.sh flood        legitimate load from 127.0.0.1 while 127.0.0.2 floods invalid tokens
+#   benches/run.sh balancing    debits over 256 accounts, 64 connections, 6,000 transactions, three
+#                               times: all sims fast (round_robin), then sim-3 `slow` (200 ms) under
+#                               round_robin and under least_latency: tx/s, p50/p99, share per switch,
+#                               and the p99 ratio against the all-fast run
 #
 # withdrawals and spread report, per gateway build: throughput, latency
 # p50/p99/max, outcome counts (load tool, cross-checked against the database
@@ -54,7 +58,7 @@ SCENARIO="$1"
 case "$SCENARIO" in
 -h | --help) usage; exit 0 ;;
 sustained) SCENARIO=spread ;;
-withdrawals | spread | memory | failover | flood) ;;
+withdrawals | spread | memory | failover | flood | balancing) ;;
 *) echo "unknown scenario $SCENARIO" >&2; usage >&2; exit 64 ;;
 esac
 
@@ -688,6 +692,40 @@ EOF
 
 ref() { awk -v k="$2" '$1 == k { $1 = ""; sub(/^ /, ""); print; found = 1 } END { if (!found) print "?" }' "$WORK/res-$1"; }
 
+# balancing_run LABEL MODE SLOW_MS: the load tool's load through a gateway
+# with forwarding.balancing = MODE, sim-3 slow by SLOW_MS (0: fast); writes
+# throughput, latency and each sim's share to $WORK/res-LABEL.
+balancing_run() {
+    local label="$1" mode="$2" slow_ms="$3" db="${DB_PREFIX}_$1"
+    create_db "$db"
+    start_sims "$SIM_BIN"
+    if ((slow_ms > 0)); then
+        curl -fsS -X PUT -H 'content-type: application/json' \
+            -d "{\"mode\": \"slow\", \"latencyMs\": $slow_ms}" \
+            "http://127.0.0.1:${SIM_PORTS[2]}/faults" >/dev/null
+    fi
+    start_gateway "$BIN" "$DB_URL" $'[forwarding]\nbalancing = "'"$mode"$'"\n'"${BENCH_TOML:-}"
+    echo "[$label] balancing = $mode, sim-3 slow ${slow_ms} ms: switchboard-load --requests $N --concurrency $C" >&2
+    load --accounts 256 --balance 1000000000 --amount 1 --requests "$N" --concurrency "$C" \
+        --max-duration-s "$MAX_S" --run-id "bench-$label-$$" >"$WORK/drive-$label.out" 2>"$WORK/drive.err" ||
+        { cat "$WORK/drive.err" "$WORK/drive-$label.out" >&2; exit 1; }
+    local port shares=()
+    for port in "${SIM_PORTS[@]}"; do
+        shares+=("$(curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["received"])')")
+    done
+    stop "$GATEWAY" "${SIM_PIDS[@]}"
+    drop_db "$db"
+    local out="$WORK/drive-$label.out" total=$((shares[0] + shares[1] + shares[2]))
+    {
+        echo "throughput $(awk '/^throughput/ { print $2 }' "$out")"
+        awk '/^latency ms/ { for (i = 3; i < NF; i++) v[$i] = $(i + 1); print "p50_ms", v["p50"]; print "p99_ms", v["p99"] }' "$out"
+        echo "committed $(awk '/^outcome/ && /committed/ { c += $NF } END { print c + 0 }' "$out")"
+        echo "shares $(awk -v a="${shares[0]}" -v b="${shares[1]}" -v c="${shares[2]}" -v t="$total" \
+            'BEGIN { if (t > 0) printf "%.1f%% / %.1f%% / %.1f%%", 100 * a / t, 100 * b / t, 100 * c / t; else print "n/a" }')"
+        echo "slow_share $(awk -v c="${shares[2]}" -v t="$total" 'BEGIN { if (t > 0) printf "%.3f", c / t; else print "n/a" }')"
+    } >"$WORK/res-$label"
+}
+
 # ---------------------------------------------------------------- scenarios
 
 case "$SCENARIO" in
@@ -771,6 +809,30 @@ failover)
     echo "sim-1 left the rotation $((($(date +%s%N) - KILLED_AT) / 1000000)) ms after SIGKILL (at t=5 s)"
     wait "$LOADER" || true
     cat "$WORK/failover.out"
+    ;;
+balancing)
+    N="${REQUESTS:-6000}"
+    C="${CONCURRENCY:-64}"
+    SLOW_MS="${SLOW_MS:-200}"
+    header "balancing: debits of 1 over 256 accounts, $C connections, $N transactions, three sims"
+    balancing_run fast round_robin 0
+    balancing_run slow_rr round_robin "$SLOW_MS"
+    balancing_run slow_ll least_latency "$SLOW_MS"
+    printf '%-44s%12s%10s%10s%12s  %s\n' run "tx/s" "p50 ms" "p99 ms" committed "share sim-1 / sim-2 / sim-3"
+    for l in fast slow_rr slow_ll; do
+        case $l in
+        fast) title="all fast, round_robin" ;;
+        slow_rr) title="sim-3 slow $SLOW_MS ms, round_robin" ;;
+        slow_ll) title="sim-3 slow $SLOW_MS ms, least_latency" ;;
+        esac
+        printf '%-44s%12s%10s%10s%12s  %s\n' "$title" "$(ref "$l" throughput)" "$(ref "$l" p50_ms)" \
+            "$(ref "$l" p99_ms)" "$(ref "$l" committed)" "$(ref "$l" shares)"
+    done
+    for l in slow_rr slow_ll; do
+        echo "ratio $l p99 / all-fast p99: $(ratio "$(ref "$l" p99_ms)" "$(ref fast p99_ms)");" \
+            "slow switch share $(ref "$l" slow_share)"
+    done
+    echo "targets: least_latency p99 ratio <= 1.5, slow switch share < 0.10"
     ;;
 flood)
     start_sims "$SIM_BIN"
