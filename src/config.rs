@@ -129,6 +129,9 @@ pub struct ServerConfig {
     pub request_deadline_ms: u64,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish, ms.
     pub shutdown_grace_ms: u64,
+    /// The status page's charts cover this much of the recent past, one
+    /// sample per second per switch, s.
+    pub status_trend_s: u64,
     /// Most HTTP/2 streams at once on one connection.
     pub h2_streams_max: u32,
 }
@@ -148,6 +151,9 @@ impl ServerConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+    pub fn status_trend(&self) -> Duration {
+        Duration::from_secs(self.status_trend_s)
     }
 }
 
@@ -764,6 +770,9 @@ impl Config {
         positive("reconciler.batch_max", r.batch_max as u64);
         positive("reconciler.requery_timeout_ms", r.requery_timeout_ms);
         positive("auth.token_ttl_s", self.auth.token_ttl_s);
+        if !(10..=3600).contains(&s.status_trend_s) {
+            p.push("server.status_trend_s: must be 10 to 3600".into());
+        }
         for (key, pct) in [
             ("health.outlier_failure_percent", h.outlier_failure_percent),
             (

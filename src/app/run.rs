@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::Application;
 use super::reload::Reloader;
 use crate::edge::{self, Api, AppState, ConnLimits, RENDER};
-use crate::ops::Ops;
+use crate::ops::{Ops, Trends, sample_trends};
 use crate::switches::HealthMonitor;
 use crate::transactions::Reconciler;
 
@@ -28,8 +28,14 @@ impl Application {
         let state = self.state.clone();
         // What is bound at start keeps its running value: so does the grace.
         let grace = state.config.load().server.shutdown_grace();
+        let trends = Arc::new(Trends::new(state.config.load().server.status_trend()));
         // Switches are probed before the gateway reports ready.
         self.spawn_background(&tracker, &shutdown).await;
+        tracker.spawn(sample_trends(
+            trends.clone(),
+            state.clone(),
+            shutdown.clone(),
+        ));
         state.ready.store(true, Ordering::Release);
         tracing::info!("ready");
         serve(
@@ -37,6 +43,7 @@ impl Application {
             self.ops,
             self.acceptor,
             &state,
+            trends,
             &shutdown,
             &tracker,
         )
@@ -90,6 +97,7 @@ async fn serve(
     ops: TcpListener,
     acceptor: TlsAcceptor,
     state: &Arc<AppState>,
+    trends: Arc<Trends>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -117,7 +125,10 @@ async fn serve(
             ops,
             OPS_CONNECTIONS_MAX,
             limits,
-            Ops(state.clone()),
+            Ops {
+                state: state.clone(),
+                trends,
+            },
             state.metrics.clone(),
             shutdown.clone(),
             tracker.clone(),

@@ -38,6 +38,7 @@ use std::sync::Arc;
 
 pub use group::{AttemptEnd, Decision, GroupConfig};
 use sql::SqlBackend as _;
+pub use sql::UNFINISHED_AGE_BOUNDS_MS;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
@@ -431,6 +432,13 @@ impl Ledger {
     /// gauge.
     pub async fn count_unfinished(&self) -> Result<i64, LedgerError> {
         dispatch!(self, l => l.count_unfinished().await)
+    }
+
+    /// Unfinished (`reserved` or `pending`) transactions by age since
+    /// creation: one count per bucket below each of
+    /// [`UNFINISHED_AGE_BOUNDS_MS`], then the older ones.
+    pub async fn unfinished_by_age(&self) -> Result<Vec<i64>, LedgerError> {
+        dispatch!(self, l => l.unfinished_by_age().await)
     }
 
     /// Reconciler: claim up to `limit` transactions in reserved|pending whose

@@ -33,6 +33,9 @@ use crate::domain::{
     TransactionRequest, TxKind, TxStatus,
 };
 
+/// The age bounds of [`SqlBackend::unfinished_by_age`], ms: 1 s, 10 s, 1 min, 10 min.
+pub const UNFINISHED_AGE_BOUNDS_MS: [i64; 4] = [1_000, 10_000, 60_000, 600_000];
+
 /// Why one try of a database transaction ended early.
 #[derive(Debug)]
 pub(super) enum Fail {
@@ -398,6 +401,7 @@ where
     for<'a> Option<&'a str>: Encode<'a, Self::Db>,
     for<'a> i64: Encode<'a, Self::Db> + Type<Self::Db>,
     (i64,): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
+    (i64, i64): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     TxRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AccountRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AttemptRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
@@ -702,6 +706,42 @@ where
                 .fetch_one(self.pool())
                 .await?;
                 Ok(n)
+            },
+        )
+        .await
+    }
+
+    /// Unfinished transactions by age since creation: how many are younger
+    /// than each of [`UNFINISHED_AGE_BOUNDS_MS`], and older than the last.
+    async fn unfinished_by_age(&self) -> Result<Vec<i64>, LedgerError> {
+        with_retries(
+            "unfinished_by_age",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let [a, b, c, d] = UNFINISHED_AGE_BOUNDS_MS;
+                let rows: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT CASE WHEN $1 - created_at_ms < $2 THEN 0 \
+                                 WHEN $1 - created_at_ms < $3 THEN 1 \
+                                 WHEN $1 - created_at_ms < $4 THEN 2 \
+                                 WHEN $1 - created_at_ms < $5 THEN 3 ELSE 4 END AS age, \
+                            COUNT(*) \
+                     FROM transactions WHERE status IN ('reserved', 'pending') GROUP BY 1",
+                )
+                .bind(now_ms())
+                .bind(a)
+                .bind(b)
+                .bind(c)
+                .bind(d)
+                .fetch_all(self.pool())
+                .await?;
+                let mut counts = vec![0; UNFINISHED_AGE_BOUNDS_MS.len() + 1];
+                for (age, n) in rows {
+                    if let Some(slot) = usize::try_from(age).ok().and_then(|i| counts.get_mut(i)) {
+                        *slot = n;
+                    }
+                }
+                Ok(counts)
             },
         )
         .await

@@ -3,6 +3,9 @@
 //! (Prometheus text) and `/openapi.json`.
 
 mod status;
+mod trends;
+
+pub(crate) use trends::{Trends, run as sample_trends};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,16 +24,20 @@ const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 
 /// The ops listener: `/` (status page), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
 #[derive(Clone)]
-pub(crate) struct Ops(pub(crate) Arc<AppState>);
+pub(crate) struct Ops {
+    pub(crate) state: Arc<AppState>,
+    /// The status page's per-second samples.
+    pub(crate) trends: Arc<Trends>,
+}
 
 impl Handler for Ops {
     async fn call(&self, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
-        let state = &self.0;
+        let state = &self.state;
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return ApiError::MethodNotAllowed { allow: "GET" }.into_response();
         }
         match req.uri().path() {
-            "/" => status::response(state),
+            "/" => status::response(state, &self.trends).await,
             "/healthz" => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             "/readyz" => readyz(state).await,
             "/openapi.json" => text(
@@ -46,15 +53,35 @@ impl Handler for Ops {
     }
 }
 
+/// Whether the gateway can take transactions, and each part's answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Readiness {
+    pub(crate) started: bool,
+    pub(crate) ledger: bool,
+    pub(crate) switches: bool,
+}
+
+impl Readiness {
+    pub(crate) async fn check(state: &AppState) -> Self {
+        Self {
+            started: state.ready.load(Ordering::Acquire),
+            ledger: tokio::time::timeout(Duration::from_secs(2), state.ledger.ping())
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            switches: state.switches.any_available(),
+        }
+    }
+
+    pub(crate) fn ready(self) -> bool {
+        self.started && self.ledger && self.switches
+    }
+}
+
 /// 200 when start-up finished, the ledger answers and a switch is in
 /// rotation; else 503. The body says which part failed.
 async fn readyz(state: &AppState) -> Response<Body> {
-    let started = state.ready.load(Ordering::Acquire);
-    let ledger_ok = tokio::time::timeout(Duration::from_secs(2), state.ledger.ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
-    let switches_ok = state.switches.any_available();
-    let ready = started && ledger_ok && switches_ok;
+    let r = Readiness::check(state).await;
+    let (ready, started, ledger_ok, switches_ok) = (r.ready(), r.started, r.ledger, r.switches);
     let status = if ready {
         StatusCode::OK
     } else {

@@ -18,7 +18,10 @@ use http_body_util::Full;
 use prometheus::IntCounterVec;
 use prometheus::core::Collector;
 
+use super::Readiness;
+use super::trends::{self, Trends};
 use crate::edge::{AppState, Body};
+use crate::ledger::UNFINISHED_AGE_BOUNDS_MS;
 use crate::metrics::TxOutcome;
 use crate::switches::SwitchView;
 
@@ -41,10 +44,14 @@ tr.up td.status{background:#2e7d32;color:#fff}tr.down td.status{background:#c628
 tr.ejected td.status,tr.outlier td.status{background:#ef6c00;color:#fff}\
 p.panic{background:#c62828;color:#fff;padding:.5em;font-weight:bold}tr.unprobed td.status{background:#9e9e9e;color:#fff}\
 tr.down{background:#fdecea}tr.ejected{background:#fff3e0}tr.unprobed{background:#f2f2f2}\
-td.status{font-weight:bold;text-align:center}";
+td.status{font-weight:bold;text-align:center}\
+#verdict{font-size:1.3em;font-weight:bold;padding:.4em .7em;margin:.6em 0;display:inline-block}\
+#verdict.ready{background:#2e7d32;color:#fff}#verdict.not-ready{background:#c62828;color:#fff}\
+.trends{display:flex;flex-wrap:wrap;gap:1.5em}.trend h3{margin:.2em 0;font-size:1em}\
+figure{margin:0 0 .4em}figcaption{font-size:.85em;color:#555}svg{border:1px solid #ccc}";
 
 /// Escapes text for HTML element content and quoted attribute values.
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -150,8 +157,70 @@ fn switch_row(out: &mut String, v: &SwitchView) {
     );
 }
 
+/// The headline: ready, or what is missing.
+fn verdict(out: &mut String, r: Readiness) {
+    if r.ready() {
+        out.push_str("<p id=\"verdict\" class=\"ready\">Ready: taking transactions</p>");
+        return;
+    }
+    let mut why = Vec::new();
+    if !r.started {
+        why.push("starting up or shutting down");
+    }
+    if !r.ledger {
+        why.push("ledger unreachable");
+    }
+    if !r.switches {
+        why.push("no healthy switch");
+    }
+    let _ = write!(
+        out,
+        "<p id=\"verdict\" class=\"not-ready\">Not ready: {}</p>",
+        escape(&why.join(", "))
+    );
+}
+
+/// Unfinished transactions by age, from the ledger now (`None`: it did not answer).
+fn unfinished_table(out: &mut String, by_age: Option<&[i64]>) {
+    out.push_str(
+        "<section><h2>Unfinished transactions by age</h2><table id=\"unfinished-by-age\">\
+         <tr><th>age</th><th>reserved or pending</th></tr>",
+    );
+    let label = |i: usize| {
+        let secs = |ms: i64| format!("{} s", ms / 1000);
+        match i {
+            0 => format!("under {}", secs(UNFINISHED_AGE_BOUNDS_MS[0])),
+            i if i < UNFINISHED_AGE_BOUNDS_MS.len() => format!(
+                "{} to {}",
+                secs(UNFINISHED_AGE_BOUNDS_MS[i - 1]),
+                secs(UNFINISHED_AGE_BOUNDS_MS[i])
+            ),
+            _ => format!(
+                "over {}",
+                secs(UNFINISHED_AGE_BOUNDS_MS[UNFINISHED_AGE_BOUNDS_MS.len() - 1])
+            ),
+        }
+    };
+    for i in 0..=UNFINISHED_AGE_BOUNDS_MS.len() {
+        let n = by_age
+            .and_then(|c| c.get(i))
+            .map_or("?".to_owned(), i64::to_string);
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td class=\"n\" data-age=\"{i}\">{n}</td></tr>",
+            escape(&label(i))
+        );
+    }
+    out.push_str("</table></section>");
+}
+
 /// The status page as one HTML document.
-fn render(state: &AppState) -> String {
+fn render(
+    state: &AppState,
+    trends: &Trends,
+    readiness: Readiness,
+    by_age: Option<&[i64]>,
+) -> String {
     let m = &state.metrics;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let now = crate::domain::rfc3339_ms(now_ms);
@@ -167,6 +236,7 @@ fn render(state: &AppState) -> String {
         now = escape(&now),
     );
 
+    verdict(&mut out, readiness);
     if state.switches.in_panic() {
         out.push_str(
             "<p id=\"panic\" class=\"panic\">PANIC: fewer switches in rotation than \
@@ -185,10 +255,26 @@ fn render(state: &AppState) -> String {
          <th>EWMA latency</th><th>score</th><th>success rate</th><th>traffic share</th>\
          <th>slow start</th><th>outlier ejections</th></tr>",
     );
-    for view in state.switches.views() {
-        switch_row(&mut out, &view);
+    let views = state.switches.views();
+    for view in &views {
+        switch_row(&mut out, view);
     }
-    out.push_str("</table></section><div class=\"grid\">");
+    let _ = write!(
+        out,
+        "</table></section><section><h2>The last {} s, per switch</h2><div class=\"trends\">",
+        trends.capacity()
+    );
+    for view in &views {
+        trends::charts(
+            &mut out,
+            &view.name,
+            &trends.samples(&view.name),
+            trends.capacity(),
+        );
+    }
+    out.push_str("</div></section>");
+    unfinished_table(&mut out, by_age);
+    out.push_str("<div class=\"grid\">");
 
     count_table(
         &mut out,
@@ -219,8 +305,17 @@ fn render(state: &AppState) -> String {
 }
 
 /// `GET /` on the ops listener: [`render`] as `text/html`, never cached.
-pub(super) fn response(state: &AppState) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(render(state))));
+pub(super) async fn response(state: &AppState, trends: &Trends) -> Response<Body> {
+    let readiness = Readiness::check(state).await;
+    let by_age = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.ledger.unfinished_by_age(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    let page = render(state, trends, readiness, by_age.as_deref());
+    let mut resp = Response::new(Full::new(Bytes::from(page)));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -55,6 +55,23 @@ async fn busy_gateway() -> (Vec<SimHandle>, TestGateway) {
         }
     })
     .await;
+    // The charts sample once a second: wait until the three commits are drawn.
+    eventually(
+        Duration::from_secs(10),
+        "the charts show the commits",
+        || {
+            let gw = &gw;
+            async move {
+                let html = gw.ops_get("/").await.1;
+                ["sim-1", "sim-2", "sim-3"]
+                    .iter()
+                    .map(|s| chart_total(&html, s, "committed"))
+                    .sum::<i64>()
+                    == 3
+            }
+        },
+    )
+    .await;
     // The unfinished-transactions gauge is sampled by the reconciler's
     // passes: wait until a pass saw none in flight, so the page and
     // `/metrics`, read moments apart, show the same settled value.
@@ -94,6 +111,32 @@ fn row<'a>(html: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no row for {name}:\n{html}"));
     let rest = &html[start..];
     &rest[..rest.find("</tr>").expect("the row ends")]
+}
+
+/// What one switch's chart says it drew in all (`data-total`), checked
+/// against the sum of its bars (`data-v`).
+fn chart_total(html: &str, switch: &str, chart: &str) -> i64 {
+    let start = html
+        .find(&format!("data-trend=\"{switch}\""))
+        .unwrap_or_else(|| panic!("no charts for {switch}:\n{html}"));
+    let rest = &html[start..];
+    let rest = &rest[rest
+        .find(&format!("data-total=\"{chart}\""))
+        .unwrap_or_else(|| panic!("no {chart} chart for {switch}"))..];
+    let total = number(rest, "\">");
+    let svg = &rest[..rest.find("</svg>").expect("the chart ends")];
+    let bars: i64 = svg
+        .match_indices("data-v=\"")
+        .map(|(i, m)| {
+            let v = &svg[i + m.len()..];
+            v[..v.find('"').unwrap()].parse::<i64>().unwrap()
+        })
+        .sum();
+    assert_eq!(
+        bars, total,
+        "{switch} {chart}: the bars add up to the caption"
+    );
+    total
 }
 
 /// Every `data-{attr}="label">N` on the page.
@@ -228,8 +271,38 @@ async fn assert_agrees(gw: &TestGateway, html: &str, what: &str) {
             assert_eq!(Some(shown), s[field].as_i64(), "{what}: {name} {field}");
         }
         approved += s["approved"].as_i64().unwrap();
+        // The chart of the last minutes: every approval here was recent.
+        assert_eq!(
+            Some(chart_total(html, name, "committed")),
+            s["approved"].as_i64(),
+            "{what}: {name} committed chart"
+        );
+        let forwards = |result: &str| {
+            metric(
+                &metrics,
+                &format!(
+                    "switchboard_switch_forwards_total{{switch=\"{name}\",result=\"{result}\"}}"
+                ),
+            )
+        };
+        assert_eq!(
+            chart_total(html, name, "errors") as f64,
+            forwards("not_sent") + forwards("not_processed") + forwards("unknown"),
+            "{what}: {name} errors chart"
+        );
     }
     assert_eq!(approved, 3, "{what}: the switches approved every commit");
+    assert_eq!(
+        text(html, "id=\"verdict\" class=\"ready\">"),
+        "Ready: taking transactions",
+        "{what}: two switches are up"
+    );
+    let by_age: i64 = labelled(html, "age").iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        by_age as f64,
+        metric(&metrics, "switchboard_transactions_unfinished"),
+        "{what}: unfinished by age"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,5 +391,42 @@ async fn a_real_browser_renders_the_status_page() {
         "{} is not a PNG ({} bytes)",
         png.display(),
         bytes.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headline_says_why_the_gateway_is_not_ready() {
+    let sims = harness::spawn_sims(2).await;
+    let gw = spawn_gateway_with(Options {
+        switches: harness::switch_list(&sims),
+        layers: vec![FAST_HEALTH.into()],
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        text(&gw.ops_get("/").await.1, "id=\"verdict\" class=\"ready\">"),
+        "Ready: taking transactions"
+    );
+    for s in &sims {
+        s.set_faults(Mode::Down, None, None);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the headline says not ready",
+        || {
+            let gw = &gw;
+            async move {
+                gw.ops_get("/")
+                    .await
+                    .1
+                    .contains("id=\"verdict\" class=\"not-ready\">Not ready: no healthy switch<")
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        gw.ops_get("/readyz").await.0,
+        503,
+        "the same verdict as /readyz"
     );
 }
