@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Application;
 use super::reload::Reloader;
-use crate::edge::{self, Api, AppState, ConnLimits, RENDER};
+use crate::edge::{self, Api, AppState, ConnLimits, Linger, RENDER};
 use crate::ops::Ops;
 use crate::switches::HealthMonitor;
 use crate::transactions::Reconciler;
@@ -100,6 +100,10 @@ async fn serve(
         header_bytes_max: cfg.header_bytes_max,
         idle_timeout: cfg.keepalive_idle_timeout(),
         h2_streams_max: cfg.h2_streams_max,
+        linger: Linger {
+            bytes_max: cfg.linger_bytes_max,
+            timeout: cfg.linger_timeout(),
+        },
     };
     tokio::join!(
         edge::serve_tls(

@@ -13,7 +13,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::edge::{ApiError, AppState, Body, ConnInfo, Handler, json_response};
+use crate::edge::{ApiError, AppState, Body, ConnInfo, Handler, check_host, json_response};
 
 /// The OpenAPI 3 document of the client API (kept in sync with
 /// [`ROUTES`](crate::edge::ROUTES) by a test).
@@ -26,6 +26,9 @@ pub(crate) struct Ops(pub(crate) Arc<AppState>);
 impl Handler for Ops {
     async fn call(&self, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
         let state = &self.0;
+        if let Err(e) = check_host(&req) {
+            return e.into_response();
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return ApiError::MethodNotAllowed { allow: "GET" }.into_response();
         }
