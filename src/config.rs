@@ -136,6 +136,10 @@ pub struct ServerConfig {
     pub keepalive_idle_timeout_ms: u64,
     /// Every request is answered within this, ms.
     pub request_deadline_ms: u64,
+    /// On SIGTERM/SIGINT, `/readyz` answers 503 while the gateway keeps
+    /// serving for this long, so load balancers stop sending first, ms; then
+    /// the listeners close. 0: no drain.
+    pub shutdown_drain_ms: u64,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish, ms.
     pub shutdown_grace_ms: u64,
     /// Most HTTP/2 streams at once on one connection.
@@ -157,6 +161,9 @@ impl ServerConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_millis(self.shutdown_drain_ms)
     }
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms)
@@ -520,6 +527,9 @@ const MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 /// Longest linger after an answer (`server.linger_timeout_ms`): a minute.
 const LINGER_MS_MAX: u64 = 60_000;
 
+/// Longest drain before stopping (`server.shutdown_drain_ms`): ten minutes.
+const DRAIN_MS_MAX: u64 = 600_000;
+
 impl Config {
     /// Reads every layer and validates the result.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
@@ -736,9 +746,23 @@ impl Config {
                 d.url_redacted()
             ));
         }
-        // A bounded wait: a connection slot is held while lingering.
-        if s.linger_timeout_ms > LINGER_MS_MAX {
-            p.push(format!("server.linger_timeout_ms: at most {LINGER_MS_MAX}"));
+        // Bounded waits, each: a connection slot is held while lingering,
+        // and the drain delays every stop.
+        for (key, value, max) in [
+            (
+                "server.linger_timeout_ms",
+                s.linger_timeout_ms,
+                LINGER_MS_MAX,
+            ),
+            (
+                "server.shutdown_drain_ms",
+                s.shutdown_drain_ms,
+                DRAIN_MS_MAX,
+            ),
+        ] {
+            if value > max {
+                p.push(format!("{key}: at most {max}"));
+            }
         }
         if s.linger_timeout_ms > 0 && s.linger_bytes_max == 0 {
             p.push(
@@ -962,16 +986,22 @@ mod tests {
     }
 
     #[test]
-    fn body_timeout_and_linger_are_bounded() {
-        let err = Config::from_toml("[server]\nlinger_timeout_ms = 60001\n").unwrap_err();
+    fn body_timeout_linger_and_drain_are_bounded() {
+        let err =
+            Config::from_toml("[server]\nlinger_timeout_ms = 60001\nshutdown_drain_ms = 600001\n")
+                .unwrap_err();
         let all = err.problems.join("\n");
-        assert!(all.contains("server.linger_timeout_ms"), "{all}");
+        for key in ["server.linger_timeout_ms", "server.shutdown_drain_ms"] {
+            assert!(all.contains(key), "{key}: {all}");
+        }
         let err = Config::from_toml("[server]\nbody_read_timeout_ms = 0\nlinger_bytes_max = 0\n")
             .unwrap_err();
         assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
-        // No linger is fine.
-        Config::from_toml("[server]\nlinger_timeout_ms = 0\nlinger_bytes_max = 0\n")
-            .expect("valid");
+        // No linger and no drain are fine.
+        Config::from_toml(
+            "[server]\nlinger_timeout_ms = 0\nlinger_bytes_max = 0\nshutdown_drain_ms = 0\n",
+        )
+        .expect("valid");
     }
 
     #[test]

@@ -49,15 +49,16 @@ impl Handler for Ops {
     }
 }
 
-/// 200 when start-up finished, the ledger answers and a switch is in
-/// rotation; else 503. The body says which part failed.
+/// 200 when start-up finished, no stop has begun, the ledger answers and a
+/// switch is in rotation; else 503. The body says which part failed.
 async fn readyz(state: &AppState) -> Response<Body> {
     let started = state.ready.load(Ordering::Acquire);
+    let draining = state.draining.load(Ordering::Acquire);
     let ledger_ok = tokio::time::timeout(Duration::from_secs(2), state.ledger.ping())
         .await
         .is_ok_and(|r| r.is_ok());
     let switches_ok = state.switches.any_available();
-    let ready = started && ledger_ok && switches_ok;
+    let ready = started && !draining && ledger_ok && switches_ok;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -68,6 +69,7 @@ async fn readyz(state: &AppState) -> Response<Body> {
         &serde_json::json!({
             "ready": ready,
             "started": started,
+            "draining": draining,
             "ledger": ledger_ok,
             "switches": switches_ok,
         }),

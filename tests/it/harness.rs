@@ -146,6 +146,8 @@ ops_listen = "127.0.0.1:0"
 tls_cert = "{cert}"
 tls_key = "{key}"
 shutdown_grace_ms = 5000
+# Tests stop at once; the drain's own tests set one.
+shutdown_drain_ms = 0
 [database]
 url = "{url}"
 connections_max = 8
@@ -470,6 +472,29 @@ impl GatewayProcess {
             .await
             .unwrap_or_else(|e| panic!("create account {id}: {e}"));
         assert_eq!(r.status(), 201, "create account {id}");
+    }
+
+    /// Sends the process signal `name` (`TERM`, `HUP`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits at most `limit` for the process to exit; its status, if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no shutdown, no draining.

@@ -9,6 +9,7 @@ mod harness;
 mod hostile;
 mod imports;
 mod ledger;
+mod lifecycle;
 mod limits;
 mod openapi;
 mod ops_docs;
