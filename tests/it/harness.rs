@@ -377,6 +377,16 @@ impl GatewayProcess {
         toml: &str,
         switches: &[(String, String)],
     ) -> Self {
+        let config_file = dir.join("gateway.toml");
+        let text = format!("{toml}{}", switches_toml(switches));
+        std::fs::write(&config_file, text).expect("write gateway config");
+        Self::start_on_file(dir, db_url, config_file).await
+    }
+
+    /// Starts `switchboard serve` with `--config config_file` (written by
+    /// the caller: a test that needs it somewhere else, or a symlink), over
+    /// the test base for `db_url`, on fixed free ports.
+    pub async fn start_on_file(dir: &std::path::Path, db_url: &str, config_file: PathBuf) -> Self {
         let (port, ops_port) = (free_port(), free_port());
         // Layered as in production: the base is the working directory's
         // config/default.toml, the test's settings are the `--config` file,
@@ -384,9 +394,6 @@ impl GatewayProcess {
         std::fs::create_dir_all(dir.join("config")).expect("config dir");
         std::fs::write(dir.join("config/default.toml"), base_toml(db_url))
             .expect("write base config");
-        let config_file = dir.join("gateway.toml");
-        let text = format!("{toml}{}", switches_toml(switches));
-        std::fs::write(&config_file, text).expect("write gateway config");
         Self::spawn(
             dir,
             config_file,
