@@ -114,6 +114,17 @@ pub struct ServerConfig {
     pub client_ca: Option<PathBuf>,
     /// Largest accepted request body, bytes.
     pub body_bytes_max: usize,
+    /// A request body must arrive whole within this once its handler starts
+    /// reading it, ms; past it (or past the request deadline, whichever is
+    /// first: a deadline shorter than this is the body's bound too), 408.
+    pub body_read_timeout_ms: u64,
+    /// After answering, an HTTP/1 connection the gateway closes is first
+    /// half-closed and what the client still sends is read and thrown
+    /// away, so it can read the answer (a 413 to a body it keeps sending)
+    /// instead of seeing a reset: at most this many bytes…
+    pub linger_bytes_max: u64,
+    /// …and for at most this long, ms. 0 turns lingering off.
+    pub linger_timeout_ms: u64,
     /// Largest request head (HTTP/1 read buffer, HTTP/2 header list), bytes;
     /// past it, 431.
     pub header_bytes_max: usize,
@@ -127,6 +138,10 @@ pub struct ServerConfig {
     pub keepalive_idle_timeout_ms: u64,
     /// Every request is answered within this, ms.
     pub request_deadline_ms: u64,
+    /// On SIGTERM/SIGINT, `/readyz` answers 503 while the gateway keeps
+    /// serving for this long, so load balancers stop sending first, ms; then
+    /// the listeners close. 0: no drain.
+    pub shutdown_drain_ms: u64,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish, ms.
     pub shutdown_grace_ms: u64,
     /// The status page's charts cover this much of the recent past, one
@@ -154,6 +169,15 @@ impl ServerConfig {
     }
     pub fn status_trend(&self) -> Duration {
         Duration::from_secs(self.status_trend_s)
+    }
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_millis(self.shutdown_drain_ms)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+    pub fn linger_timeout(&self) -> Duration {
+        Duration::from_millis(self.linger_timeout_ms)
     }
 }
 
@@ -562,6 +586,12 @@ pub const RECONCILE_CONCURRENCY: u64 = 8;
 /// count (a week).
 const MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 
+/// Longest linger after an answer (`server.linger_timeout_ms`): a minute.
+const LINGER_MS_MAX: u64 = 60_000;
+
+/// Longest drain before stopping (`server.shutdown_drain_ms`): ten minutes.
+const DRAIN_MS_MAX: u64 = 600_000;
+
 impl Config {
     /// Reads every layer and validates the result.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
@@ -725,6 +755,7 @@ impl Config {
         };
         let s = &self.server;
         positive("server.body_bytes_max", s.body_bytes_max as u64);
+        positive("server.body_read_timeout_ms", s.body_read_timeout_ms);
         positive("server.header_read_timeout_ms", s.header_read_timeout_ms);
         positive(
             "server.tls_handshake_timeout_ms",
@@ -807,6 +838,30 @@ impl Config {
                 "database.url: must start with postgres://, postgresql:// or sqlite: (got {})",
                 d.url_redacted()
             ));
+        }
+        // Bounded waits, each: a connection slot is held while lingering,
+        // and the drain delays every stop.
+        for (key, value, max) in [
+            (
+                "server.linger_timeout_ms",
+                s.linger_timeout_ms,
+                LINGER_MS_MAX,
+            ),
+            (
+                "server.shutdown_drain_ms",
+                s.shutdown_drain_ms,
+                DRAIN_MS_MAX,
+            ),
+        ] {
+            if value > max {
+                p.push(format!("{key}: at most {max}"));
+            }
+        }
+        if s.linger_timeout_ms > 0 && s.linger_bytes_max == 0 {
+            p.push(
+                "server.linger_bytes_max: must be greater than 0 while server.linger_timeout_ms is"
+                    .into(),
+            );
         }
         if !(8192..=1 << 20).contains(&s.header_bytes_max) {
             p.push("server.header_bytes_max: must be 8192 to 1048576".into());
@@ -1021,6 +1076,25 @@ mod tests {
         let err = Config::from_toml("[server]\nconnections_max = 0\nrequest_deadline_ms = 0\n")
             .unwrap_err();
         assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
+    }
+
+    #[test]
+    fn body_timeout_linger_and_drain_are_bounded() {
+        let err =
+            Config::from_toml("[server]\nlinger_timeout_ms = 60001\nshutdown_drain_ms = 600001\n")
+                .unwrap_err();
+        let all = err.problems.join("\n");
+        for key in ["server.linger_timeout_ms", "server.shutdown_drain_ms"] {
+            assert!(all.contains(key), "{key}: {all}");
+        }
+        let err = Config::from_toml("[server]\nbody_read_timeout_ms = 0\nlinger_bytes_max = 0\n")
+            .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
+        // No linger and no drain are fine.
+        Config::from_toml(
+            "[server]\nlinger_timeout_ms = 0\nlinger_bytes_max = 0\nshutdown_drain_ms = 0\n",
+        )
+        .expect("valid");
     }
 
     #[test]

@@ -92,6 +92,7 @@ impl Application {
             ledger,
             config: Arc::new(ArcSwap::from_pointee(config)),
             ready: Default::default(),
+            draining: Default::default(),
             transactions,
         };
         tracing::info!(

@@ -109,6 +109,10 @@ impl Reloader {
         new.server.keepalive_idle_timeout_ms = old.server.keepalive_idle_timeout_ms;
         new.server.tls_handshake_timeout_ms = old.server.tls_handshake_timeout_ms;
         new.server.h2_streams_max = old.server.h2_streams_max;
+        new.server.linger_bytes_max = old.server.linger_bytes_max;
+        new.server.linger_timeout_ms = old.server.linger_timeout_ms;
+        new.server.shutdown_drain_ms = old.server.shutdown_drain_ms;
+        new.server.shutdown_grace_ms = old.server.shutdown_grace_ms;
         new.database = old.database.clone();
         new.ledger.batch_max = old.ledger.batch_max;
         new.ledger.queue_max = old.ledger.queue_max;

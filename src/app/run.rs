@@ -1,5 +1,7 @@
 //! Running the gateway: the background tasks, both listeners, and the
-//! drain at shutdown.
+//! stop: first the drain (`/readyz` 503 while still serving, so load
+//! balancers stop sending), then the listeners close and what is in flight
+//! finishes within the grace period.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Application;
 use super::reload::Reloader;
-use crate::edge::{self, Api, AppState, ConnLimits, RENDER};
+use crate::edge::{self, Api, AppState, ConnLimits, Linger, RENDER};
 use crate::ops::{Ops, Trends, sample_trends};
 use crate::switches::HealthMonitor;
 use crate::transactions::Reconciler;
@@ -21,36 +23,51 @@ use crate::transactions::Reconciler;
 const OPS_CONNECTIONS_MAX: usize = 64;
 
 impl Application {
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets
-    /// in-flight requests finish within the grace period, and closes the ledger.
+    /// Serves until `shutdown` is cancelled; then drains (`/readyz` answers
+    /// 503 while everything else still serves, for `server.shutdown_drain_ms`),
+    /// stops accepting, lets in-flight requests finish within the grace
+    /// period, and closes the ledger.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let state = self.state.clone();
-        // What is bound at start keeps its running value: so does the grace.
-        let grace = state.config.load().server.shutdown_grace();
+        // What is bound at start keeps its running value: so do the drain
+        // and the grace.
+        let (drain_for, grace) = {
+            let config = state.config.load();
+            (
+                config.server.shutdown_drain(),
+                config.server.shutdown_grace(),
+            )
+        };
+        // Everything runs until `stop`, which comes after the drain.
+        let stop = CancellationToken::new();
         let trends = Arc::new(Trends::new(state.config.load().server.status_trend()));
         // Switches are probed before the gateway reports ready.
-        self.spawn_background(&tracker, &shutdown).await;
-        tracker.spawn(sample_trends(
-            trends.clone(),
-            state.clone(),
-            shutdown.clone(),
-        ));
+        self.spawn_background(&tracker, &stop).await;
+        tracker.spawn(sample_trends(trends.clone(), state.clone(), stop.clone()));
         state.ready.store(true, Ordering::Release);
         tracing::info!("ready");
-        serve(
+        let draining = {
+            let (state, stop) = (state.clone(), stop.clone());
+            async move {
+                shutdown.cancelled().await;
+                drain_first(&state, drain_for).await;
+                stop.cancel();
+            }
+        };
+        let serving = serve(
             self.https,
             self.ops,
             self.acceptor,
             &state,
             trends,
-            &shutdown,
+            &stop,
             &tracker,
-        )
-        .await;
-        // Both accept loops return only once shutdown began.
+        );
+        tokio::join!(serving, draining);
+        // Both accept loops return only once the stop began.
         state.ready.store(false, Ordering::Release);
-        drain(&state, &tracker, grace).await;
+        finish(&state, &tracker, grace).await;
         state.ledger.close().await;
         tracing::info!("stopped");
     }
@@ -108,6 +125,10 @@ async fn serve(
         header_bytes_max: cfg.header_bytes_max,
         idle_timeout: cfg.keepalive_idle_timeout(),
         h2_streams_max: cfg.h2_streams_max,
+        linger: Linger {
+            bytes_max: cfg.linger_bytes_max,
+            timeout: cfg.linger_timeout(),
+        },
     };
     tokio::join!(
         edge::serve_tls(
@@ -136,13 +157,32 @@ async fn serve(
     );
 }
 
+/// The drain: `/readyz` answers 503 (`"draining": true`) while both
+/// listeners still accept and serve, for `drain_for`, so a load balancer
+/// takes the replica out before its listener closes. A second SIGTERM or
+/// SIGINT ends it early.
+async fn drain_first(state: &AppState, drain_for: Duration) {
+    state.draining.store(true, Ordering::Release);
+    if drain_for.is_zero() {
+        return;
+    }
+    tracing::info!(
+        drain_ms = drain_for.as_millis() as u64,
+        "draining: /readyz answers 503, still serving; a second signal stops at once"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(drain_for) => {}
+        _ = shutdown_signal() => tracing::info!("second signal: the drain ends now"),
+    }
+}
+
 /// Waits, within the grace period, for connections and transactions to finish.
-async fn drain(state: &AppState, tracker: &TaskTracker, grace: Duration) {
+async fn finish(state: &AppState, tracker: &TaskTracker, grace: Duration) {
     tracker.close();
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         in_flight = tracker.len(),
-        "draining"
+        "stopping: listeners closed, in-flight requests finish"
     );
     let transactions = state.transactions.tasks();
     transactions.close();

@@ -21,6 +21,8 @@ const SIM_PORTS: [u16; 3] = [9001, 9002, 9003];
 pub(crate) async fn run(mut config: Config) -> anyhow::Result<()> {
     let certs = certificates(&mut config)?;
     config.database.url = SecretString::from("sqlite::memory:");
+    // No load balancer to drain: Ctrl-C stops at once.
+    config.server.shutdown_drain_ms = 0;
     if config.auth.dev_hs256_secret.is_none() {
         let secret: String = (0..48)
             .map(|_| char::from(b'a' + rand::random_range(0..26u8)))

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -121,6 +121,7 @@ async fn route_request(
         deny(state, None, "rate_limited_ip");
         ApiError::from(r)
     })?;
+    check_host(&req)?;
     let path = req.uri().path().to_owned();
     let (route, id) = find_route(req.method(), &path)?;
     let who = authorize(state, &req, conn, route.roles)?;
@@ -136,10 +137,38 @@ async fn route_request(
             handlers::post_transaction(state, who, req, request_id, deadline).await
         }
         Endpoint::GetTransaction => handlers::get_transaction(state, &who, id).await,
-        Endpoint::PostAccount => handlers::post_account(state, req).await,
+        Endpoint::PostAccount => handlers::post_account(state, req, deadline).await,
         Endpoint::GetAccount => handlers::get_account(state, &who, id).await,
         Endpoint::GetSwitches => Ok(handlers::get_switches(state)),
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (an
+/// HTTP/1.0 one at most one), and its value is `host[:port]` (or empty);
+/// anything else is 400. HTTP/2 names its authority in `:authority`.
+pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), ApiError> {
+    let required = match req.version() {
+        Version::HTTP_11 => true,
+        Version::HTTP_10 | Version::HTTP_09 => false,
+        _ => return Ok(()),
+    };
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    let problem = match (first, second) {
+        (None, _) if required => "an HTTP/1.1 request needs a Host header",
+        (None, _) => return Ok(()),
+        (Some(_), Some(_)) => "more than one Host header",
+        (Some(v), None) if v.is_empty() => return Ok(()),
+        (Some(v), None) => {
+            let valid = !v.as_bytes().contains(&b'@')
+                && http::uri::Authority::try_from(v.as_bytes()).is_ok();
+            if valid {
+                return Ok(());
+            }
+            "the Host header is not host[:port]"
+        }
+    };
+    Err(ApiError::InvalidRequest(format!("Host: {problem}")))
 }
 
 /// Verifies the bearer token and that it carries one of `roles`.

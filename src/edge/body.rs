@@ -1,20 +1,44 @@
-//! Request bodies: read within their limits and parsed into domain types,
-//! every refusal naming the offending field.
+//! Request bodies: read within their limits (size, and time: a body that
+//! trickles in is cut off with 408) and parsed into domain types, every
+//! refusal naming the offending field.
 
 use http::{Request, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
+use crate::config::ServerConfig;
 use crate::domain::{AccountId, Amount, Currency, Movement, TransactionId, TransactionRequest};
 use crate::edge::error::ApiError;
+
+/// How much of a body is read, and by when.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyLimits {
+    /// `server.body_bytes_max`; past it, 413.
+    pub(super) bytes_max: usize,
+    /// `server.body_read_timeout_ms` from now, or the request's deadline if
+    /// that comes first; past it, 408. A slow body is the client's doing:
+    /// it never runs into the deadline's 504.
+    pub(super) read_by: Instant,
+}
+
+impl BodyLimits {
+    pub(super) fn new(server: &ServerConfig, deadline: Instant) -> Self {
+        Self {
+            bytes_max: server.body_bytes_max,
+            read_by: deadline.min(Instant::now() + server.body_read_timeout()),
+        }
+    }
+}
 
 /// Reads a bounded JSON body into `T`, naming the offending field on error.
 pub(super) async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
-    limit_bytes: usize,
+    limits: BodyLimits,
 ) -> Result<T, ApiError> {
+    let limit_bytes = limits.bytes_max;
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
         let media_type = ct.split(';').next().unwrap_or_default().trim();
@@ -30,9 +54,10 @@ pub(super) async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit_bytes as u64) {
         return Err(ApiError::PayloadTooLarge { limit_bytes });
     }
-    let bytes = Limited::new(req.into_body(), limit_bytes)
-        .collect()
+    let collect = Limited::new(req.into_body(), limit_bytes).collect();
+    let bytes = tokio::time::timeout_at(limits.read_by, collect)
         .await
+        .map_err(|_| ApiError::RequestTimeout)?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::PayloadTooLarge { limit_bytes }

@@ -31,6 +31,8 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("content type must be application/json")]
     UnsupportedMediaType,
     #[error("insufficient funds")]
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InsufficientFunds
             | ApiError::DeclinedBySwitch
@@ -99,6 +102,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::InsufficientFunds => "insufficient_funds",
             ApiError::DeclinedBySwitch => "declined_by_switch",

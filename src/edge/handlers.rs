@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::domain::{AccountId, ClientId, Currency, Role, TransactionId};
 use crate::edge::answer;
 use crate::edge::auth::Principal;
-use crate::edge::body::{AccountBody, TransactionBody, read_json};
+use crate::edge::body::{AccountBody, BodyLimits, TransactionBody, read_json};
 use crate::edge::error::{ApiError, Body, json_response};
 use crate::edge::state::AppState;
 use crate::ledger::{Account, AccountKind, NewAccount};
@@ -24,7 +24,7 @@ pub(super) async fn post_transaction(
     deadline: Instant,
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config.load();
-    let body: TransactionBody = read_json(req, config.server.body_bytes_max).await?;
+    let body: TransactionBody = read_json(req, BodyLimits::new(&config.server, deadline)).await?;
     let submission = Submission {
         client: who.client,
         request: body.parse(config.ledger.amount_max)?,
@@ -61,9 +61,10 @@ pub(super) async fn get_transaction(
 pub(super) async fn post_account(
     state: &AppState,
     req: Request<Incoming>,
+    deadline: Instant,
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config.load();
-    let body: AccountBody = read_json(req, config.server.body_bytes_max).await?;
+    let body: AccountBody = read_json(req, BodyLimits::new(&config.server, deadline)).await?;
     let id = AccountId::parse(&body.account_id)?;
     if id.as_str().starts_with("settlement:") || id.as_str().starts_with("equity:") {
         return Err(ApiError::InvalidRequest(

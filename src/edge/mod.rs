@@ -24,7 +24,7 @@ pub use error::{ApiError, Body};
 pub use routes::{Endpoint, ROUTES, Route};
 pub use state::AppState;
 
-pub(crate) use api::Api;
+pub(crate) use api::{Api, check_host};
 pub(crate) use error::json_response;
 pub(crate) use limits::Limiter;
-pub(crate) use server::{ConnInfo, ConnLimits, Handler, bind, serve_plain, serve_tls};
+pub(crate) use server::{ConnInfo, ConnLimits, Handler, Linger, bind, serve_plain, serve_tls};

@@ -10,6 +10,15 @@
 //! hyper's own `header_read_timeout` is not used: it starts as soon as a
 //! keep-alive connection goes idle, which would make the idle timeout and the
 //! header timeout one number.
+//!
+//! An HTTP/1 connection the gateway ends while the client may still be
+//! sending (an answer given before the body was read: 413, 408, 401…) is
+//! not simply closed: closing a socket with unread data sends a reset, and a
+//! client still writing its body then loses the answer it was sent. It
+//! lingers instead, as nginx does: the answer is flushed, the write side
+//! closed (TLS `close_notify`, then FIN), and what the client still sends is
+//! read and thrown away, up to `linger.bytes_max` and `linger.timeout`, or
+//! until the client closes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,7 +53,7 @@ pub struct ConnInfo {
 }
 
 /// Answers one request. Errors are already responses: it cannot fail.
-pub trait Handler: Clone + Send + Sync + 'static {
+pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     fn call(
         &self,
         req: Request<Incoming>,
@@ -59,6 +68,16 @@ pub struct ConnLimits {
     pub header_bytes_max: usize,
     pub idle_timeout: Duration,
     pub h2_streams_max: u32,
+    pub linger: Linger,
+}
+
+/// How long an HTTP/1 connection the gateway closes keeps reading (and
+/// discarding) what its client still sends (`server.linger_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Linger {
+    pub bytes_max: u64,
+    /// `Duration::ZERO`: close at once.
+    pub timeout: Duration,
 }
 
 /// Serves HTTPS on `listener` until `shutdown`; connection tasks go on `tracker`.
@@ -257,24 +276,32 @@ async fn serve_connection<IO, H>(
         let guard = service_activity.request_started();
         // Boxed: hyper keeps a slot the size of the service future in every
         // connection, idle or not. Unboxed, the whole request state machine
-        // made an idle HTTP/1 connection cost ~10 KB more (benches/run.sh memory).
-        let fut: Pin<Box<dyn Future<Output = Response<Body>> + Send>> = Box::pin(async move {
+        // made an idle HTTP/1 connection cost ~10 KB more (benches/run.sh
+        // memory). Boxed whole, it is also `Unpin`, which taking an HTTP/1
+        // connection's socket back to linger needs.
+        let fut: ServiceFuture = Box::pin(async move {
             let resp = handler.call(req, info).await;
             drop(guard);
-            resp
+            Ok(resp)
         });
-        async move { Ok::<_, Infallible>(fut.await) }
+        fut
     });
-    let watch = activity.watch(limits.clone(), is_h2);
+    let watch = activity.clone().watch(limits.clone(), is_h2);
     if is_h2 {
         // Boxed so HTTP/2's larger state is paid only by HTTP/2 connections.
+        // HTTP/2 needs no linger: an answer before the body ends is followed
+        // by RST_STREAM(NO_ERROR), which clients read as "stop sending".
         let conn = protocols.h2.serve_connection(io, service);
         Box::pin(drive(conn, watch, metrics, shutdown)).await;
     } else {
         let conn = protocols.h1.serve_connection(io, service);
-        drive(conn, watch, metrics, shutdown).await;
+        if let Some(io) = drive_h1(conn, &activity, watch, metrics, shutdown).await {
+            linger(io, &activity, limits.linger, metrics).await;
+        }
     }
 }
+
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// Runs a connection until it ends, the server shuts down, or its watch
 /// says it idled or trickled too long.
@@ -312,6 +339,124 @@ async fn drive<C>(
     let _ = conn.await;
 }
 
+/// [`drive`] for HTTP/1, which hands the socket back instead of closing it
+/// when the connection may have to linger; `None` when it is closed already
+/// or has nothing to linger for (a client trickling headers, an idle one).
+async fn drive_h1<IO, S>(
+    mut conn: hyper::server::conn::http1::Connection<IO, S>,
+    activity: &Activity,
+    watch: impl Future<Output = Verdict>,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) -> Option<IO>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(watch);
+    let ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
+    tokio::select! {
+        r = ended => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return Some(conn.into_parts().io);
+        }
+        _ = shutdown.cancelled() => {}
+        verdict = &mut watch => match verdict {
+            Verdict::Idle => {
+                metrics.connections_refused.with_label_values(&["idle_timeout"]).inc();
+                close_idle(conn).await;
+                return None;
+            }
+            Verdict::HeaderTimeout => {
+                // A client trickling headers gets no graceful goodbye.
+                metrics.connections_refused.with_label_values(&["header_timeout"]).inc();
+                return None;
+            }
+        },
+    }
+    if !activity.busy() {
+        close_idle(conn).await;
+        return None;
+    }
+    // Let in-flight requests finish; the app's grace period bounds this wait.
+    Pin::new(&mut conn).graceful_shutdown();
+    if let Err(e) = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    Some(conn.into_parts().io)
+}
+
+/// Closes an HTTP/1 connection with nothing in flight at once (hyper ends
+/// an idle connection on `graceful_shutdown`), and its socket with it.
+async fn close_idle<IO, S>(mut conn: hyper::server::conn::http1::Connection<IO, S>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Pin::new(&mut conn).graceful_shutdown();
+    let _ = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await;
+    let mut io = conn.into_parts().io;
+    let _ = std::future::poll_fn(|cx| hyper::rt::Write::poll_shutdown(Pin::new(&mut io), cx)).await;
+}
+
+/// Closes an HTTP/1 connection the nginx way (see the module docs): flush,
+/// close the write side, then read and discard within `linger`'s bounds
+/// until the client closes too. A client that closed first is closed at once.
+async fn linger<IO>(
+    io: TokioIo<ActivityIo<IO>>,
+    activity: &Activity,
+    linger: Linger,
+    metrics: &Metrics,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut io = io.into_inner();
+    let closing = async {
+        io.flush().await?;
+        io.shutdown().await
+    };
+    // The write side gets the linger's time too: a client that reads
+    // nothing must not hold the slot longer.
+    let deadline = tokio::time::Instant::now() + linger.timeout.max(Duration::from_millis(100));
+    if !matches!(tokio::time::timeout_at(deadline, closing).await, Ok(Ok(()))) {
+        return;
+    }
+    if activity.client_closed() || linger.timeout.is_zero() {
+        return;
+    }
+    // On the heap: a buffer in the future would be paid by every connection.
+    let mut buf = vec![0u8; 8 * 1024];
+    let mut discarded: u64 = 0;
+    let reason = loop {
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
+                discarded = discarded.saturating_add(n as u64);
+                if discarded >= linger.bytes_max {
+                    break "linger_bytes";
+                }
+            }
+            Err(_) => break "linger_timeout",
+        }
+    };
+    tracing::debug!(
+        discarded,
+        reason,
+        "closed a connection whose client kept sending"
+    );
+    metrics
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
+}
+
 /// Milliseconds since the process started; a cheap monotonic clock for atomics.
 fn now_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -327,6 +472,8 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// First byte read while no request was in flight, or `NONE_MS`.
     request_bytes_since_ms: AtomicU64,
+    /// The client closed its side (a read returned end of file).
+    client_closed: std::sync::atomic::AtomicBool,
 }
 
 enum Verdict {
@@ -349,7 +496,18 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(now_ms()),
             request_bytes_since_ms: AtomicU64::new(NONE_MS),
+            client_closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn client_closed(&self) -> bool {
+        self.client_closed.load(Ordering::Relaxed)
+    }
+
+    /// A request is in flight, or one has begun to arrive.
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+            || self.request_bytes_since_ms.load(Ordering::Relaxed) != NONE_MS
     }
 
     fn request_started(self: &Arc<Self>) -> RequestGuard {
@@ -412,8 +570,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ActivityIo<IO> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.bytes_read();
+        if matches!(r, Poll::Ready(Ok(()))) {
+            if buf.filled().len() > before {
+                self.activity.bytes_read();
+            } else if buf.remaining() > 0 {
+                self.activity.client_closed.store(true, Ordering::Relaxed);
+            }
         }
         r
     }

@@ -26,8 +26,11 @@ pub struct AppState {
     pub switches: Arc<Switches>,
     /// Per-IP and per-client rate limits and the in-flight transaction cap.
     pub(crate) limiter: Arc<Limiter>,
-    /// Set once start-up finished; cleared when shutdown begins.
+    /// Set once start-up finished; cleared when the listeners close.
     pub ready: AtomicBool,
+    /// Set when a stop begins: `/readyz` answers 503 from then on, while
+    /// the drain (`server.shutdown_drain_ms`) still serves.
+    pub draining: AtomicBool,
     /// Submits transactions; owns their tasks.
     pub(crate) transactions: Transactions,
 }

@@ -16,7 +16,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::edge::{ApiError, AppState, Body, ConnInfo, Handler, json_response};
+use crate::edge::{ApiError, AppState, Body, ConnInfo, Handler, check_host, json_response};
 
 /// The OpenAPI 3 document of the client API (kept in sync with
 /// [`ROUTES`](crate::edge::ROUTES) by a test).
@@ -33,6 +33,9 @@ pub(crate) struct Ops {
 impl Handler for Ops {
     async fn call(&self, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
         let state = &self.state;
+        if let Err(e) = check_host(&req) {
+            return e.into_response();
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return ApiError::MethodNotAllowed { allow: "GET" }.into_response();
         }
@@ -57,6 +60,8 @@ impl Handler for Ops {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Readiness {
     pub(crate) started: bool,
+    /// A stop has begun (SIGTERM): serving on through the drain.
+    pub(crate) draining: bool,
     pub(crate) ledger: bool,
     pub(crate) switches: bool,
 }
@@ -65,6 +70,7 @@ impl Readiness {
     pub(crate) async fn check(state: &AppState) -> Self {
         Self {
             started: state.ready.load(Ordering::Acquire),
+            draining: state.draining.load(Ordering::Acquire),
             ledger: tokio::time::timeout(Duration::from_secs(2), state.ledger.ping())
                 .await
                 .is_ok_and(|r| r.is_ok()),
@@ -73,15 +79,16 @@ impl Readiness {
     }
 
     pub(crate) fn ready(self) -> bool {
-        self.started && self.ledger && self.switches
+        self.started && !self.draining && self.ledger && self.switches
     }
 }
 
-/// 200 when start-up finished, the ledger answers and a switch is in
-/// rotation; else 503. The body says which part failed.
+/// 200 when start-up finished, no stop has begun, the ledger answers and a
+/// switch is in rotation; else 503. The body says which part failed.
 async fn readyz(state: &AppState) -> Response<Body> {
     let r = Readiness::check(state).await;
-    let (ready, started, ledger_ok, switches_ok) = (r.ready(), r.started, r.ledger, r.switches);
+    let (ready, started, draining, ledger_ok, switches_ok) =
+        (r.ready(), r.started, r.draining, r.ledger, r.switches);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -92,6 +99,7 @@ async fn readyz(state: &AppState) -> Response<Body> {
         &serde_json::json!({
             "ready": ready,
             "started": started,
+            "draining": draining,
             "ledger": ledger_ok,
             "switches": switches_ok,
         }),

@@ -167,6 +167,9 @@ fn verdict(out: &mut String, r: Readiness) {
     if !r.started {
         why.push("starting up or shutting down");
     }
+    if r.draining {
+        why.push("draining before a stop");
+    }
     if !r.ledger {
         why.push("ledger unreachable");
     }

@@ -296,6 +296,44 @@ async fn time_issuer_audience_and_lifetime_are_enforced() {
     assert_ok(&gw, "correct iss/aud within the lifetime", &token).await;
 }
 
+/// `auth.leeway_s` on both sides of `exp` and `nbf`: a token expired (or
+/// not yet valid) by less than the leeway passes, by more is refused; and a
+/// cached token gets the same leeway as a fresh one.
+#[tokio::test]
+async fn the_clock_leeway_accepts_a_token_just_expired_and_refuses_one_past_it() {
+    const LEEWAY_S: u64 = 30;
+    let k = keys();
+    let gw = gateway(&format!(
+        "[auth]\nleeway_s = {LEEWAY_S}\ncache_entries_max = 100\n"
+    ))
+    .await;
+    let now = now();
+    let token = |patch: Value| {
+        sign(
+            Algorithm::RS256,
+            Some("rsa-1"),
+            &k.rsa.private,
+            &claims(patch),
+        )
+    };
+    // 10 s margins either side: the test's clock and the gateway's are one.
+    let within = token(json!({"iat": now - 600, "exp": now - (LEEWAY_S - 10)}));
+    assert_ok(&gw, "expired within the leeway", &within).await;
+    assert_ok(&gw, "expired within the leeway (cached)", &within).await;
+    let past = token(json!({"iat": now - 600, "exp": now - (LEEWAY_S + 10)}));
+    assert_refused(&gw, "expired past the leeway", &past, "expired").await;
+    let early = token(json!({"nbf": now + (LEEWAY_S - 10)}));
+    assert_ok(&gw, "not yet valid, within the leeway", &early).await;
+    let too_early = token(json!({"nbf": now + (LEEWAY_S + 10)}));
+    assert_refused(
+        &gw,
+        "not yet valid, past the leeway",
+        &too_early,
+        "not_yet_valid",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn algorithm_confusion_is_refused() {
     let k = keys();

@@ -146,6 +146,8 @@ ops_listen = "127.0.0.1:0"
 tls_cert = "{cert}"
 tls_key = "{key}"
 shutdown_grace_ms = 5000
+# Tests stop at once; the drain's own tests set one.
+shutdown_drain_ms = 0
 [database]
 url = "{url}"
 connections_max = 8
@@ -375,6 +377,16 @@ impl GatewayProcess {
         toml: &str,
         switches: &[(String, String)],
     ) -> Self {
+        let config_file = dir.join("gateway.toml");
+        let text = format!("{toml}{}", switches_toml(switches));
+        std::fs::write(&config_file, text).expect("write gateway config");
+        Self::start_on_file(dir, db_url, config_file).await
+    }
+
+    /// Starts `switchboard serve` with `--config config_file` (written by
+    /// the caller: a test that needs it somewhere else, or a symlink), over
+    /// the test base for `db_url`, on fixed free ports.
+    pub async fn start_on_file(dir: &std::path::Path, db_url: &str, config_file: PathBuf) -> Self {
         let (port, ops_port) = (free_port(), free_port());
         // Layered as in production: the base is the working directory's
         // config/default.toml, the test's settings are the `--config` file,
@@ -382,9 +394,6 @@ impl GatewayProcess {
         std::fs::create_dir_all(dir.join("config")).expect("config dir");
         std::fs::write(dir.join("config/default.toml"), base_toml(db_url))
             .expect("write base config");
-        let config_file = dir.join("gateway.toml");
-        let text = format!("{toml}{}", switches_toml(switches));
-        std::fs::write(&config_file, text).expect("write gateway config");
         Self::spawn(
             dir,
             config_file,
@@ -470,6 +479,29 @@ impl GatewayProcess {
             .await
             .unwrap_or_else(|e| panic!("create account {id}: {e}"));
         assert_eq!(r.status(), 201, "create account {id}");
+    }
+
+    /// Sends the process signal `name` (`TERM`, `HUP`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits at most `limit` for the process to exit; its status, if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no shutdown, no draining.

@@ -24,9 +24,15 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+/// [`setup`] with config `layers` over the test config.
+async fn setup_with(layers: &[&str]) -> Setup {
     let sims = harness::spawn_sims(1).await;
     let gw = spawn_gateway_with(Options {
         switches: harness::switch_list(&sims),
+        layers: layers.iter().map(|l| l.to_string()).collect(),
         ..Default::default()
     })
     .await;
@@ -514,7 +520,10 @@ impl RawAnswer {
     fn status(&self) -> Option<u16> {
         let text = String::from_utf8_lossy(&self.bytes);
         let line = text.lines().next()?;
-        line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+        let rest = line
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| line.strip_prefix("HTTP/1.0 "))?;
+        rest.get(..3)?.parse().ok()
     }
 
     fn body_json(&self) -> Option<Value> {
@@ -762,4 +771,324 @@ async fn hostile_headers_are_refused_and_the_gateway_goes_on() {
 
     assert_untouched(&s, &["h-two-cl".to_owned()]).await;
     still_serves(&s, "all of the above").await;
+}
+
+// --- clumsy clients: slow bodies, bodies that keep coming, no Host ----------------
+
+/// The head of a `POST /v1/transactions` with `framing` (a `Content-Length`
+/// or `Transfer-Encoding` line and anything else to add).
+fn post_head(token: &str, framing: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/transactions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\n{framing}\r\n"
+    )
+    .into_bytes()
+}
+
+/// One chunk of a chunked body.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut c = format!("{:x}\r\n", data.len()).into_bytes();
+    c.extend(data);
+    c.extend(b"\r\n");
+    c
+}
+
+/// Writes `head`, then `parts` one after another with `pause` between
+/// them, while reading; returns the answer and how long it took from the
+/// head's last byte.
+async fn trickle(
+    gw: &TestGateway,
+    head: Vec<u8>,
+    parts: Vec<Vec<u8>>,
+    pause: Duration,
+) -> (RawAnswer, Duration) {
+    let stream = tls(gw).await;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    wr.write_all(&head).await.expect("write the head");
+    wr.flush().await.expect("flush");
+    let started = tokio::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        for part in parts {
+            tokio::time::sleep(pause).await;
+            if wr.write_all(&part).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+        }
+        // Then nothing more, with the connection left open.
+        std::future::pending::<()>().await;
+    });
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                bytes.extend_from_slice(&buf[..n]);
+                if answer_complete(&bytes) {
+                    break;
+                }
+            }
+            Err(_) => panic!("no answer within 15 s: {}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+    writer.abort();
+    (RawAnswer { bytes }, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_body_that_arrives_too_slowly_gets_408_not_a_5xx() {
+    // The deadline (3 s, then 504 one second later) is far from the body
+    // timeout (600 ms): a 408 at the body timeout is the body timeout's.
+    let s =
+        setup_with(&["[server]\nbody_read_timeout_ms = 600\nrequest_deadline_ms = 3000\n"]).await;
+    let body = debit_text(r#""h-slow""#, "1").into_bytes();
+
+    // A Content-Length body that stops a third of the way in.
+    let head = post_head(&s.token, &format!("Content-Length: {}\r\n", body.len()));
+    let third = body[..body.len() / 3].to_vec();
+    let (answer, took) = trickle(&s.gw, head, vec![third], Duration::from_millis(50)).await;
+    assert_eq!(
+        answer.status(),
+        Some(408),
+        "a stalled body: {}",
+        answer.describe()
+    );
+    let json = answer.body_json().expect("a JSON body");
+    assert_eq!(json["error"]["code"], "request_timeout", "{json}");
+    assert!(json["error"]["message"].is_string(), "{json}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+        "a stalled body answered after {took:?}"
+    );
+
+    // A chunked body that never stops coming, one byte every 100 ms: the
+    // timeout is for the whole body, not between bytes.
+    let head = post_head(&s.token, "Transfer-Encoding: chunked\r\n");
+    let drip: Vec<Vec<u8>> = body.iter().map(|b| chunk(&[*b])).collect();
+    let (answer, took) = trickle(&s.gw, head, drip, Duration::from_millis(100)).await;
+    assert_eq!(
+        answer.status(),
+        Some(408),
+        "a trickled body: {}",
+        answer.describe()
+    );
+    assert_eq!(
+        answer.body_json().expect("JSON")["error"]["code"],
+        "request_timeout"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "a trickled body answered after {took:?}"
+    );
+
+    assert_untouched(&s, &["h-slow".to_owned()]).await;
+    // Counted as the client's error, not as a 5xx.
+    let m = s.gw.ops_get("/metrics").await.1;
+    let count = |status: &str| {
+        harness::metric(
+            &m,
+            &format!(
+                "switchboard_http_requests_total{{route=\"/v1/transactions\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!((count("408"), count("504")), (2.0, 0.0), "{m}");
+    still_serves(&s, "slow bodies").await;
+}
+
+/// Writes `head` and then `chunk` `times` over, all of it before reading a
+/// byte, then reads until the server closes: what a client that sends its
+/// whole request first does (Python's `http.client`, and so `requests`).
+/// Such a client treats a failed write as the end: a server that closes
+/// with the body unread (a reset: "broken pipe") loses it the answer.
+async fn send_all_then_read(
+    gw: &TestGateway,
+    head: Vec<u8>,
+    chunk: Vec<u8>,
+    times: usize,
+) -> RawAnswer {
+    let mut stream = tls(gw).await;
+    let send = async {
+        stream.write_all(&head).await?;
+        for _ in 0..times {
+            stream.write_all(&chunk).await?;
+        }
+        stream.flush().await
+    };
+    // A server that stops reading without closing would block the writes.
+    match tokio::time::timeout(Duration::from_secs(30), send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!(
+            "the gateway closed before the client had sent its body ({e}): a client that \
+             sends first never reads the answer"
+        ),
+        Err(_) => panic!("the server neither read the body nor closed within 30 s"),
+    }
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut bytes));
+    match read.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("reading the answer ended with: {e}"),
+        Err(_) => panic!("no close within 15 s: {}", String::from_utf8_lossy(&bytes)),
+    }
+    RawAnswer { bytes }
+}
+
+#[tokio::test]
+async fn a_client_that_sends_all_of_a_10_mb_body_first_still_reads_its_413() {
+    let s = setup().await;
+    let pad = vec![b'x'; 64 * 1024];
+
+    // Content-Length: refused from the header, the body never read.
+    let size = 160 * pad.len();
+    let head = post_head(&s.token, &format!("Content-Length: {size}\r\n"));
+    let answer = send_all_then_read(&s.gw, head, pad.clone(), 160).await;
+    assert_eq!(
+        answer.status(),
+        Some(413),
+        "10 MB with Content-Length: {}",
+        answer.describe()
+    );
+    assert_eq!(
+        answer.body_json().expect("a JSON body")["error"]["code"],
+        "payload_too_large"
+    );
+
+    // Chunked: refused once the limit is crossed, mid-body.
+    let mut head = post_head(&s.token, "Transfer-Encoding: chunked\r\n");
+    head.extend(chunk(
+        br#"{"transactionId":"h-all-first","type":"debit","accountId":"alice-eur","amount":1,"currency":"EUR","metadata":{"pad":""#,
+    ));
+    let answer = send_all_then_read(&s.gw, head, chunk(&pad), 160).await;
+    assert_eq!(
+        answer.status(),
+        Some(413),
+        "10 MB chunked: {}",
+        answer.describe()
+    );
+    assert_eq!(
+        answer.body_json().expect("a JSON body")["error"]["code"],
+        "payload_too_large"
+    );
+
+    assert_untouched(&s, &["h-all-first".to_owned()]).await;
+    still_serves(&s, "10 MB bodies sent whole").await;
+}
+
+#[tokio::test]
+async fn lingering_is_bounded_by_bytes_and_time() {
+    // 256 KiB and 1 s: a client that sends more, or for longer, is cut off.
+    let s = setup_with(&["[server]\nlinger_bytes_max = 262144\nlinger_timeout_ms = 1000\n"]).await;
+    let closed = "switchboard_connections_closed_total{reason=\"linger_bytes\"}";
+    let before = s.gw.metric(closed).await;
+    let head = post_head(&s.token, &format!("Content-Length: {}\r\n", 10 << 20));
+    let answer = exchange(&s.gw, head, Some((vec![b'x'; 64 * 1024], 160))).await;
+    assert_eq!(answer.status(), Some(413), "{}", answer.describe());
+    harness::eventually(Duration::from_secs(5), "cut off after 256 KiB", || async {
+        s.gw.metric(closed).await > before
+    })
+    .await;
+
+    // One that keeps the connection open, sending nothing more and never
+    // closing: closed at the timeout.
+    let timed_out = "switchboard_connections_closed_total{reason=\"linger_timeout\"}";
+    let before = s.gw.metric(timed_out).await;
+    let mut stream = tls(&s.gw).await;
+    let head = post_head(&s.token, &format!("Content-Length: {}\r\n", 1 << 20));
+    stream.write_all(&head).await.expect("write the head");
+    stream.flush().await.expect("flush");
+    let started = tokio::time::Instant::now();
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !answer_complete(&bytes) {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    let answer = RawAnswer { bytes };
+    assert_eq!(answer.status(), Some(413), "{}", answer.describe());
+    harness::eventually(Duration::from_secs(5), "cut off after 1 s", || async {
+        s.gw.metric(timed_out).await > before
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "cut off after {took:?}"
+    );
+    drop(stream);
+    still_serves(&s, "lingering").await;
+}
+
+#[tokio::test]
+async fn an_http_1_1_request_without_one_valid_host_gets_400() {
+    let s = setup().await;
+    let auth = format!("Authorization: Bearer {}\r\n", s.token);
+    let get = |version: &str, hosts: &str| {
+        format!("GET /v1/accounts/alice-eur {version}\r\n{hosts}{auth}Connection: close\r\n\r\n")
+            .into_bytes()
+    };
+    for (what, request) in [
+        ("no Host", get("HTTP/1.1", "")),
+        (
+            "two Hosts",
+            get("HTTP/1.1", "Host: localhost\r\nHost: other\r\n"),
+        ),
+        (
+            "a Host with userinfo",
+            get("HTTP/1.1", "Host: user@localhost\r\n"),
+        ),
+        (
+            "a Host with a path",
+            get("HTTP/1.1", "Host: localhost/x\r\n"),
+        ),
+        (
+            "HTTP/1.0, two Hosts",
+            get("HTTP/1.0", "Host: a\r\nHost: b\r\n"),
+        ),
+    ] {
+        let answer = exchange(&s.gw, request, None).await;
+        assert_eq!(answer.status(), Some(400), "{what}: {}", answer.describe());
+        let json = answer.body_json().expect("a JSON body");
+        assert_eq!(json["error"]["code"], "invalid_request", "{what}: {json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Host")),
+            "{what}: {json}"
+        );
+    }
+    // What RFC 9112 allows: HTTP/1.0 without Host, an empty Host, a port.
+    for (what, request) in [
+        ("HTTP/1.0 without Host", get("HTTP/1.0", "")),
+        ("an empty Host", get("HTTP/1.1", "Host: \r\n")),
+        (
+            "a Host with a port",
+            get("HTTP/1.1", "Host: localhost:8443\r\n"),
+        ),
+    ] {
+        let answer = exchange(&s.gw, request, None).await;
+        let status = answer.status();
+        assert_eq!(status, Some(200), "{what}: {}", answer.describe());
+    }
+    // The ops listener follows the same rule.
+    let mut tcp = TcpStream::connect(s.gw.ops).await.expect("connect to ops");
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut bytes))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let answer = RawAnswer { bytes };
+    assert_eq!(answer.status(), Some(400), "ops: {}", answer.describe());
+    assert_eq!(
+        answer.body_json().expect("JSON")["error"]["code"],
+        "invalid_request"
+    );
+    still_serves(&s, "requests without Host").await;
 }

@@ -53,6 +53,55 @@ async fn over_quota_gets_429_with_headers_another_client_is_unaffected_and_it_re
     );
 }
 
+/// The per-IP limit answers like the per-client one: 429 `rate_limited`
+/// with `Retry-After` and the `RateLimit-*` headers of the IP's bucket,
+/// before any token is looked at.
+#[tokio::test]
+async fn per_ip_429s_carry_retry_after_and_rate_limit_headers() {
+    let gw = gateway("[limits]\nper_ip_per_s = 1\nper_ip_burst = 3\n", &[]).await;
+    let op = gw.token("op", &["operator"]);
+    for i in 0..3 {
+        let r = gw.get("/v1/switches", &op).await;
+        assert_eq!(r.status, 200, "request {i} of the burst: {:?}", r.json);
+    }
+    // With a valid token, and with none at all: the IP's bucket refuses first.
+    for (what, token) in [("a valid token", op.as_str()), ("no token", "")] {
+        let r = gw.get("/v1/switches", token).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (429, "rate_limited"),
+            "{what}: {:?}",
+            r.json
+        );
+        assert!(r.json["error"]["message"].is_string(), "{what}");
+        let header = |name: &str| -> u64 {
+            r.header(name)
+                .unwrap_or_else(|| panic!("{what}: no {name} header"))
+                .parse()
+                .unwrap_or_else(|e| panic!("{what}: {name}: {e}"))
+        };
+        let retry_after = header("retry-after");
+        let reset = header("ratelimit-reset");
+        assert_eq!(header("ratelimit-limit"), 3, "{what}: the burst");
+        assert_eq!(header("ratelimit-remaining"), 0, "{what}");
+        // One request back after about a second (1/s), the whole burst of
+        // 3 after about three.
+        assert_eq!(retry_after, 1, "{what}");
+        assert!((retry_after..=3).contains(&reset), "{what}: reset {reset}");
+    }
+    let (_, metrics) = gw.ops_get("/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchboard_requests_denied_total{reason=\"rate_limited_ip\"}"
+        ),
+        2.0
+    );
+    // The IP is served again once its bucket refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(gw.get("/v1/switches", &op).await.status, 200);
+}
+
 #[tokio::test]
 async fn a_per_client_override_beats_the_role_quota() {
     let gw = gateway(

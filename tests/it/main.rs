@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod imports;
 mod ledger;
+mod lifecycle;
 mod limits;
 mod openapi;
 mod ops_docs;

@@ -84,6 +84,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::MethodNotAllowed { allow: "GET" },
         ApiError::InvalidRequest("x".into()),
         ApiError::PayloadTooLarge { limit_bytes: 1 },
+        ApiError::RequestTimeout,
         ApiError::UnsupportedMediaType,
         ApiError::InsufficientFunds,
         ApiError::DeclinedBySwitch,
@@ -116,6 +117,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::MethodNotAllowed { .. }
             | ApiError::InvalidRequest(_)
             | ApiError::PayloadTooLarge { .. }
+            | ApiError::RequestTimeout
             | ApiError::UnsupportedMediaType
             | ApiError::InsufficientFunds
             | ApiError::DeclinedBySwitch
@@ -142,9 +144,10 @@ fn error(code: &str) -> ApiError {
 }
 
 /// The errors each operation can answer, read off `src/edge/`:
-/// every route passes the per-IP and per-client limits (429), the token
-/// (401), the role (403) and the deadline backstop (504); then
-/// - bodies (`read_json`): 413, 415, 400;
+/// every route passes the per-IP and per-client limits (429), the `Host`
+/// check (400), the token (401), the role (403) and the deadline backstop
+/// (504); then
+/// - bodies (`read_json`): 413, 415, 400, 408;
 /// - ledger calls: `ledger_unavailable` (503), `internal` (500, a ledger
 ///   invariant broken), `not_found` where an id is looked up;
 /// - `post_transaction`: the flow's refusals and outcomes.
@@ -153,6 +156,7 @@ fn error(code: &str) -> ApiError {
 /// answers to a method it has no operation for (checked separately).
 fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
     let mut codes = vec![
+        "invalid_request",
         "unauthorized",
         "forbidden",
         "rate_limited",
@@ -160,8 +164,8 @@ fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
     ];
     codes.extend(match endpoint {
         Endpoint::PostTransaction => &[
-            "invalid_request",
             "payload_too_large",
+            "request_timeout",
             "unsupported_media_type",
             "not_found",
             "transaction_in_progress",
@@ -178,8 +182,8 @@ fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
             &["not_found", "ledger_unavailable", "internal"][..]
         }
         Endpoint::PostAccount => &[
-            "invalid_request",
             "payload_too_large",
+            "request_timeout",
             "unsupported_media_type",
             "account_exists",
             "ledger_unavailable",
