@@ -5,6 +5,12 @@
 //! the request can have reached the switch (the connection was never
 //! established). Everything after that is [`ForwardError::Unknown`]: the
 //! caller must ask the switch before sending the transaction anywhere else.
+//!
+//! **Invariant:** [`Answer::NotFound`] ("never received") is read only from
+//! the protocol's own answer to a requery: a 404 whose JSON body says
+//! `"status": "not_found"` and names the transaction asked about. Any other
+//! 404 (a proxy in front of the switch, a wrong path, an HTML error page) is
+//! an unknown outcome, so it can never move a transaction to another switch.
 
 use std::time::Duration;
 
@@ -31,7 +37,8 @@ pub enum Answer {
     },
     /// 503 `not_processed`: refused without touching it; safe to try elsewhere.
     NotProcessed,
-    /// 404 on a requery: the switch never received it; safe to try elsewhere.
+    /// The protocol's 404 `not_found` for this transaction, on a requery:
+    /// the switch never received it; safe to try elsewhere.
     NotFound,
 }
 
@@ -45,11 +52,35 @@ pub enum ForwardError {
     Unknown(String),
 }
 
+/// An answer's body as the protocol spells it.
 #[derive(Debug, Deserialize)]
 struct WireAnswer {
-    status: String,
+    status: WireStatus,
     reference: Option<String>,
     reason: Option<String>,
+    /// In a 404 `not_found`: the id the switch looked up (the one asked about).
+    #[serde(rename = "transactionId")]
+    transaction_id: Option<String>,
+}
+
+/// The `status` of an answer; any other value is not a protocol answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireStatus {
+    Approved,
+    Declined,
+    NotProcessed,
+    NotFound,
+}
+
+/// What the switch was asked: which answers prove what depends on it.
+#[derive(Debug, Clone, Copy)]
+enum Asked<'a> {
+    /// `POST /transactions`: `503 not_processed` proves it was not processed.
+    Forward,
+    /// `GET /transactions/{id}`: only the protocol's 404 `not_found` naming
+    /// this id proves it was never received.
+    Requery { transaction_id: &'a str },
 }
 
 /// One upstream switch, as configured.
@@ -137,7 +168,7 @@ impl SwitchClient {
             .header("x-request-id", request_id)
             .body(Full::new(payload))
             .map_err(|e| ForwardError::NotSent(e.to_string()))?;
-        self.exchange(req, timeout).await
+        self.exchange(req, Asked::Forward, timeout).await
     }
 
     /// `GET /transactions/{id}`: what happened to a transaction we may have sent.
@@ -156,7 +187,8 @@ impl SwitchClient {
             .map_err(|e| ForwardError::NotSent(e.to_string()))?;
         // A requery changes nothing on the switch, so "not sent" and "unknown"
         // both just mean "no answer" to the caller.
-        self.exchange(req, timeout).await
+        self.exchange(req, Asked::Requery { transaction_id }, timeout)
+            .await
     }
 
     /// `GET /health` on a fresh connection: true on 200 within `timeout`.
@@ -186,9 +218,9 @@ impl SwitchClient {
     async fn exchange(
         &self,
         req: Request<Full<Bytes>>,
+        asked: Asked<'_>,
         timeout: Duration,
     ) -> Result<Answer, ForwardError> {
-        let is_get = req.method() == Method::GET;
         let work = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 if e.is_connect() {
@@ -203,7 +235,7 @@ impl SwitchClient {
                 .await
                 .map_err(|e| ForwardError::Unknown(format!("reading answer: {e}")))?
                 .to_bytes();
-            interpret(status, &body, is_get)
+            interpret(status, &body, asked)
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
@@ -217,7 +249,9 @@ impl SwitchClient {
     }
 }
 
-fn interpret(status: StatusCode, body: &[u8], is_get: bool) -> Result<Answer, ForwardError> {
+/// Reads an answer per the protocol (docs/design.md, "The switch protocol");
+/// anything it does not define is an unknown outcome.
+fn interpret(status: StatusCode, body: &[u8], asked: Asked<'_>) -> Result<Answer, ForwardError> {
     let wire: Option<WireAnswer> = serde_json::from_slice(body).ok();
     let unknown = |what: &str| {
         ForwardError::Unknown(format!(
@@ -225,17 +259,27 @@ fn interpret(status: StatusCode, body: &[u8], is_get: bool) -> Result<Answer, Fo
             String::from_utf8_lossy(&body[..body.len().min(200)])
         ))
     };
-    match (status, wire) {
-        (StatusCode::OK, Some(w)) if w.status == "approved" => Ok(Answer::Approved {
+    match (status, wire, asked) {
+        (StatusCode::OK, Some(w), _) if w.status == WireStatus::Approved => Ok(Answer::Approved {
             reference: w.reference.unwrap_or_default(),
         }),
-        (StatusCode::OK, Some(w)) if w.status == "declined" => Ok(Answer::Declined {
+        (StatusCode::OK, Some(w), _) if w.status == WireStatus::Declined => Ok(Answer::Declined {
             reason: w.reason.unwrap_or_else(|| "declined".into()),
         }),
-        (StatusCode::SERVICE_UNAVAILABLE, Some(w)) if w.status == "not_processed" && !is_get => {
+        (StatusCode::SERVICE_UNAVAILABLE, Some(w), Asked::Forward)
+            if w.status == WireStatus::NotProcessed =>
+        {
             Ok(Answer::NotProcessed)
         }
-        (StatusCode::NOT_FOUND, _) if is_get => Ok(Answer::NotFound),
+        (StatusCode::NOT_FOUND, Some(w), Asked::Requery { transaction_id })
+            if w.status == WireStatus::NotFound
+                && w.transaction_id.as_deref() == Some(transaction_id) =>
+        {
+            Ok(Answer::NotFound)
+        }
+        (StatusCode::NOT_FOUND, _, Asked::Requery { .. }) => Err(unknown(
+            "a 404 that is not the protocol's not_found for this transaction (a proxy or a wrong path?)",
+        )),
         _ => Err(unknown("unexpected answer")),
     }
 }
@@ -255,9 +299,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    const REQUERY: Asked<'static> = Asked::Requery {
+        transaction_id: "tx-1",
+    };
+
     #[test]
     fn answers_are_read_per_protocol() {
-        let ok = |b: &str| interpret(StatusCode::OK, b.as_bytes(), false);
+        let ok = |b: &str| interpret(StatusCode::OK, b.as_bytes(), Asked::Forward);
         assert_eq!(
             ok(r#"{"status":"approved","reference":"r1"}"#).unwrap(),
             Answer::Approved {
@@ -268,27 +316,87 @@ mod tests {
             ok(r#"{"status":"declined"}"#),
             Ok(Answer::Declined { .. })
         ));
+        assert!(matches!(
+            ok(r#"{"status":"maybe"}"#),
+            Err(ForwardError::Unknown(_))
+        ));
         assert_eq!(
             interpret(
                 StatusCode::SERVICE_UNAVAILABLE,
                 br#"{"status":"not_processed"}"#,
-                false
+                Asked::Forward
             )
             .unwrap(),
             Answer::NotProcessed
         );
         // Any other 5xx is an unknown outcome, never a safe retry.
         assert!(matches!(
-            interpret(StatusCode::INTERNAL_SERVER_ERROR, b"{}", false),
+            interpret(StatusCode::INTERNAL_SERVER_ERROR, b"{}", Asked::Forward),
             Err(ForwardError::Unknown(_))
         ));
         assert!(matches!(
-            interpret(StatusCode::SERVICE_UNAVAILABLE, b"busy", false),
+            interpret(StatusCode::SERVICE_UNAVAILABLE, b"busy", Asked::Forward),
             Err(ForwardError::Unknown(_))
         ));
+        // A requery is never "not processed".
+        assert!(matches!(
+            interpret(
+                StatusCode::SERVICE_UNAVAILABLE,
+                br#"{"status":"not_processed"}"#,
+                REQUERY
+            ),
+            Err(ForwardError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_protocols_not_found_for_this_transaction_proves_never_received() {
         assert_eq!(
-            interpret(StatusCode::NOT_FOUND, b"", true).unwrap(),
+            interpret(
+                StatusCode::NOT_FOUND,
+                br#"{"status":"not_found","transactionId":"tx-1"}"#,
+                REQUERY
+            )
+            .unwrap(),
             Answer::NotFound
         );
+        for body in [
+            "",
+            "<html><body><h1>404 Not Found</h1></body></html>",
+            "not found",
+            r#"{"error":"not found"}"#,
+            // The protocol's word without the id asked about: a generic 404
+            // of some JSON service (the sim's unknown route once looked so).
+            r#"{"status":"not_found"}"#,
+            r#"{"status":"not_found","reason":"no route for /transactionz/tx-1"}"#,
+            // Another transaction's answer.
+            r#"{"status":"not_found","transactionId":"tx-2"}"#,
+            r#"{"status":"gone","transactionId":"tx-1"}"#,
+        ] {
+            assert!(
+                matches!(
+                    interpret(StatusCode::NOT_FOUND, body.as_bytes(), REQUERY),
+                    Err(ForwardError::Unknown(_))
+                ),
+                "{body:?}"
+            );
+        }
+        // Not-found means nothing on a forward, or under another status.
+        assert!(matches!(
+            interpret(
+                StatusCode::NOT_FOUND,
+                br#"{"status":"not_found","transactionId":"tx-1"}"#,
+                Asked::Forward
+            ),
+            Err(ForwardError::Unknown(_))
+        ));
+        assert!(matches!(
+            interpret(
+                StatusCode::OK,
+                br#"{"status":"not_found","transactionId":"tx-1"}"#,
+                REQUERY
+            ),
+            Err(ForwardError::Unknown(_))
+        ));
     }
 }

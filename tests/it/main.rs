@@ -4,6 +4,7 @@ mod auth;
 mod batch;
 mod compose;
 mod db;
+mod failover;
 mod foundation;
 mod harness;
 mod hostile;
