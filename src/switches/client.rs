@@ -3,8 +3,10 @@
 //!
 //! **Invariant:** a [`ForwardError::NotSent`] is returned only when no byte of
 //! the request can have reached the switch (the connection was never
-//! established). Everything after that is [`ForwardError::Unknown`]: the
-//! caller must ask the switch before sending the transaction anywhere else.
+//! established: TCP connect and, for `https://`, the TLS handshake, together
+//! bounded by `forwarding.connect_timeout_ms`). Everything after that is
+//! [`ForwardError::Unknown`]: the caller must ask the switch before sending
+//! the transaction anywhere else.
 //!
 //! **Invariant:** [`Answer::NotFound`] ("never received") is read only from
 //! the protocol's own answer to a requery: a 404 whose JSON body says
@@ -12,6 +14,9 @@
 //! 404 (a proxy in front of the switch, a wrong path, an HTML error page) is
 //! an unknown outcome, so it can never move a transaction to another switch.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +24,7 @@ use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
@@ -44,7 +49,8 @@ pub enum Answer {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ForwardError {
-    /// The connection was never established: nothing was sent.
+    /// The connection was never established (refused, TCP connect or TLS
+    /// handshake failed or timed out): nothing was sent.
     #[error("not sent: {0}")]
     NotSent(String),
     /// The request may have reached the switch; its outcome is unknown.
@@ -83,6 +89,45 @@ enum Asked<'a> {
     Requery { transaction_id: &'a str },
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens every switch connection: TCP connect and, for `https://`, the TLS
+/// handshake, bounded together by `forwarding.connect_timeout_ms`. Nothing of
+/// a request is written before it returns, so its failure or timeout (a
+/// refused port, a handshake that fails or stalls) reaches the client as a
+/// connect error, which [`SwitchClient`] reads as [`ForwardError::NotSent`].
+#[derive(Clone)]
+struct BoundedConnector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+/// The connection to a switch was not established within the connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("connection (TCP connect and TLS handshake) not established within {} ms", .0.as_millis())]
+struct ConnectTimedOut(Duration);
+
+impl tower_service::Service<Uri> for BoundedConnector {
+    type Response = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(ConnectTimedOut(timeout)) as BoxError),
+            }
+        })
+    }
+}
+
 /// One upstream switch, as configured.
 #[derive(Debug, Clone)]
 pub struct Switch {
@@ -113,10 +158,10 @@ impl Switch {
 /// The pooled keep-alive client used for every switch.
 #[derive(Clone)]
 pub struct SwitchClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<BoundedConnector, Full<Bytes>>,
     /// Keeps no idle connections: every probe opens a fresh one, so a probe
     /// tests what a new forward would meet.
-    probe_client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    probe_client: Client<BoundedConnector, Full<Bytes>>,
     response_bytes_max: usize,
 }
 
@@ -131,6 +176,10 @@ impl SwitchClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let https = BoundedConnector {
+            inner: https,
+            timeout: cfg.connect_timeout(),
+        };
         let probe_client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(https.clone());
@@ -217,10 +266,13 @@ impl SwitchClient {
 
     async fn exchange(
         &self,
-        req: Request<Full<Bytes>>,
+        mut req: Request<Full<Bytes>>,
         asked: Asked<'_>,
         timeout: Duration,
     ) -> Result<Answer, ForwardError> {
+        // Set once the pool hands the request a connection, before any byte
+        // of it is written: unset at the timeout, nothing was sent.
+        let connection = capture_connection(&mut req);
         let work = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 if e.is_connect() {
@@ -239,8 +291,12 @@ impl SwitchClient {
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
-            // The connector's own connect timeout is shorter and reports
-            // NotSent; reaching this one means the request may have left.
+            // Still connecting (a budget shorter than the connect timeout):
+            // the request never had a connection to leave on.
+            Err(_) if connection.connection_metadata().is_none() => Err(ForwardError::NotSent(
+                format!("no connection within {} ms", timeout.as_millis()),
+            )),
+            // It had a connection: the request may have left.
             Err(_) => Err(ForwardError::Unknown(format!(
                 "no answer within {} ms",
                 timeout.as_millis()
@@ -398,5 +454,117 @@ mod tests {
             ),
             Err(ForwardError::Unknown(_))
         ));
+    }
+
+    /// A client with `connect_timeout_ms` and no roots (no handshake here
+    /// gets far enough to verify anything).
+    fn client(connect_timeout_ms: u64) -> SwitchClient {
+        let cfg = ForwardingConfig {
+            connect_timeout_ms,
+            attempt_timeout_ms: 10_000,
+            attempts_max: 3,
+            pool_idle_per_switch_max: 4,
+            pool_idle_timeout_ms: 1_000,
+            response_bytes_max: 16_384,
+            ca_bundle: None,
+            client_cert: None,
+            client_key: None,
+        };
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        SwitchClient::new(&cfg, tls)
+    }
+
+    /// A listener that accepts and holds connections, never a byte back;
+    /// reads what arrives, counting it.
+    async fn silent_listener() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let read = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = read.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                        counted.fetch_add(n, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (addr, read)
+    }
+
+    fn switch(url: String) -> Switch {
+        Switch {
+            name: SwitchName::parse("s").unwrap(),
+            base: url.parse().unwrap(),
+            weight: 1,
+        }
+    }
+
+    async fn forward(client: &SwitchClient, url: String, timeout_ms: u64) -> ForwardError {
+        client
+            .forward(
+                &switch(url),
+                "tx-1",
+                "req-1",
+                Bytes::from_static(b"{}"),
+                Duration::from_millis(timeout_ms),
+            )
+            .await
+            .expect_err("no answer")
+    }
+
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_not_sent_within_the_connect_timeout() {
+        let (addr, _) = silent_listener().await;
+        let started = std::time::Instant::now();
+        let err = forward(
+            &client(100),
+            format!("https://localhost:{}", addr.port()),
+            5_000,
+        )
+        .await;
+        assert!(matches!(err, ForwardError::NotSent(_)), "{err}");
+        assert!(err.to_string().contains("TLS handshake"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_budget_that_ends_while_connecting_is_not_sent() {
+        let (addr, _) = silent_listener().await;
+        let err = forward(
+            &client(5_000),
+            format!("https://localhost:{}", addr.port()),
+            100,
+        )
+        .await;
+        assert!(matches!(err, ForwardError::NotSent(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_answer_once_connected_is_unknown() {
+        let (addr, read) = silent_listener().await;
+        let err = forward(&client(5_000), format!("http://{addr}"), 300).await;
+        assert!(matches!(err, ForwardError::Unknown(_)), "{err}");
+        assert!(
+            read.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "the request left"
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! What proves a switch did not process a transaction, so that it may move
 //! to another (docs/design.md, "Failover only with proof"): a 404 that is not
-//! the protocol's own `not_found` proves nothing. Real sockets: a plain hyper
-//! server standing in for a proxy, real sims.
+//! the protocol's own `not_found` proves nothing; a connection that never
+//! finished its TLS handshake proves nothing was sent. Real sockets: a plain
+//! hyper server standing in for a proxy, a TCP listener that swallows
+//! handshakes, real sims.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +16,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use switchboard::devtools::sim::{self, SimHandle, SimOptions};
+use switchboard::domain::TransactionId;
+use switchboard::ledger::AttemptOutcome;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::{self, Options, debit, eventually, spawn_gateway_with};
 use crate::resilience::FAST;
@@ -172,4 +177,149 @@ async fn a_404_that_is_not_the_protocols_not_found_never_moves_a_transaction() {
     );
     assert_eq!(gw.balance("nf1").await, 90);
     assert_eq!(sims[0].stats().await.received, 0, "sim-1 saw nothing");
+}
+
+/// A TCP listener in front of an HTTPS sim: it passes connections through
+/// while `stall` is false (so probes see a healthy switch), and once it is
+/// set accepts and holds every new connection without a byte either way — a
+/// TLS handshake that never finishes.
+struct StallingTls {
+    addr: SocketAddr,
+    stall: Arc<AtomicBool>,
+    stalled: Arc<AtomicU64>,
+}
+
+impl StallingTls {
+    async fn spawn(behind: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stall, stalled) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, n) = (stall.clone(), stalled.clone());
+        tokio::spawn(async move {
+            let mut held: Vec<TcpStream> = Vec::new();
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                if s.load(Ordering::SeqCst) {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    held.push(tcp);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = TcpStream::connect(behind).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            stall,
+            stalled,
+        }
+    }
+
+    /// `https://localhost:PORT`: a name the development certificate covers.
+    fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_not_sent_and_fails_over_quickly() {
+    let certs = harness::certs();
+    let mut opts = SimOptions::new("behind-stall");
+    opts.tls = Some(sim::SimTls {
+        cert: certs.server_cert(),
+        key: certs.server_key(),
+        client_ca: None,
+    });
+    let secure: SimHandle = sim::spawn("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .unwrap();
+    let front = StallingTls::spawn(secure.addr).await;
+    let healthy = harness::spawn_sims(1).await;
+    let attempt_timeout_ms = 3000;
+    let gw = spawn_gateway_with(Options {
+        layers: vec![
+            FAST.into(),
+            format!(
+                r#"
+[server]
+request_deadline_ms = 6000
+[forwarding]
+ca_bundle = "{ca}"
+connect_timeout_ms = 200
+attempt_timeout_ms = {attempt_timeout_ms}
+[health]
+# Probes of the stalled switch fail too; keep it in rotation for the test.
+unhealthy_threshold = 1000
+passive_failures_max = 1000
+[reconciler]
+stale_after_ms = 12000
+"#,
+                ca = certs.ca_cert().display()
+            ),
+            weighted(&[
+                ("stalled-tls", front.url(), 100),
+                ("sim-1", healthy[0].url(), 1),
+            ]),
+        ],
+        ..Options::default()
+    })
+    .await;
+    gw.account("st1", "sal", "EUR", 100).await;
+    let token = gw.token("sal", &["transact"]);
+
+    front.stall.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let r = gw
+        .post("/v1/transactions", &token, &debit("st-1", "st1", 10))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["switch"], "sim-1");
+    assert_eq!(r.json["attempts"], 2);
+    assert!(
+        took < Duration::from_millis(attempt_timeout_ms / 2),
+        "failed over after the connect timeout, not the attempt timeout: {took:?}"
+    );
+    assert!(front.stalled.load(Ordering::SeqCst) >= 1);
+    assert_eq!(secure.stats().await.received, 0, "nothing reached it");
+    assert_eq!(healthy[0].stats().await.received, 1);
+
+    let attempts = gw
+        .state
+        .ledger
+        .attempts(&TransactionId::parse("st-1").unwrap())
+        .await
+        .expect("attempts");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].switch.as_str(), "stalled-tls");
+    assert_eq!(
+        attempts[0].outcome,
+        Some(AttemptOutcome::NotSent),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("TLS handshake"),
+        "{attempts:?}"
+    );
+    assert_eq!(attempts[1].switch.as_str(), "sim-1");
+    assert_eq!(attempts[1].outcome, Some(AttemptOutcome::Approved));
+    assert_eq!(
+        gw.metric("switchboard_switch_retries_total{reason=\"not_sent\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("switchboard_switch_forwards_total{result=\"not_sent\",switch=\"stalled-tls\"}")
+            .await,
+        1.0
+    );
 }
