@@ -433,7 +433,8 @@ pub struct LedgerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardingConfig {
-    /// TCP connect timeout to a switch, ms.
+    /// Establishing a switch connection (TCP connect and TLS handshake
+    /// together) times out after this, ms; nothing was sent then.
     pub connect_timeout_ms: u64,
     /// One attempt (request sent → answer read) times out after this, ms.
     pub attempt_timeout_ms: u64,

@@ -799,9 +799,11 @@ impl Shared {
                     Method::GET => self.get_transaction(raw).await?,
                     _ => method_not_allowed("GET"),
                 },
+                // Not the protocol's `not_found` (which only a lookup of an id
+                // answers): a wrong path proves nothing about any transaction.
                 _ => json(
                     StatusCode::NOT_FOUND,
-                    &json!({"status": "not_found", "reason": format!("no route for {other}")}),
+                    &json!({"status": "no_route", "reason": format!("no route for {other}")}),
                 ),
             },
         };
@@ -901,7 +903,11 @@ impl Shared {
         let found = self.book().outcomes.get(&id).cloned();
         Ok(match found {
             Some(outcome) => json(StatusCode::OK, &outcome),
-            None => json(StatusCode::NOT_FOUND, &json!({"status": "not_found"})),
+            // The protocol's proof of "never received": it names the id looked up.
+            None => json(
+                StatusCode::NOT_FOUND,
+                &json!({"status": "not_found", "transactionId": id}),
+            ),
         })
     }
 

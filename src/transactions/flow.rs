@@ -7,7 +7,8 @@
 //!
 //! **Invariant:** a transaction moves to another switch only when the last
 //! one provably did not process it: the connection was never made, it said
-//! `503 not_processed`, or a requery answered 404.
+//! `503 not_processed`, or a requery answered the protocol's 404 `not_found`
+//! naming it ([`Answer::NotFound`]; any other 404 is an unknown outcome).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +65,8 @@ enum Step {
 enum Retry {
     /// The connection was never made.
     Unreachable,
-    /// A requery answered 404: the switch never received it.
+    /// A requery answered the protocol's 404 `not_found`: the switch never
+    /// received it.
     NeverReceived,
     /// The switch answered `503 not_processed`.
     Refused,

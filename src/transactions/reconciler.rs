@@ -9,10 +9,11 @@
 //! - no attempt recorded, or the last one recorded as not sent / not
 //!   processed → nothing ran → released (`failed`);
 //! - approved / declined → committed / released as declined;
-//! - 404 → that switch never got it, and earlier switches provably did not
-//!   process it either (the flow only moves on when they could not have) →
-//!   released (`failed`);
-//! - no answer → stays `pending`, with the requery count and last error.
+//! - the protocol's 404 `not_found` → that switch never got it, and earlier
+//!   switches provably did not process it either (the flow only moves on
+//!   when they could not have) → released (`failed`);
+//! - no answer, or any other answer (a 404 of a proxy too) → stays
+//!   `pending`, with the requery count and last error.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,6 +5,7 @@ mod balancing;
 mod batch;
 mod compose;
 mod db;
+mod failover;
 mod foundation;
 mod harness;
 mod hostile;

@@ -522,10 +522,20 @@ async fn unknown_paths_methods_and_bad_faults() {
     let s = start("lambda", Mode::Healthy).await;
     let c = client();
     let (status, body) = get(&c, &s, "/nope").await;
-    assert_eq!((status, body["status"].clone()), (404, json!("not_found")));
+    // An unknown route is a 404 that is not the protocol's `not_found`: it
+    // proves nothing about any transaction.
+    assert_eq!((status, body["status"].clone()), (404, json!("no_route")));
     assert_eq!(
         get(&c, &s, "/transactions/never-sent").await,
-        (404, json!({"status": "not_found"}))
+        (
+            404,
+            json!({"status": "not_found", "transactionId": "never-sent"})
+        )
+    );
+    // The id looked up, decoded, is the one named.
+    assert_eq!(
+        get(&c, &s, "/transactions/a%3Ab").await,
+        (404, json!({"status": "not_found", "transactionId": "a:b"}))
     );
 
     let resp = c
