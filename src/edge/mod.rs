@@ -19,7 +19,7 @@ pub mod tls;
 
 pub use answer::RENDER;
 pub use auth::{AuthError, Authenticator, Principal};
-pub use body::{TransactionBody, parse_json};
+pub use body::{BodyFields, TransactionBody, parse_json};
 pub use error::{ApiError, Body};
 pub use routes::{Endpoint, ROUTES, Route};
 pub use state::AppState;
