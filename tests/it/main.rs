@@ -2,6 +2,7 @@
 
 mod auth;
 mod batch;
+mod cli;
 mod compose;
 mod db;
 mod foundation;
