@@ -19,4 +19,5 @@ mod readme;
 mod resilience;
 mod sim;
 mod status_page;
+mod test_sh;
 mod transactions;
