@@ -15,6 +15,14 @@
 #      Set SWITCHBOARD_NO_INSTALL=1 to forbid that.
 #   4. Otherwise it fails, saying how to get a PostgreSQL.
 #
+# On a server it did not start, it first drops stale test databases of
+# earlier runs: those named as tests/it/db.rs names them (`sb_<pid>_<uuid>`,
+# or the older `sb_<uuid>`) that nobody is connected to and whose test
+# process, when the name carries one, is gone. Each test drops its own
+# database when it ends (panics included); this catches runs that were killed.
+#
+# Before it installs anything as root it says what and why, one line each.
+#
 # Environment:
 #   DATABASE_URL            overrides `.env.test`.
 #   SWITCHBOARD_TEST_CMD    if set, run `bash -c "$SWITCHBOARD_TEST_CMD"` (extra
@@ -22,6 +30,8 @@
 #                           script itself, e.g.
 #                           SWITCHBOARD_TEST_CMD='psql "$DATABASE_URL" -c "select 1"'
 #   SWITCHBOARD_NO_INSTALL  if 1, never install packages.
+#   SWITCHBOARD_KEEP_TEST_DB if 1, the tests keep their databases (and this
+#                           script still drops stale ones before the run).
 #   SWITCHBOARD_KEEP_PG     if 1, leave the throwaway cluster's directory behind
 #                           (the server is still stopped) for reading its log.
 set -euo pipefail
@@ -262,7 +272,7 @@ install_postgres() {
     [[ $EUID -eq 0 ]] || return 1
     have apt-get || return 1
     [[ ${SWITCHBOARD_NO_INSTALL:-0} != 1 ]] || return 1
-    say "no usable Postgres found: installing the postgresql package (apt-get)"
+    say "will install (apt-get, as root): postgresql: no usable Postgres was found and the integration tests need one (SWITCHBOARD_NO_INSTALL=1 forbids installing)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 }
@@ -300,6 +310,52 @@ fi
 export DATABASE_URL
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+# --- stale test databases of earlier runs ------------------------------------------
+# tests/it/db.rs names each test's database sb_<pid>_<uuid> (earlier versions:
+# sb_<uuid>) and drops it when the test ends. A run that was killed leaves its
+# databases behind; drop those nobody is connected to and whose process is
+# gone. Without FORCE, so one that somebody connects to meanwhile stays.
+# Other names (benches/run.sh's sb_bench_*, anything else) are never touched.
+
+pid_alive() { [[ -d /proc/$1 ]] || kill -0 "$1" 2>/dev/null; }
+
+drop_stale_test_databases() {
+    local url=$1 name pid dropped=0 kept=0
+    if ! have psql; then
+        say "psql not found: not looking for stale test databases"
+        return 0
+    fi
+    local names
+    names="$(PGCONNECT_TIMEOUT=5 psql "$url" -X -At -v ON_ERROR_STOP=1 -c "
+        SELECT d.datname FROM pg_database d
+        WHERE d.datname ~ '^sb_([0-9]+_)?[0-9a-f]{32}\$'
+          AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)
+        ORDER BY 1" 2>/dev/null)" || { say "could not list databases: not looking for stale test databases"; return 0; }
+    while IFS= read -r name; do
+        [[ -n $name ]] || continue
+        if [[ $name =~ ^sb_([0-9]+)_ ]]; then
+            pid=${BASH_REMATCH[1]}
+            if pid_alive "$pid"; then
+                kept=$((kept + 1))
+                continue
+            fi
+        fi
+        if PGCONNECT_TIMEOUT=5 psql "$url" -X -q -v ON_ERROR_STOP=1 \
+            -c "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1; then
+            dropped=$((dropped + 1))
+        fi
+    done <<<"$names"
+    local note=""
+    ((kept == 0)) || note="; kept $kept of test processes still running"
+    if ((dropped > 0 || kept > 0)); then
+        say "dropped $dropped stale test database(s) of earlier runs (sb_*, nobody connected)$note"
+    fi
+}
+
+if [[ $PG_STARTED -eq 0 ]]; then
+    drop_stale_test_databases "$DATABASE_URL"
+fi
+
 # --- tools other tests drive: docker-compose, chromium, promtool ----------------
 # tests/it/compose.rs runs `docker-compose config` on the compose files, the
 # status-page test drives a headless chromium, and the alert rules are checked
@@ -311,11 +367,16 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]]; then
     tools_missing=()   # commands, for messages
     tools_pkgs=()      # Debian packages providing them
-    have docker-compose || { tools_missing+=(docker-compose); tools_pkgs+=(docker-compose); }
-    have chromium || { tools_missing+=(chromium); tools_pkgs+=(chromium); }
-    have promtool || { tools_missing+=(promtool); tools_pkgs+=(prometheus); }
+    tools_why=()       # why each package is needed, one line each
+    have docker-compose || { tools_missing+=(docker-compose); tools_pkgs+=(docker-compose)
+        tools_why+=("tests/it/compose.rs runs 'docker-compose config' on both compose files (no Docker engine)"); }
+    have chromium || { tools_missing+=(chromium); tools_pkgs+=(chromium)
+        tools_why+=("tests/it/status_page.rs renders the status page in headless Chromium"); }
+    have promtool || { tools_missing+=(promtool); tools_pkgs+=(prometheus)
+        tools_why+=("for promtool: tests/it/ops_docs.rs checks and unit-tests ops/alerts.yml (the daemon is stopped again)"); }
     if ! have schemathesis && ! { have python3 && python3 -m pip --version >/dev/null 2>&1; }; then
         tools_missing+=("pip (for schemathesis)"); tools_pkgs+=(python3-pip)
+        tools_why+=("pip installs schemathesis, which tests/it/openapi.rs runs against the live gateway")
     fi
     if ((${#tools_pkgs[@]} > 0)); then
         tools_hint="apt-get install --no-install-recommends ${tools_pkgs[*]}"
@@ -324,7 +385,10 @@ if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]]; then
         if [[ $EUID -ne 0 ]] || ! have apt-get; then
             die "not found: ${tools_missing[*]}; install them (Debian/Ubuntu: sudo $tools_hint), or run this script as root to have them installed"
         fi
-        say "not found: ${tools_missing[*]}: installing ${tools_pkgs[*]} (apt-get)"
+        say "not found: ${tools_missing[*]}; as root, installing with apt-get (SWITCHBOARD_NO_INSTALL=1 forbids it):"
+        for i in "${!tools_pkgs[@]}"; do
+            say "  will install ${tools_pkgs[$i]}: ${tools_why[$i]}"
+        done
         if [[ ${APT_UPDATED:-0} != 1 ]]; then
             apt-get update -qq || die "apt-get update failed (see above)"
             APT_UPDATED=1
@@ -359,7 +423,7 @@ if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]] && ! have schemathesis; then
     if ! have python3 || ! python3 -m pip --version >/dev/null 2>&1; then
         die "schemathesis not found and pip is unavailable (Debian/Ubuntu: apt-get install python3-pip), then $pip_hint"
     fi
-    say "schemathesis not found: installing it (python3 -m pip install schemathesis)"
+    say "will install (python3 -m pip): schemathesis: tests/it/openapi.rs fuzzes the live gateway with it (SWITCHBOARD_NO_INSTALL=1 forbids installing)"
     # A Debian system Python refuses plain installs (PEP 668): then --user.
     python3 -m pip install --quiet 'schemathesis>=4,<5' \
         || python3 -m pip install --quiet --user --break-system-packages 'schemathesis>=4,<5' \

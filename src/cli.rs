@@ -44,25 +44,41 @@ pub enum Command {
     /// Run a simulated switch.
     Sim(SimArgs),
     /// Print a JWT signed with the configured development key.
+    ///
+    /// The token is signed with auth.dev_hs256_secret (HS256, no kid) and
+    /// lives --ttl-s seconds (default auth.token_ttl_s). The gateway checks
+    /// exp and nbf with auth.leeway_s of clock leeway (default 60 s), so a
+    /// token is still accepted up to that long after it expires.
     Token {
-        #[arg(long)]
+        /// The token's subject (`sub`): the client id the gateway sees,
+        /// e.g. the owner of the accounts it may move money out of.
+        #[arg(long, value_name = "CLIENT")]
         sub: String,
-        /// Comma-separated: transact, auditor, operator.
-        #[arg(long, value_delimiter = ',')]
-        roles: Vec<String>,
+        /// Comma-separated roles: transact, auditor, operator. Required; pass
+        /// --roles '' for a token with no roles.
+        #[arg(long, value_name = "R1,R2", value_delimiter = ',')]
+        roles: Option<Vec<String>>,
         /// Lifetime in seconds (default: auth.token_ttl_s).
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         ttl_s: Option<u64>,
     },
     /// Apply migrations/ to database.url.
     Migrate,
     /// Write a development CA, server and client certificate.
+    ///
+    /// The server certificate covers localhost, 127.0.0.1 and ::1, plus every
+    /// --san; the CA (ca.pem) is what clients trust.
     Certs {
-        #[arg(long, default_value = "certs")]
+        /// Directory to write ca.pem, server.pem, client.pem and their keys into.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
         dir: PathBuf,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+        /// Another DNS name or IP address for the server certificate, e.g. a
+        /// compose service name (repeatable).
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
     },
 }
 
@@ -70,14 +86,18 @@ pub enum Command {
 // replace the subcommand's help).
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    #[arg(long, default_value = "127.0.0.1:9001")]
+    /// Address to listen on (plain HTTP unless --tls-cert is given).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9001")]
     listen: SocketAddr,
+    /// The switch's name: in its answers, `/stats` and logs (the gateway's
+    /// [[switches]] name for it, by convention).
     #[arg(long)]
     name: String,
     /// healthy, decline, slow, down, error, flaky or hang-after-receive.
     #[arg(long, default_value = "healthy")]
     mode: String,
-    #[arg(long, default_value_t = 0)]
+    /// Delay added to each transaction's answer in `slow` mode, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
     latency_ms: u64,
     /// Share of requests failing in `flaky` mode, 0.0 to 1.0.
     #[arg(long, default_value_t = 0.5)]
@@ -183,9 +203,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             load_config(&cli)?;
             sim(args).await
         }
-        Command::Token { sub, roles, ttl_s } => token(&load_config(&cli)?, sub, roles, *ttl_s),
+        Command::Token { sub, roles, ttl_s } => {
+            let roles = roles.as_deref().ok_or_else(|| {
+                Failure::usage(
+                    "--roles is required: e.g. --roles transact, or --roles operator,auditor \
+                     (roles: transact, auditor, operator); --roles '' makes a token with no roles",
+                )
+            })?;
+            token(&load_config(&cli)?, sub, roles, *ttl_s)
+        }
         Command::Migrate => migrate(&load_config(&cli)?).await,
-        Command::Certs { dir, force } => certs(dir, *force),
+        Command::Certs { dir, force, sans } => certs(dir, *force, sans),
     }
 }
 
@@ -239,15 +267,20 @@ fn token(config: &Config, sub: &str, roles: &[String], ttl_s: Option<u64>) -> Re
             "auth.dev_hs256_secret is not set: set it in config or SWITCHBOARD__AUTH__DEV_HS256_SECRET",
         ));
     }
-    for r in roles {
+    // `--roles ''`: no roles, asked for explicitly.
+    let roles: Vec<&str> = roles
+        .iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .collect();
+    for r in &roles {
         if Role::parse(r).is_none() {
             return Err(Failure::usage(format!(
                 "unknown role {r:?}: use transact, auditor or operator"
             )));
         }
     }
-    ClientId::parse(sub).map_err(|e| Failure::usage(e.to_string()))?;
-    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    ClientId::parse(sub).map_err(|e| Failure::usage(format!("--sub: {}", e.message)))?;
     let token = Authenticator::new(&config.auth)
         .map_err(|e| Failure::usage(e.to_string()))?
         .sign(sub, &roles, ttl_s.unwrap_or(config.auth.token_ttl_s))
@@ -268,7 +301,11 @@ async fn migrate(config: &Config) -> Result<(), Failure> {
 }
 
 /// `switchboard certs`.
-fn certs(dir: &Path, force: bool) -> Result<(), Failure> {
+fn certs(dir: &Path, force: bool, sans: &[String]) -> Result<(), Failure> {
+    for san in sans {
+        crate::devtools::certs::check_san(san)
+            .map_err(|e| Failure::usage(format!("--san: {e}")))?;
+    }
     let paths = CertPaths::new(dir);
     if !force && paths.server_cert().exists() {
         return Err(Failure::usage(format!(
@@ -276,10 +313,11 @@ fn certs(dir: &Path, force: bool) -> Result<(), Failure> {
             paths.server_cert().display()
         )));
     }
-    crate::devtools::certs::generate(dir).map_err(Failure::other)?;
+    crate::devtools::certs::generate_with(dir, sans).map_err(Failure::other)?;
     println!(
-        "wrote a development CA, server and client certificate to {}",
-        dir.display()
+        "wrote a development CA, server and client certificate to {} (server names: {})",
+        dir.display(),
+        crate::devtools::certs::server_names(sans).join(", ")
     );
     Ok(())
 }

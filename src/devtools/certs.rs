@@ -1,5 +1,7 @@
-//! Development certificates: a CA, a server leaf for `localhost` and
-//! `127.0.0.1`, and a client leaf for mTLS, all signed by the CA.
+//! Development certificates: a CA, a server leaf for `localhost`,
+//! `127.0.0.1` and `::1` (plus any extra names, `switchboard certs --san`,
+//! e.g. a compose service name), and a client leaf for mTLS, all signed by
+//! the CA.
 //!
 //! The server certificate is a leaf, not the CA itself: rustls clients reject
 //! a CA used as an end entity (`CaUsedAsEndEntity`).
@@ -78,8 +80,49 @@ pub enum CertsError {
     },
 }
 
+/// The names every development server certificate covers.
+const SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// The server certificate's names: the defaults, then `extra` (deduplicated).
+pub fn server_names(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+    for name in extra {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// Whether `san` can name a server: an IP address, or a DNS name (labels of
+/// letters, digits and `-`, optionally a leading `*.`).
+pub fn check_san(san: &str) -> Result<(), String> {
+    if san.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let host = san.strip_prefix("*.").unwrap_or(san);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!(
+            "{san:?} is neither an IP address nor a DNS name (letters, digits, '-' and '.')"
+        ));
+    }
+    Ok(())
+}
+
 /// Writes a fresh CA, server and client certificate into `dir`.
 pub fn generate(dir: &Path) -> Result<CertPaths, CertsError> {
+    generate_with(dir, &[])
+}
+
+/// Like [`generate`], the server certificate also covering `extra_names`
+/// (DNS names or IP addresses, see [`check_san`]).
+pub fn generate_with(dir: &Path, extra_names: &[String]) -> Result<CertPaths, CertsError> {
     fs::create_dir_all(dir).map_err(|source| CertsError::Io {
         path: dir.to_owned(),
         source,
@@ -119,7 +162,7 @@ pub fn generate(dir: &Path) -> Result<CertPaths, CertsError> {
         Ok((cert.pem(), key.serialize_pem()))
     };
     let (server_pem, server_key) = leaf(
-        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        server_names(extra_names),
         "localhost",
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
@@ -158,4 +201,30 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), CertsError> {
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn san_names_are_checked() {
+        for ok in [
+            "gateway",
+            "gateway.internal",
+            "*.svc.local",
+            "10.0.0.7",
+            "::1",
+            "a-b",
+        ] {
+            assert!(check_san(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "x-", "a..b", "with space", "under_score", "é.com"] {
+            assert!(check_san(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            server_names(&["gateway".into(), "localhost".into()]),
+            ["localhost", "127.0.0.1", "::1", "gateway"]
+        );
+    }
 }

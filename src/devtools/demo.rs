@@ -81,9 +81,12 @@ async fn start_sims(config: &mut Config) -> anyhow::Result<Vec<SimHandle>> {
     Ok(sims)
 }
 
+/// The demo accounts: id, owner, opening balance in EUR minor units (cents).
+const ACCOUNTS: [(&str, &str, i64); 2] = [("alice-eur", "alice", 10_000), ("bob-eur", "bob", 500)];
+
 async fn open_accounts(ledger: &Ledger) -> anyhow::Result<()> {
     let eur = Currency::parse("EUR")?;
-    for (id, owner, balance) in [("alice-eur", "alice", 10_000), ("bob-eur", "bob", 500)] {
+    for (id, owner, balance) in ACCOUNTS {
         ledger
             .create_account(&NewAccount {
                 id: AccountId::parse(id)?,
@@ -107,17 +110,18 @@ fn print_instructions(app: &Application, config: &Config, certs: &CertPaths) -> 
     let ca = ca.display();
     println!(
         r#"
-Switchboard demo is running.
+Switchboard demo is running. Amounts are integers of minor units (cents).
   HTTPS API : {base}   (trust {ca})
   Ops       : http://{ops}/metrics  /healthz  /readyz
   Switches  : sim-1, sim-2, sim-3 on 127.0.0.1:9001-9003
-  Accounts  : alice-eur (owner alice, 10000 EUR), bob-eur (owner bob, 500 EUR)
+  Accounts  : {accounts}
 
 export ALICE={alice}
 export OPERATOR={operator}
 
-# Debit 25.00 EUR from alice-eur:
-curl -sS --cacert {ca} -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' \
+# Each curl prints the status code on its last line.
+# Debit 25.00 EUR (2500 minor units) from alice-eur:
+curl -sS -w '\n%{{http_code}}\n' --cacert {ca} -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' \
   -d '{{"transactionId":"demo-1","type":"debit","accountId":"alice-eur","amount":2500,"currency":"EUR"}}' \
   {base}/v1/transactions
 
@@ -127,24 +131,53 @@ curl -sS -i --cacert {ca} -H "Authorization: Bearer $ALICE" -H 'Content-Type: ap
   {base}/v1/transactions
 
 # Transfer to bob, then read the balance and the transaction:
-curl -sS --cacert {ca} -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' \
+curl -sS -w '\n%{{http_code}}\n' --cacert {ca} -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' \
   -d '{{"transactionId":"demo-2","type":"transfer","from":"alice-eur","to":"bob-eur","amount":100,"currency":"EUR"}}' \
   {base}/v1/transactions
-curl -sS --cacert {ca} -H "Authorization: Bearer $ALICE" {base}/v1/accounts/alice-eur
-curl -sS --cacert {ca} -H "Authorization: Bearer $ALICE" {base}/v1/transactions/demo-2
+curl -sS -w '\n%{{http_code}}\n' --cacert {ca} -H "Authorization: Bearer $ALICE" {base}/v1/accounts/alice-eur
+curl -sS -w '\n%{{http_code}}\n' --cacert {ca} -H "Authorization: Bearer $ALICE" {base}/v1/transactions/demo-2
 
 # Overdraw: 422 insufficient_funds
-curl -sS --cacert {ca} -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' \
+curl -sS -w '\n%{{http_code}}\n' --cacert {ca} -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' \
   -d '{{"transactionId":"demo-3","type":"debit","accountId":"alice-eur","amount":99999999,"currency":"EUR"}}' \
   {base}/v1/transactions
 
 # Take a switch down and watch traffic go to the others:
-curl -sS -X PUT -d '{{"mode":"down"}}' http://127.0.0.1:9001/faults
-curl -sS --cacert {ca} -H "Authorization: Bearer $OPERATOR" {base}/v1/switches
+curl -sS -w '\n%{{http_code}}\n' -X PUT -d '{{"mode":"down"}}' http://127.0.0.1:9001/faults
+curl -sS -w '\n%{{http_code}}\n' --cacert {ca} -H "Authorization: Bearer $OPERATOR" {base}/v1/switches
 
 Ctrl-C stops it.
 "#,
         ops = app.ops_addr(),
+        accounts = accounts_line(),
     );
     Ok(())
+}
+
+/// The banner's accounts, amounts in minor units as the API takes them:
+/// `alice-eur: owner alice, 10000 minor units (100.00 EUR); ...`.
+fn accounts_line() -> String {
+    ACCOUNTS
+        .iter()
+        .map(|(id, owner, minor)| {
+            format!(
+                "{id}: owner {owner}, {minor} minor units ({}.{:02} EUR)",
+                minor / 100,
+                minor % 100
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_banner_shows_minor_units_and_what_they_are_worth() {
+        assert_eq!(
+            super::accounts_line(),
+            "alice-eur: owner alice, 10000 minor units (100.00 EUR); \
+             bob-eur: owner bob, 500 minor units (5.00 EUR)"
+        );
+    }
 }

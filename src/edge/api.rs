@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::domain::Role;
 use crate::edge::auth::Principal;
-use crate::edge::error::{ApiError, Body};
+use crate::edge::error::{ApiError, Body, Unauthenticated};
 use crate::edge::handlers;
 use crate::edge::routes::{Endpoint, find_route, route_label};
 use crate::edge::server::{ConnInfo, Handler};
@@ -184,7 +184,7 @@ fn authorize<B>(
         .and_then(|v| v.to_str().ok());
     let who = state.auth.load().verify(header).map_err(|e| {
         deny(state, None, e.reason());
-        ApiError::Unauthorized("a valid bearer token is required")
+        ApiError::Unauthorized(Unauthenticated::from(&e))
     })?;
     let config = state.config.load();
     if config.auth.require_sub_match_client_cert
@@ -192,9 +192,7 @@ fn authorize<B>(
         && conn.client_cert_cn.as_deref() != Some(who.client.as_str())
     {
         deny(state, Some(&who), "client_cert_mismatch");
-        return Err(ApiError::Unauthorized(
-            "the token's subject does not match the client certificate",
-        ));
+        return Err(ApiError::Unauthorized(Unauthenticated::ClientCertMismatch));
     }
     if !roles.iter().any(|r| who.has(*r)) {
         deny(state, Some(&who), "missing_role");

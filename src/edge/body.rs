@@ -34,7 +34,7 @@ impl BodyLimits {
 }
 
 /// Reads a bounded JSON body into `T`, naming the offending field on error.
-pub(super) async fn read_json<T: DeserializeOwned>(
+pub(super) async fn read_json<T: DeserializeOwned + BodyFields>(
     req: Request<Incoming>,
     limits: BodyLimits,
 ) -> Result<T, ApiError> {
@@ -62,32 +62,115 @@ pub(super) async fn read_json<T: DeserializeOwned>(
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::PayloadTooLarge { limit_bytes }
             } else {
-                ApiError::InvalidRequest(format!("could not read the body: {e}"))
+                tracing::debug!(error = %e, "request body not read");
+                ApiError::InvalidRequest("body: could not be read to its end".into())
             }
         })?
         .to_bytes();
     parse_json(&bytes)
 }
 
-/// Parses JSON into `T`; the error names the field (`amount: invalid type ...`).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// The fields of a request body, for errors in the API's own words: what
+/// each field must be when its JSON has the wrong type or value.
+pub trait BodyFields {
+    /// Every field the body accepts, as the API spells it.
+    const FIELDS: &'static [&'static str];
+    /// What `field` must be ("must be a string"); `None` for no such field.
+    fn expects(field: &str) -> Option<&'static str>;
+}
+
+/// Parses JSON into `T`. A refusal names the field and says what is wrong in
+/// the API's words (`amount: must be an integer number of minor units`), or
+/// says where the JSON itself breaks; never a Rust type or parser internals.
+pub fn parse_json<T: DeserializeOwned + BodyFields>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = if path == "." || path.is_empty() {
-            format!("body: {inner}")
-        } else {
-            format!("{path}: {inner}")
-        };
-        ApiError::InvalidRequest(message)
+        ApiError::InvalidRequest(describe::<T>(&path, e.inner()))
     })?;
     // One JSON document and nothing after it: trailing bytes would otherwise
     // be ignored, and a second document silently dropped.
     de.end()
-        .map_err(|e| ApiError::InvalidRequest(format!("body: {e}")))?;
+        .map_err(|e| ApiError::InvalidRequest(describe::<T>(".", &e)))?;
     Ok(value)
 }
+
+/// A serde_json error at `path` ("." for the whole body), in the API's words.
+fn describe<T: BodyFields>(path: &str, e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let (line, column) = (e.line(), e.column());
+    // serde_json's own text, without the position it appends.
+    let text = e.to_string();
+    let text = text
+        .strip_suffix(&format!(" at line {line} column {column}"))
+        .unwrap_or(&text);
+    match e.classify() {
+        Category::Io => "body: could not be read".into(),
+        Category::Eof => {
+            format!("body is not valid JSON (ends early at line {line}, column {column})")
+        }
+        Category::Syntax => format!(
+            "body is not valid JSON ({} at line {line}, column {column})",
+            syntax_words(text)
+        ),
+        Category::Data => data_words::<T>(path, text),
+    }
+}
+
+/// serde_json's syntax errors (a fixed set), as a person would say them.
+fn syntax_words(text: &str) -> &'static str {
+    match text {
+        "expected `:`" => "a ':' was expected",
+        "expected `,` or `]`" => "a ',' or ']' was expected",
+        "expected `,` or `}`" => "a ',' or '}' was expected",
+        "expected ident" => "true, false or null was expected",
+        "expected value" => "a value was expected",
+        "expected `\"`" => "a quoted key was expected",
+        "invalid escape" => "a string has an invalid escape",
+        "invalid number" => "a number is malformed",
+        "number out of range" => "a number is too large",
+        "invalid unicode code point" => "a string has an invalid character",
+        "key must be a string" => "an object key is not a string",
+        "lone leading surrogate in hex escape" => "a string has an unpaired \\u escape",
+        "trailing comma" => "a comma before the closing bracket",
+        "trailing characters" => "something follows the JSON value",
+        "unexpected end of hex escape" => "a \\u escape ends early",
+        "recursion limit exceeded" => "nested too deeply",
+        t if t.starts_with("control character") => "a string holds an unescaped control character",
+        _ => "malformed",
+    }
+}
+
+/// A value of the wrong shape at `path`: the field and what it must be.
+fn data_words<T: BodyFields>(path: &str, text: &str) -> String {
+    // The field serde names in backticks, for missing, unknown and
+    // duplicate fields (`missing field `amount``).
+    let named = || text.split('`').nth(1).unwrap_or_default().to_owned();
+    if text.starts_with("missing field") {
+        return format!("{}: is required", named());
+    }
+    if text.starts_with("unknown field") {
+        return format!(
+            "{}: is not a field of this request (its fields are {})",
+            named(),
+            T::FIELDS.join(", ")
+        );
+    }
+    if text.starts_with("duplicate field") {
+        return format!("{}: appears more than once", named());
+    }
+    let field = path.split(['.', '[']).next().unwrap_or_default();
+    if field.is_empty() {
+        return "body: must be a JSON object".into();
+    }
+    match T::expects(field) {
+        Some(what) => format!("{field}: {what}"),
+        None => format!("{field}: has the wrong type"),
+    }
+}
+
+const STRING: &str = "must be a string";
+const MINOR_UNITS: &str = "must be an integer number of minor units";
 
 /// `POST /v1/transactions` as sent: parsed into [`TransactionRequest`] at once.
 #[derive(Debug, Deserialize)]
@@ -104,12 +187,48 @@ pub struct TransactionBody {
     metadata: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug)]
 enum TxKindBody {
     Debit,
     Credit,
     Transfer,
+}
+
+// By hand, from a string: a derived enum makes serde_json call a number
+// there a syntax error ("expected value") instead of a wrong type.
+impl<'de> Deserialize<'de> for TxKindBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const KINDS: &[&str] = &["debit", "credit", "transfer"];
+        let kind = String::deserialize(d)?;
+        match kind.as_str() {
+            "debit" => Ok(TxKindBody::Debit),
+            "credit" => Ok(TxKindBody::Credit),
+            "transfer" => Ok(TxKindBody::Transfer),
+            _ => Err(serde::de::Error::unknown_variant(&kind, KINDS)),
+        }
+    }
+}
+
+impl BodyFields for TransactionBody {
+    const FIELDS: &'static [&'static str] = &[
+        "transactionId",
+        "type",
+        "accountId",
+        "from",
+        "to",
+        "amount",
+        "currency",
+        "metadata",
+    ];
+    fn expects(field: &str) -> Option<&'static str> {
+        Some(match field {
+            "transactionId" | "accountId" | "from" | "to" | "currency" => STRING,
+            "type" => "must be one of debit, credit, transfer",
+            "amount" => MINOR_UNITS,
+            "metadata" => "must be an object",
+            _ => return None,
+        })
+    }
 }
 
 /// Largest `metadata` object, bytes of JSON.
@@ -186,4 +305,242 @@ pub(super) struct AccountBody {
     pub(super) currency: String,
     #[serde(default)]
     pub(super) opening_balance: i64,
+}
+
+impl BodyFields for AccountBody {
+    const FIELDS: &'static [&'static str] = &["accountId", "owner", "currency", "openingBalance"];
+    fn expects(field: &str) -> Option<&'static str> {
+        Some(match field {
+            "accountId" | "owner" | "currency" => STRING,
+            "openingBalance" => MINOR_UNITS,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Words of the implementation that must never reach a client.
+    pub(crate) const RUST_WORDS: &[&str] = &[
+        "i64",
+        "u64",
+        "i32",
+        "u32",
+        "f64",
+        "usize",
+        "String",
+        "str",
+        "struct",
+        "enum",
+        "variant",
+        "Option",
+        "serde",
+        "EOF",
+        "?:",
+        "invalid type",
+        "`",
+        "TransactionBody",
+        "AccountBody",
+    ];
+
+    fn message<T: DeserializeOwned + BodyFields + std::fmt::Debug>(body: &str) -> String {
+        match parse_json::<T>(body.as_bytes()) {
+            Ok(v) => panic!("{body} parsed: {v:?}"),
+            Err(ApiError::InvalidRequest(m)) => m,
+            Err(e) => panic!("{body}: {e:?}"),
+        }
+    }
+
+    fn assert_plain(body: &str, got: &str) {
+        let words: Vec<&str> = got
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .collect();
+        for bad in RUST_WORDS {
+            let found = if bad.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                words.contains(bad)
+            } else {
+                got.contains(bad)
+            };
+            assert!(!found, "{body}: message {got:?} contains {bad:?}");
+        }
+    }
+
+    const OK: &str =
+        r#""transactionId":"t1","type":"debit","accountId":"a1","amount":5,"currency":"EUR""#;
+
+    #[test]
+    fn every_transaction_body_error_is_in_the_api_words() {
+        let cases: Vec<(String, &str)> = vec![
+            // Malformed JSON.
+            (
+                format!("{{{OK}"),
+                "body is not valid JSON (ends early at line 1, column ",
+            ),
+            (
+                "".into(),
+                "body is not valid JSON (ends early at line 1, column 0)",
+            ),
+            (
+                "{\"transactionId\" \"t\"}".into(),
+                "body is not valid JSON (a ':' was expected at line 1, column 18)",
+            ),
+            (
+                "{'a':1}".into(),
+                "body is not valid JSON (an object key is not a string at line 1, column 2)",
+            ),
+            (
+                "{\"amount\":01}".into(),
+                "body is not valid JSON (a number is malformed at line 1, column 12)",
+            ),
+            (
+                "{\"amount\":tru}".into(),
+                "body is not valid JSON (true, false or null was expected",
+            ),
+            (
+                "{\"amount\":5 \"currency\":\"EUR\"}".into(),
+                "body is not valid JSON (a ',' or '}' was expected at line 1, column 13)",
+            ),
+            (
+                "{\"amount\":}".into(),
+                "body is not valid JSON (a value was expected at line 1, column 11)",
+            ),
+            (
+                format!("{{{OK},}}"),
+                "body is not valid JSON (a comma before the closing bracket",
+            ),
+            (
+                format!("{{{OK}}} x"),
+                "body is not valid JSON (something follows the JSON value",
+            ),
+            (
+                format!("{{{OK}}}{{{OK}}}"),
+                "body is not valid JSON (something follows the JSON value",
+            ),
+            (
+                "{\"transactionId\":\"a\\x\"}".into(),
+                "body is not valid JSON (a string has an invalid escape",
+            ),
+            // The whole body of the wrong shape.
+            ("null".into(), "body: must be a JSON object"),
+            ("[]".into(), "body: must be a JSON object"),
+            ("\"x\"".into(), "body: must be a JSON object"),
+            // Wrong type, per field.
+            (
+                OK.replace("\"t1\"", "1").pipe_obj(),
+                "transactionId: must be a string",
+            ),
+            (
+                OK.replace("\"debit\"", "\"refund\"").pipe_obj(),
+                "type: must be one of debit, credit, transfer",
+            ),
+            (
+                OK.replace("\"debit\"", "3").pipe_obj(),
+                "type: must be one of debit, credit, transfer",
+            ),
+            (
+                OK.replace("\"a1\"", "true").pipe_obj(),
+                "accountId: must be a string",
+            ),
+            (
+                OK.replace("\"amount\":5", "\"amount\":\"5\"").pipe_obj(),
+                "amount: must be an integer number of minor units",
+            ),
+            (
+                OK.replace("\"amount\":5", "\"amount\":1.5").pipe_obj(),
+                "amount: must be an integer number of minor units",
+            ),
+            (
+                OK.replace("\"amount\":5", "\"amount\":null").pipe_obj(),
+                "amount: must be an integer number of minor units",
+            ),
+            (
+                OK.replace("\"amount\":5", "\"amount\":9223372036854775808")
+                    .pipe_obj(),
+                "amount: must be an integer number of minor units",
+            ),
+            (
+                OK.replace("\"amount\":5", "\"amount\":1e400").pipe_obj(),
+                "body is not valid JSON (a number is too large",
+            ),
+            (
+                OK.replace("\"EUR\"", "[\"EUR\"]").pipe_obj(),
+                "currency: must be a string",
+            ),
+            (format!("{{{OK},\"from\":{{}}}}"), "from: must be a string"),
+            (format!("{{{OK},\"to\":7}}"), "to: must be a string"),
+            // Unknown, missing and repeated fields.
+            (
+                format!("{{{OK},\"fee\":1}}"),
+                "fee: is not a field of this request (its fields are transactionId, type, accountId, from, to, amount, currency, metadata)",
+            ),
+            (
+                OK.replace("\"transactionId\":\"t1\",", "").pipe_obj(),
+                "transactionId: is required",
+            ),
+            (
+                OK.replace(",\"amount\":5", "").pipe_obj(),
+                "amount: is required",
+            ),
+            (
+                OK.replace(",\"currency\":\"EUR\"", "").pipe_obj(),
+                "currency: is required",
+            ),
+            (
+                OK.replace("\"type\":\"debit\",", "").pipe_obj(),
+                "type: is required",
+            ),
+            (
+                format!("{{{OK},\"amount\":6}}"),
+                "amount: appears more than once",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (body, want) in cases {
+            let got = message::<TransactionBody>(&body);
+            if !got.starts_with(want) {
+                wrong.push(format!("{body}: got {got:?}, want {want:?}"));
+            }
+            assert_plain(&body, &got);
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn every_account_body_error_is_in_the_api_words() {
+        let ok = r#""accountId":"a1","owner":"o","currency":"EUR","openingBalance":5"#;
+        for (body, want) in [
+            (format!("{{{ok}"), "body is not valid JSON (ends early"),
+            (
+                ok.replace("5", "\"5\"").pipe_obj(),
+                "openingBalance: must be an integer number of minor units",
+            ),
+            (
+                ok.replace("\"o\"", "1").pipe_obj(),
+                "owner: must be a string",
+            ),
+            (
+                ok.replace(",\"owner\":\"o\"", "").pipe_obj(),
+                "owner: is required",
+            ),
+            (
+                format!("{{{ok},\"kind\":\"x\"}}"),
+                "kind: is not a field of this request (its fields are accountId, owner, currency, openingBalance)",
+            ),
+        ] {
+            let got = message::<AccountBody>(&body);
+            assert!(got.starts_with(want), "{body}: got {got:?}, want {want:?}");
+            assert_plain(&body, &got);
+        }
+    }
+
+    trait PipeObj {
+        fn pipe_obj(self) -> String;
+    }
+    impl PipeObj for String {
+        fn pipe_obj(self) -> String {
+            format!("{{{self}}}")
+        }
+    }
 }

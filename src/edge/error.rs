@@ -11,6 +11,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::domain::FieldError;
+use crate::edge::auth::AuthError;
 use crate::edge::limits::RateLimited;
 use crate::ledger::LedgerError;
 
@@ -19,8 +20,8 @@ pub type Body = Full<Bytes>;
 /// Every way a client request can fail, with its status and stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{0}")]
-    Unauthorized(&'static str),
+    #[error("{}", .0.message())]
+    Unauthorized(Unauthenticated),
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("not found")]
@@ -148,12 +149,100 @@ impl ApiError {
             ApiError::Overloaded => {
                 headers.insert(header::RETRY_AFTER, 1.into());
             }
-            ApiError::Unauthorized(_) => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            ApiError::Unauthorized(why) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(why.challenge()),
+                );
+            }
+            ApiError::Forbidden(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(INSUFFICIENT_SCOPE),
+                );
             }
             _ => {}
         }
         resp
+    }
+}
+
+/// Why a request is not authenticated, as far as the client is told: the
+/// body's message and the `WWW-Authenticate` challenge (RFC 6750 §3). A
+/// missing token gets a bare challenge (§3.1: no error code); any token that
+/// does not verify is `invalid_token`, saying only whether it expired, is not
+/// valid yet, or is otherwise invalid: never which key, claim or check failed
+/// (that is in the audit log and `switchboard_requests_denied_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    Missing,
+    Expired,
+    NotYetValid,
+    Invalid,
+    /// mTLS: the token's `sub` is not the client certificate's subject.
+    ClientCertMismatch,
+}
+
+/// A 403's challenge (RFC 6750 §3.1: the token lacks the role).
+const INSUFFICIENT_SCOPE: &str = concat!(
+    r#"Bearer realm="switchboard", error="insufficient_scope", "#,
+    r#"error_description="the token lacks the role this route needs""#
+);
+
+impl Unauthenticated {
+    pub fn message(self) -> &'static str {
+        match self {
+            Unauthenticated::Missing => "a bearer token is required",
+            Unauthenticated::Expired => "the bearer token has expired",
+            Unauthenticated::NotYetValid => "the bearer token is not valid yet",
+            Unauthenticated::Invalid => "the bearer token is invalid",
+            Unauthenticated::ClientCertMismatch => {
+                "the token's subject does not match the client certificate"
+            }
+        }
+    }
+
+    /// The `WWW-Authenticate` value; `error_description` is [`Self::message`].
+    pub fn challenge(self) -> &'static str {
+        macro_rules! invalid {
+            ($description:literal) => {
+                concat!(
+                    r#"Bearer realm="switchboard", error="invalid_token", error_description=""#,
+                    $description,
+                    '"'
+                )
+            };
+        }
+        match self {
+            Unauthenticated::Missing => r#"Bearer realm="switchboard""#,
+            Unauthenticated::Expired => invalid!("the bearer token has expired"),
+            Unauthenticated::NotYetValid => invalid!("the bearer token is not valid yet"),
+            Unauthenticated::Invalid => invalid!("the bearer token is invalid"),
+            Unauthenticated::ClientCertMismatch => {
+                invalid!("the token's subject does not match the client certificate")
+            }
+        }
+    }
+}
+
+impl From<&AuthError> for Unauthenticated {
+    fn from(e: &AuthError) -> Self {
+        match e {
+            AuthError::Missing => Unauthenticated::Missing,
+            AuthError::Expired => Unauthenticated::Expired,
+            AuthError::NotYetValid => Unauthenticated::NotYetValid,
+            AuthError::TooLarge
+            | AuthError::Malformed
+            | AuthError::BadSignature
+            | AuthError::UnknownKid
+            | AuthError::Algorithm
+            | AuthError::Issuer
+            | AuthError::Audience
+            | AuthError::Lifetime
+            | AuthError::Claims(_)
+            | AuthError::NoKey
+            | AuthError::KeyFile { .. } => Unauthenticated::Invalid,
+        }
     }
 }
 
@@ -210,4 +299,83 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_auth_errors() -> Vec<AuthError> {
+        vec![
+            AuthError::Missing,
+            AuthError::TooLarge,
+            AuthError::Malformed,
+            AuthError::BadSignature,
+            AuthError::UnknownKid,
+            AuthError::Algorithm,
+            AuthError::Expired,
+            AuthError::NotYetValid,
+            AuthError::Issuer,
+            AuthError::Audience,
+            AuthError::Lifetime,
+            AuthError::Claims("exp is required"),
+            AuthError::NoKey,
+            AuthError::KeyFile {
+                file: "k.pem".into(),
+                kid: Some("k1".into()),
+                problem: "x".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_401_says_why_in_rfc_6750_terms_and_nothing_more() {
+        for e in all_auth_errors() {
+            let why = Unauthenticated::from(&e);
+            let resp = ApiError::Unauthorized(why).into_response();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+            let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+            assert!(
+                challenge.starts_with(r#"Bearer realm="switchboard""#),
+                "{challenge}"
+            );
+            if matches!(e, AuthError::Missing) {
+                assert_eq!(challenge, r#"Bearer realm="switchboard""#, "RFC 6750 3.1");
+            } else {
+                let description = format!(r#"error_description="{}""#, why.message());
+                assert!(
+                    challenge.contains(r#"error="invalid_token""#),
+                    "{challenge}"
+                );
+                assert!(challenge.ends_with(&description), "{challenge}");
+            }
+            let lower = challenge.to_lowercase();
+            for secret in [
+                "kid",
+                "key",
+                "signature",
+                "algorithm",
+                "issuer",
+                "audience",
+                "claim",
+            ] {
+                assert!(!lower.contains(secret), "{e:?}: {challenge} says {secret}");
+            }
+        }
+        let say = |e: AuthError| Unauthenticated::from(&e).message();
+        assert!(say(AuthError::Expired).contains("expired"));
+        assert!(say(AuthError::Missing).contains("required"));
+        assert!(say(AuthError::BadSignature).contains("invalid"));
+        assert_eq!(say(AuthError::BadSignature), say(AuthError::UnknownKid));
+    }
+
+    #[test]
+    fn a_403_names_insufficient_scope() {
+        let resp = ApiError::Forbidden("the token lacks the role this route needs").into_response();
+        let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(
+            challenge.contains(r#"error="insufficient_scope""#),
+            "{challenge}"
+        );
+    }
 }

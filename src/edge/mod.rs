@@ -19,8 +19,8 @@ pub mod tls;
 
 pub use answer::RENDER;
 pub use auth::{AuthError, Authenticator, Principal};
-pub use body::{TransactionBody, parse_json};
-pub use error::{ApiError, Body};
+pub use body::{BodyFields, TransactionBody, parse_json};
+pub use error::{ApiError, Body, Unauthenticated};
 pub use routes::{Endpoint, ROUTES, Route};
 pub use state::AppState;
 

@@ -48,6 +48,9 @@ pub(super) struct Health {
     healthy: AtomicBool,
     /// Set after the first probe: until then a switch is not in rotation.
     probed: AtomicBool,
+    /// Set once probes first put it in rotation: coming back after that is
+    /// "back in rotation", the first time is not.
+    was_healthy: AtomicBool,
     /// Consecutive failed forwards (request path).
     forward_failures: AtomicU32,
     /// Set by the request path when `forward_failures` reaches the passive
@@ -96,6 +99,11 @@ pub struct HealthView {
 impl Health {
     pub(super) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether probes have ever put it in rotation.
+    pub(super) fn was_ever_healthy(&self) -> bool {
+        self.was_healthy.load(Ordering::Acquire)
     }
 
     /// In rotation: healthy by probes, not passively ejected, not an outlier.
@@ -210,6 +218,9 @@ impl Health {
         if healthy && !was_healthy {
             self.forward_failures.store(0, Ordering::Relaxed);
         }
+        if healthy {
+            self.was_healthy.store(true, Ordering::Release);
+        }
         self.healthy.store(healthy, Ordering::Release);
         healthy
     }
@@ -251,6 +262,7 @@ impl Default for Health {
     fn default() -> Self {
         Self {
             healthy: AtomicBool::new(false),
+            was_healthy: AtomicBool::new(false),
             probed: AtomicBool::new(false),
             forward_failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
@@ -302,6 +314,7 @@ impl HealthMonitor {
         let ok = self.client.probe(&entry.switch, timeout).await;
         let was = entry.health.is_healthy();
         let was_available = entry.is_available();
+        let returning = entry.health.was_ever_healthy();
         let first = !entry.health.is_probed();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -318,11 +331,15 @@ impl HealthMonitor {
             .with_label_values(&[name])
             .set(i64::from(healthy));
         if healthy != was {
-            if healthy {
+            if !healthy {
+                tracing::warn!(switch = %name, "switch is down: out of rotation");
+            } else if returning {
                 tracing::info!(switch = %name, "switch is healthy: back in rotation");
             } else {
-                tracing::warn!(switch = %name, "switch is down: out of rotation");
+                tracing::info!(switch = %name, "switch is healthy: in rotation");
             }
+        } else if first && !healthy {
+            tracing::warn!(switch = %name, "switch is down: not in rotation yet");
         }
         if !first && !was_available && entry.is_available() {
             entry.balance.start_slow_start(balance::now_ms());
@@ -506,5 +523,16 @@ mod tests {
         assert!(!a.record_probe(false, Duration::ZERO, 5, T));
         assert!(!a.record_probe(true, Duration::ZERO, 6, T));
         assert!(a.record_probe(true, Duration::ZERO, 7, T));
+    }
+
+    #[test]
+    fn only_a_switch_that_was_in_rotation_comes_back() {
+        let a = Health::default();
+        assert!(!a.was_ever_healthy());
+        assert!(!a.record_probe(false, Duration::ZERO, 1, T));
+        assert!(!a.was_ever_healthy(), "a failed first probe");
+        assert!(!a.record_probe(true, Duration::ZERO, 2, T));
+        assert!(a.record_probe(true, Duration::ZERO, 3, T));
+        assert!(a.was_ever_healthy());
     }
 }

@@ -196,6 +196,121 @@ async fn assert_refused(gw: &TestGateway, what: &str, token: &str, reason: &str)
     );
     let after = metric(&gw.ops_get("/metrics").await.1, &sample);
     assert_eq!(after - before, 1.0, "{what}: refused, but not as {reason}");
+    assert_says_why(what, &r, reason);
+}
+
+/// RFC 6750 §3: the challenge and the body say why, in one of three words
+/// (missing, expired / not valid yet, invalid), and nothing about keys,
+/// signatures or which claim failed.
+fn assert_says_why(what: &str, r: &crate::harness::Reply, reason: &str) {
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    let message = r.json["error"]["message"].as_str().unwrap_or_default();
+    let why = match reason {
+        "missing" => {
+            assert_eq!(
+                challenge, r#"Bearer realm="switchboard""#,
+                "{what}: no error code (RFC 6750 3.1)"
+            );
+            assert_eq!(message, "a bearer token is required", "{what}");
+            return;
+        }
+        "expired" => "the bearer token has expired",
+        "not_yet_valid" => "the bearer token is not valid yet",
+        _ => "the bearer token is invalid",
+    };
+    assert_eq!(
+        challenge,
+        format!(r#"Bearer realm="switchboard", error="invalid_token", error_description="{why}""#),
+        "{what}"
+    );
+    assert_eq!(message, why, "{what}: the body says the same");
+    for word in [
+        "kid",
+        "key",
+        "signature",
+        "algorithm",
+        "issuer",
+        "audience",
+        "claim",
+        "lifetime",
+    ] {
+        assert!(
+            !challenge.to_lowercase().contains(word) && !message.to_lowercase().contains(word),
+            "{what}: the refusal names {word:?}: {challenge} / {message}"
+        );
+    }
+}
+
+/// Each kind of 401 says why in `WWW-Authenticate` and the body, a 403 names
+/// `insufficient_scope`, over a real TLS connection.
+#[tokio::test]
+async fn a_401_says_why_in_the_challenge_and_the_body() {
+    let k = keys();
+    let gw = gateway("").await;
+    let url = format!("{}{ACCOUNT}", gw.base);
+    let send = |auth: Option<String>| {
+        let mut req = gw.client.get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move { crate::harness::read(req.send().await.expect("send")).await }
+    };
+    let r = send(None).await;
+    assert_eq!(r.status, 401);
+    assert_says_why("no Authorization header", &r, "missing");
+    let r = send(Some("Basic YWxpY2U6cHc=".into())).await;
+    assert_says_why("another scheme", &r, "missing");
+    let expired = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &k.rsa.private,
+        &claims(json!({"exp": now() - 600})),
+    );
+    let r = send(Some(format!("Bearer {expired}"))).await;
+    assert_says_why("expired", &r, "expired");
+    // One token's header and claims with another's signature.
+    let good = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &k.rsa.private,
+        &claims(json!({})),
+    );
+    let other = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &k.rsa.private,
+        &claims(json!({"sub": "bob"})),
+    );
+    let (signed, _) = good.rsplit_once('.').expect("jwt");
+    let (_, signature) = other.rsplit_once('.').expect("jwt");
+    let forged = format!("{signed}.{signature}");
+    let r = send(Some(format!("Bearer {forged}"))).await;
+    assert_says_why("a bad signature", &r, "bad_signature");
+    let unknown = sign(
+        Algorithm::RS256,
+        Some("nobody"),
+        &k.rsa.private,
+        &claims(json!({})),
+    );
+    let r = send(Some(format!("Bearer {unknown}"))).await;
+    assert_says_why("an unknown kid", &r, "unknown_kid");
+    let r = send(Some("Bearer not.a.token".into())).await;
+    assert_says_why("garbage", &r, "malformed");
+
+    let auditorless = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &k.rsa.private,
+        &claims(json!({"roles": ["operator"]})),
+    );
+    let r = send(Some(format!("Bearer {auditorless}"))).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"), "{:?}", r.json);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            r#"Bearer realm="switchboard", error="insufficient_scope", error_description="the token lacks the role this route needs""#
+        )
+    );
 }
 
 #[tokio::test]

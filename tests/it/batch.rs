@@ -51,14 +51,13 @@ const WAIT_LIMIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_stress_postgres() {
-    let (ledger, url) = db::ledger_pg_with_url().await;
+    let (ledger, db) = db::ledger_pg().await;
     // The sampler has its own pool: queued behind the load's, it would
     // hardly ever look.
-    let sampler = harness::ledger_at(&url).await;
+    let sampler = harness::ledger_at(db.url()).await;
     stress(&ledger, &sampler, 1_500).await;
     sampler.close().await;
     ledger.close().await;
-    db::drop_postgres_database(&url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -873,6 +873,54 @@ fn the_gateway_switches_are_the_simulated_switches_of_the_stack() {
     assert_none("switches", &problems);
 }
 
+/// The gateway's certificate covers the name other services reach it by: the
+/// `switchboard certs` a service runs (its words parsed by the real command
+/// line) names every gateway service with `--san`.
+#[test]
+fn the_gateway_certificate_covers_its_service_name() {
+    use clap::Parser;
+    use switchboard::cli::{Cli, Command as Sub};
+    let compose = Compose::load(FILES[0].0, FILES[0].1);
+    let mut problems = Vec::new();
+    let mut sans = Vec::new();
+    for service in compose.services() {
+        let mut words = strings(service.def.get("entrypoint"));
+        words.extend(strings(service.def.get("command")));
+        let text = words.join(" ");
+        let Some((_, rest)) = text.split_once("switchboard certs") else {
+            continue;
+        };
+        let args = rest
+            .split_whitespace()
+            .take_while(|w| !matches!(*w, "&&" | "||" | ";"));
+        let argv = ["switchboard", "certs"].into_iter().chain(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Sub::Certs { sans: s, .. },
+                ..
+            }) => sans.extend(s),
+            Ok(_) => unreachable!("parsed as certs"),
+            Err(e) => problems.push(format!("{}: switchboard certs{rest}: {e}", service.label())),
+        }
+    }
+    if sans.is_empty() && problems.is_empty() {
+        problems.push(format!(
+            "{}: no service runs `switchboard certs --san`",
+            compose.file
+        ));
+    }
+    for (gateway, _) in gateways(&compose) {
+        if !sans.contains(&gateway.name) {
+            problems.push(format!(
+                "{}: its certificate does not cover {:?} (certs --san: {sans:?})",
+                gateway.label(),
+                gateway.name
+            ));
+        }
+    }
+    assert_none("gateway certificate names", &problems);
+}
+
 #[test]
 fn everything_mounted_or_built_from_the_repository_exists() {
     let mut problems = Vec::new();

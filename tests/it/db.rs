@@ -59,9 +59,77 @@ fn with_database(url: &str, name: &str) -> String {
     out
 }
 
-/// A new, empty Postgres database `sb_<uuid>` on the test server; its URL.
-/// Panics when there is no server to talk to.
-pub async fn fresh_postgres_url() -> String {
+/// A test database on the shared server, dropped (`WITH (FORCE)`) when this
+/// guard is, a failed or panicking test included, so a run leaves none
+/// behind. `SWITCHBOARD_KEEP_TEST_DB=1` keeps them for a look (each kept one
+/// is printed). Named `sb_<pid>_<uuid>`: scripts/test.sh drops stale ones of
+/// earlier runs whose process is gone and that nobody is connected to.
+pub struct TestDb {
+    url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::env::var("SWITCHBOARD_KEEP_TEST_DB").as_deref() == Ok("1") {
+            eprintln!(
+                "kept test database {} (SWITCHBOARD_KEEP_TEST_DB=1)",
+                self.name
+            );
+            return;
+        }
+        let Some(admin_url) = admin_url() else { return };
+        let name = self.name.clone();
+        // Drop runs inside or outside a runtime, maybe while unwinding: a
+        // thread of its own with its own runtime, waited for, so the database
+        // is gone before the test is over. FORCE ends the sessions of a
+        // gateway that is still shutting down.
+        let dropper = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return Err("no runtime".to_owned());
+            };
+            rt.block_on(async {
+                let work = async {
+                    let mut admin = sqlx::PgConnection::connect(&admin_url)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut admin)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    let _ = admin.close().await;
+                    done
+                };
+                tokio::time::timeout(Duration::from_secs(30), work)
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".to_owned()))
+            })
+        });
+        match dropper.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!(
+                "could not drop test database {}: the dropper panicked",
+                self.name
+            ),
+        }
+    }
+}
+
+/// A new, empty Postgres database `sb_<pid>_<uuid>` on the test server,
+/// dropped with its guard. Panics when there is no server to talk to.
+pub async fn fresh_postgres() -> TestDb {
     let Some(url) = admin_url() else {
         panic!(
             "no Postgres at (DATABASE_URL unset): run scripts/test.sh, \
@@ -84,7 +152,11 @@ pub async fn fresh_postgres_url() -> String {
         Ok(Err(e)) => no_server(&e),
         Err(_) => no_server(&"connect timed out"),
     };
-    let name = format!("sb_{}", uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "sb_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     // CREATE DATABASE copies template1 and fails while another session is in
     // it, which parallel tests can cause for a moment: try a few times.
     let mut tries = 0;
@@ -104,7 +176,32 @@ pub async fn fresh_postgres_url() -> String {
         }
     }
     let _ = admin.close().await;
-    with_database(&url, &name)
+    TestDb {
+        url: with_database(&url, &name),
+        name,
+    }
+}
+
+/// Whether a database of this name exists on the test server.
+pub async fn database_exists(name: &str) -> bool {
+    let url = admin_url().expect("DATABASE_URL");
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("count");
+    let _ = admin.close().await;
+    n == 1
+}
+
+/// The database name of a URL made by [`fresh_postgres`].
+pub fn database_name(url: &str) -> String {
+    url.split('?')
+        .next()
+        .and_then(|base| base.rsplit('/').next())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A `[database]` section for `url`, on top of the defaults. No conflict
@@ -128,36 +225,11 @@ async fn connected(url: &str) -> Ledger {
     ledger
 }
 
-/// A migrated ledger on a fresh Postgres database.
-pub async fn ledger_pg() -> Ledger {
-    connected(&fresh_postgres_url().await).await
-}
-
-/// Like [`ledger_pg`], with the database's URL, for [`drop_postgres_database`].
-pub async fn ledger_pg_with_url() -> (Ledger, String) {
-    let url = fresh_postgres_url().await;
-    (connected(&url).await, url)
-}
-
-/// Drops a database made by [`fresh_postgres_url`] once its test passed (a
-/// failed test keeps its database for a look). Best effort.
-pub async fn drop_postgres_database(url: &str) {
-    let Some(admin_url) = admin_url() else { return };
-    let Some(name) = url
-        .split('?')
-        .next()
-        .and_then(|base| base.rsplit('/').next())
-        .filter(|n| n.starts_with("sb_"))
-    else {
-        return;
-    };
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await;
-        let _ = admin.close().await;
-    }
+/// A migrated ledger on a fresh Postgres database, with the database's
+/// guard: keep it until the ledger is closed.
+pub async fn ledger_pg() -> (Ledger, TestDb) {
+    let db = fresh_postgres().await;
+    (connected(db.url()).await, db)
 }
 
 /// A migrated ledger on a fresh in-memory SQLite database (one connection).

@@ -456,3 +456,37 @@ async fn mtls_requires_a_client_certificate_and_can_bind_the_token_subject_to_it
         "{metrics}"
     );
 }
+
+/// A test's Postgres database goes with its gateway, also when the test
+/// panics: a run leaves none behind on a shared server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_database_is_dropped_with_its_gateway_even_on_panic() {
+    let gw = harness::spawn_gateway().await;
+    let name = gw.database_name().expect("a Postgres database");
+    assert!(crate::db::database_exists(&name).await, "{name} exists");
+    drop(gw);
+    assert!(!crate::db::database_exists(&name).await, "{name} dropped");
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let failing = tokio::spawn(async move {
+        let gw = harness::spawn_gateway().await;
+        tx.send(gw.database_name().expect("a Postgres database"))
+            .expect("send the name");
+        panic!("a failing test");
+    });
+    assert!(failing.await.is_err(), "the test panicked");
+    let name = rx.await.expect("its database name");
+    assert!(
+        !crate::db::database_exists(&name).await,
+        "{name} dropped while unwinding"
+    );
+
+    let db = crate::db::fresh_postgres().await;
+    let name = crate::db::database_name(db.url());
+    assert!(
+        name.starts_with(&format!("sb_{}_", std::process::id())),
+        "{name}: named with the test process, for scripts/test.sh's stale pass"
+    );
+    drop(db);
+    assert!(!crate::db::database_exists(&name).await, "{name} dropped");
+}

@@ -68,6 +68,8 @@ pub struct TestGateway {
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
+    /// Dropped last: the gateway's database, gone with the gateway.
+    db: Option<crate::db::TestDb>,
 }
 
 pub async fn spawn_gateway() -> TestGateway {
@@ -75,12 +77,15 @@ pub async fn spawn_gateway() -> TestGateway {
 }
 
 pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
-    let (url, dir) = match opts.db {
-        Db::Postgres => (crate::db::fresh_postgres_url().await, None),
+    let (url, dir, db) = match opts.db {
+        Db::Postgres => {
+            let db = crate::db::fresh_postgres().await;
+            (db.url().to_owned(), None, Some(db))
+        }
         Db::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-            (url, Some(dir))
+            (url, Some(dir), None)
         }
     };
     let mut toml = base_toml(&url);
@@ -132,6 +137,7 @@ pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
         shutdown,
         task: Some(task),
         _dir: dir,
+        db,
     }
 }
 
@@ -221,6 +227,13 @@ impl Reply {
 }
 
 impl TestGateway {
+    /// The name of its Postgres database (`None` on SQLite).
+    pub fn database_name(&self) -> Option<String> {
+        self.db
+            .as_ref()
+            .map(|db| crate::db::database_name(db.url()))
+    }
+
     pub fn token(&self, sub: &str, roles: &[&str]) -> String {
         self.auth.sign(sub, roles, 3600).expect("sign token")
     }

@@ -23,10 +23,9 @@ macro_rules! conformance {
     ($($test:ident: $pg:ident, $sqlite:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $pg() {
-            let (ledger, url) = db::ledger_pg_with_url().await;
+            let (ledger, _db) = db::ledger_pg().await;
             $test(&ledger).await;
             ledger.close().await;
-            db::drop_postgres_database(&url).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,9 +110,9 @@ async fn in_memory_sqlite_ledger_keeps_its_data() {
 /// interface does not expose postings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postings_reconcile_with_balances_postgres() {
-    let (ledger, url) = db::ledger_pg_with_url().await;
+    let (ledger, db) = db::ledger_pg().await;
     let held = postings_workload(&ledger).await;
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
     let by_account: Vec<(String, i64)> = sqlx::query_as(POSTINGS_BY_ACCOUNT)
         .fetch_all(&pool)
         .await
@@ -125,7 +124,6 @@ async fn postings_reconcile_with_balances_postgres() {
     pool.close().await;
     check_postings(&ledger, &by_account, unbalanced, &held).await;
     ledger.close().await;
-    db::drop_postgres_database(&url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

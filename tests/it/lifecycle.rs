@@ -33,7 +33,8 @@ async fn post_fresh(gw: &GatewayProcess, token: &str, body: &Value) -> harness::
 async fn on_sigterm_readyz_turns_503_while_requests_still_succeed_then_the_process_exits() {
     const DRAIN_MS: u64 = 3000;
     let sims = harness::spawn_sims(1).await;
-    let url = crate::db::fresh_postgres_url().await;
+    let db = crate::db::fresh_postgres().await;
+    let url = db.url().to_owned();
     let dir = tempfile::tempdir().expect("temp dir");
     let toml = format!("[server]\nshutdown_drain_ms = {DRAIN_MS}\nshutdown_grace_ms = 3000\n");
     let mut gw = GatewayProcess::start(dir.path(), &url, &toml, &harness::switch_list(&sims)).await;
@@ -131,7 +132,8 @@ async fn reloads(gw: &GatewayProcess, result: &str) -> f64 {
 async fn sighup_reloads_a_change_the_file_watch_cannot_see() {
     let sims = harness::spawn_sims(2).await;
     let switches = harness::switch_list(&sims);
-    let url = crate::db::fresh_postgres_url().await;
+    let db = crate::db::fresh_postgres().await;
+    let url = db.url().to_owned();
     let dir = tempfile::tempdir().expect("temp dir");
     let real = dir.path().join("mounted");
     std::fs::create_dir_all(&real).expect("mounted dir");

@@ -3,6 +3,7 @@
 mod auth;
 mod balancing;
 mod batch;
+mod cli;
 mod compose;
 mod db;
 mod failover;
@@ -21,4 +22,5 @@ mod readme;
 mod resilience;
 mod sim;
 mod status_page;
+mod test_sh;
 mod transactions;

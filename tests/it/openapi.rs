@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::edge::ApiError;
+use switchboard::edge::{ApiError, Unauthenticated};
 use switchboard::edge::{Endpoint, ROUTES, Route};
 
 use crate::harness::{self, Options, Reply, TestGateway, spawn_gateway_with};
@@ -78,7 +78,7 @@ fn response<'a>(doc: &'a Value, op: &'a Value, status: u16) -> Option<&'a Value>
 /// compile error here, so this list and [`errors_of`] get revisited.
 fn every_error() -> Vec<ApiError> {
     let all = vec![
-        ApiError::Unauthorized("x"),
+        ApiError::Unauthorized(Unauthenticated::Invalid),
         ApiError::Forbidden("x"),
         ApiError::NotFound,
         ApiError::MethodNotAllowed { allow: "GET" },

@@ -34,7 +34,7 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 
 /// A Postgres cluster of the test's own, stopped (immediately) and its
 /// directory removed on drop.
-struct Cluster {
+pub(crate) struct Cluster {
     bin: PathBuf,
     port: u16,
     /// Run the Postgres binaries as the `postgres` OS user (we are root).
@@ -47,12 +47,12 @@ impl Cluster {
         self.dir.path().join("data")
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     /// `initdb` into a fresh temporary directory, then `pg_ctl start`.
-    async fn start_new() -> Cluster {
+    pub(crate) async fn start_new() -> Cluster {
         let bin = pg_bin().unwrap_or_else(|| {
             panic!(
                 "no initdb/pg_ctl/postgres on PATH or under /usr/lib/postgresql/*/bin: \

@@ -6,10 +6,15 @@
 //! 9001-9003. No other test may use them. Each curl command of the README's
 //! fenced code blocks (continuation lines joined) runs with `bash -c` in that
 //! directory, with `ALICE` and `OPERATOR` set from the demo's `export` lines
-//! and `--max-time 10 -w …` appended. It must exit 0 and answer the status of
-//! the `# → NNN` comment on the line after it (any 2xx without one), and
-//! every backticked fragment in that comment must appear in its output
-//! (case-insensitively, so header names match over HTTP/2 too).
+//! and `--max-time 10` appended. Each must show its own status code, as a
+//! reader sees it: `-w '\n%{http_code}\n'` (the last line) or `-i` (the
+//! status line). It must exit 0 and answer the status of the `# → NNN`
+//! comment on the line after it (any 2xx without one), and every backticked
+//! fragment in that comment must appear in its output (case-insensitively, so
+//! header names match over HTTP/2 too).
+//!
+//! The demo's banner is checked too: amounts in minor units, with what they
+//! are worth.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,8 +25,39 @@ use std::time::{Duration, Instant};
 /// The demo's fixed ports.
 const PORTS: [u16; 5] = [8443, 9090, 9001, 9002, 9003];
 const READY_URL: &str = "http://127.0.0.1:9090/readyz";
-/// What the test appends to each command, and finds in its output.
-const STATUS_MARK: &str = "README-TEST-HTTP-STATUS:";
+/// How a README curl line prints its status code.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shows {
+    /// `-w '\n%{http_code}\n'`: the code is the last line.
+    WriteOut,
+    /// `-i`: the first line is the status line.
+    Headers,
+}
+
+impl Shows {
+    fn of(command: &str) -> Option<Shows> {
+        if command.contains(r"-w '\n%{http_code}\n'") {
+            Some(Shows::WriteOut)
+        } else if command.split_whitespace().any(|w| w == "-i") {
+            Some(Shows::Headers)
+        } else {
+            None
+        }
+    }
+
+    /// The status code in `stdout`, where this way of showing it puts it.
+    fn status(self, stdout: &str) -> Option<u16> {
+        let line = match self {
+            Shows::WriteOut => stdout.lines().rev().find(|l| !l.trim().is_empty())?,
+            Shows::Headers => stdout
+                .lines()
+                .find(|l| l.starts_with("HTTP/"))?
+                .split_whitespace()
+                .nth(1)?,
+        };
+        line.trim().parse().ok().filter(|_| line.trim().len() == 3)
+    }
+}
 
 /// The demo process; killed (and reaped) when dropped, panics included.
 struct Demo {
@@ -141,8 +177,9 @@ fn ports_free() {
     }
 }
 
-/// Starts the demo in `dir`; returns it and the value of each `export NAME=`.
-fn start_demo(dir: &Path) -> (Demo, String, String) {
+/// Starts the demo in `dir`; returns it, the value of each `export NAME=`,
+/// and the banner's `Accounts` line.
+fn start_demo(dir: &Path) -> (Demo, String, String, String) {
     let log = dir.join("demo.log");
     let stderr = std::fs::File::create(&log).expect("demo log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
@@ -170,11 +207,14 @@ fn start_demo(dir: &Path) -> (Demo, String, String) {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut alice, mut operator) = (None, None);
+    let (mut alice, mut operator, mut accounts) = (None, None, None);
     while alice.is_none() || operator.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
+                if let Some(v) = line.trim().strip_prefix("Accounts") {
+                    accounts = Some(v.trim_start_matches([' ', ':']).to_owned());
+                }
                 if let Some(v) = line.trim().strip_prefix("export ALICE=") {
                     alice = Some(v.trim().to_owned());
                 }
@@ -194,6 +234,7 @@ fn start_demo(dir: &Path) -> (Demo, String, String) {
         demo,
         alice.unwrap_or_default(),
         operator.unwrap_or_default(),
+        accounts.unwrap_or_default(),
     )
 }
 
@@ -233,18 +274,29 @@ async fn every_curl_line_in_the_readme_works_against_the_demo() {
                 ex.line, ex.command
             );
         }
+        assert!(
+            Shows::of(&ex.command).is_some(),
+            "README.md:{}: a curl line must show its status code to the reader \
+             (-w '\\n%{{http_code}}\\n' or -i): {}",
+            ex.line,
+            ex.command
+        );
     }
 
     ports_free();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut demo, alice, operator) = start_demo(dir.path());
+    let (mut demo, alice, operator, accounts) = start_demo(dir.path());
+    assert_eq!(
+        accounts,
+        "alice-eur: owner alice, 10000 minor units (100.00 EUR); \
+         bob-eur: owner bob, 500 minor units (5.00 EUR)",
+        "the demo banner's accounts"
+    );
     wait_ready(&mut demo).await;
 
     for (n, ex) in examples.iter().enumerate() {
-        let script = format!(
-            "{} --max-time 10 -w '\\n{STATUS_MARK}%{{http_code}}\\n'",
-            ex.command
-        );
+        let shows = Shows::of(&ex.command).expect("checked above");
+        let script = format!("{} --max-time 10", ex.command);
         let out = tokio::process::Command::new("bash")
             .arg("-c")
             .arg(&script)
@@ -269,11 +321,9 @@ async fn every_curl_line_in_the_readme_works_against_the_demo() {
             )
         };
         assert!(out.status.success(), "curl failed: {}", context());
-        let status = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(STATUS_MARK))
-            .and_then(|s| s.trim().parse::<u16>().ok())
-            .unwrap_or_else(|| panic!("no HTTP status in the output: {}", context()));
+        let status = shows
+            .status(&stdout)
+            .unwrap_or_else(|| panic!("no HTTP status where {shows:?} shows it: {}", context()));
         match ex.status {
             Some(expected) => assert_eq!(
                 status,

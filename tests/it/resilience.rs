@@ -358,7 +358,8 @@ async fn with_every_sim_down_nothing_is_reserved_and_probes_bring_them_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_killed_mid_load_recovers_every_transaction_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let url = crate::db::fresh_postgres_url().await;
+    let db = crate::db::fresh_postgres().await;
+    let url = db.url().to_owned();
     let sims = harness::spawn_sims(3).await;
     let switches = harness::switch_list(&sims);
     // Slow switches keep many transactions in flight when the process dies.
@@ -417,7 +418,8 @@ async fn the_gateway_killed_mid_load_recovers_every_transaction_after_restart() 
 async fn two_gateways_on_one_postgres_never_duplicate_and_never_double_resolve() {
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
-    let url = crate::db::fresh_postgres_url().await;
+    let db = crate::db::fresh_postgres().await;
+    let url = db.url().to_owned();
     let sims = harness::spawn_sims(2).await;
     let switches = harness::switch_list(&sims);
     let a = GatewayProcess::start(dir_a.path(), &url, FAST, &switches).await;

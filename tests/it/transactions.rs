@@ -502,7 +502,8 @@ macro_rules! invalid_field {
             let r = gw.post("/v1/transactions", &token, &body).await;
             assert_eq!((r.status, r.code()), (400, "invalid_request"), "{:?}", r.json);
             let message = r.json["error"]["message"].as_str().unwrap();
-            assert!(message.starts_with($field), "message {message:?} should name {}", $field);
+            assert!(message.starts_with(&format!("{}: ", $field)), "message {message:?} should name {}", $field);
+            assert_plain_words(message);
             assert_eq!(gw.balance("f1").await, 100);
             assert_eq!(sum_stats(&sims).await.received, 0);
         }
@@ -512,7 +513,16 @@ macro_rules! invalid_field {
 invalid_field! {
     invalid_transaction_id_too_long: json!({"transactionId": "x".repeat(65), "type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR"}) => "transactionId";
     invalid_transaction_id_characters: json!({"transactionId": "a b/c", "type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR"}) => "transactionId";
-    invalid_transaction_id_missing: json!({"type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR"}) => "body";
+    invalid_transaction_id_missing: json!({"type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR"}) => "transactionId";
+    invalid_transaction_id_number: json!({"transactionId": 7, "type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR"}) => "transactionId";
+    invalid_type_missing: json!({"transactionId": "i1", "accountId": "f1", "amount": 1, "currency": "EUR"}) => "type";
+    invalid_type_number: json!({"transactionId": "i1", "type": 1, "accountId": "f1", "amount": 1, "currency": "EUR"}) => "type";
+    invalid_account_id_number: json!({"transactionId": "i1", "type": "debit", "accountId": 5, "amount": 1, "currency": "EUR"}) => "accountId";
+    invalid_amount_missing: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "currency": "EUR"}) => "amount";
+    invalid_amount_null: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": null, "currency": "EUR"}) => "amount";
+    invalid_currency_number: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": 978}) => "currency";
+    invalid_currency_missing: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1}) => "currency";
+    invalid_from_number: json!({"transactionId": "i1", "type": "transfer", "from": 1, "to": "f1", "amount": 1, "currency": "EUR"}) => "from";
     invalid_type: json!({"transactionId": "i1", "type": "refund", "accountId": "f1", "amount": 1, "currency": "EUR"}) => "type";
     invalid_account_id: json!({"transactionId": "i1", "type": "debit", "accountId": "", "amount": 1, "currency": "EUR"}) => "accountId";
     invalid_account_id_missing: json!({"transactionId": "i1", "type": "debit", "amount": 1, "currency": "EUR"}) => "accountId";
@@ -529,6 +539,152 @@ invalid_field! {
     invalid_currency_length: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": "EURO"}) => "currency";
     invalid_metadata_not_object: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR", "metadata": [1]}) => "metadata";
     invalid_unknown_field: json!({"transactionId": "i1", "type": "debit", "accountId": "f1", "amount": 1, "currency": "EUR", "fee": 1}) => "fee";
+}
+
+/// Words of the implementation (Rust types, serde, parser internals) that an
+/// error message must never show a client.
+const RUST_WORDS: &[&str] = &[
+    "i64",
+    "u64",
+    "i32",
+    "u32",
+    "f64",
+    "usize",
+    "String",
+    "str",
+    "struct",
+    "enum",
+    "variant",
+    "Option",
+    "serde",
+    "EOF",
+    "TransactionBody",
+    "AccountBody",
+    "TxKindBody",
+];
+
+/// A message in the API's words: no Rust word, no `?:` path, no backticks.
+fn assert_plain_words(message: &str) {
+    let words: Vec<&str> = message
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .collect();
+    for bad in RUST_WORDS {
+        assert!(!words.contains(bad), "message {message:?} says {bad:?}");
+    }
+    for bad in ["?:", "`", "invalid type", "expected i64", "expected one of"] {
+        assert!(!message.contains(bad), "message {message:?} says {bad:?}");
+    }
+}
+
+/// Malformed JSON, the wrong shape, unknown and repeated fields: each a 400
+/// whose message says what is wrong in the API's words, over real TLS.
+#[tokio::test]
+async fn body_errors_are_in_the_api_words() {
+    let sims = harness::spawn_sims(1).await;
+    let gw = gateway(Db::Sqlite, &sims).await;
+    let token = gw.token("fay", &["transact"]);
+    let op = gw.token("op", &["operator"]);
+    let ok = r#""transactionId":"w1","type":"debit","accountId":"f1","amount":5,"currency":"EUR""#;
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "/v1/transactions",
+            format!("{{{ok}"),
+            "body is not valid JSON (ends early at line 1, column 81)",
+        ),
+        (
+            "/v1/transactions",
+            "{\"amount\" 5}".into(),
+            "body is not valid JSON (a ':' was expected at line 1, column 11)",
+        ),
+        (
+            "/v1/transactions",
+            format!("{{{ok}}} x"),
+            "body is not valid JSON (something follows the JSON value at line 1, column 84)",
+        ),
+        (
+            "/v1/transactions",
+            "null".into(),
+            "body: must be a JSON object",
+        ),
+        (
+            "/v1/transactions",
+            "[]".into(),
+            "body: must be a JSON object",
+        ),
+        (
+            "/v1/transactions",
+            ok.replace("5", "\"5\"").replace("w1", "w2").pipe(),
+            "amount: must be an integer number of minor units",
+        ),
+        (
+            "/v1/transactions",
+            ok.replace("\"debit\"", "\"refund\"").pipe(),
+            "type: must be one of debit, credit, transfer",
+        ),
+        (
+            "/v1/transactions",
+            format!("{{{ok},\"fee\":1}}"),
+            "fee: is not a field of this request (its fields are transactionId, type, accountId, from, to, amount, currency, metadata)",
+        ),
+        (
+            "/v1/transactions",
+            format!("{{{ok},\"amount\":6}}"),
+            "amount: appears more than once",
+        ),
+        (
+            "/v1/transactions",
+            ok.replace(",\"amount\":5", "").pipe(),
+            "amount: is required",
+        ),
+        (
+            "/v1/accounts",
+            r#"{"accountId":"n1","owner":"o","currency":"EUR","openingBalance":"5"}"#.into(),
+            "openingBalance: must be an integer number of minor units",
+        ),
+        (
+            "/v1/accounts",
+            r#"{"accountId":"n1","currency":"EUR"}"#.into(),
+            "owner: is required",
+        ),
+        (
+            "/v1/accounts",
+            r#"{"accountId":"n1","owner":"o","currency":"EUR","kind":"x"}"#.into(),
+            "kind: is not a field of this request (its fields are accountId, owner, currency, openingBalance)",
+        ),
+    ];
+    for (path, raw, want) in cases {
+        let who = if path == "/v1/accounts" { &op } else { &token };
+        let resp = gw
+            .client
+            .post(format!("{}{path}", gw.base))
+            .bearer_auth(who)
+            .header("content-type", "application/json")
+            .body(raw.clone())
+            .send()
+            .await
+            .unwrap();
+        let r = harness::read(resp).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_request"),
+            "{raw}: {:?}",
+            r.json
+        );
+        let message = r.json["error"]["message"].as_str().unwrap();
+        assert_eq!(message, want, "{raw}");
+        assert_plain_words(message);
+    }
+    assert_eq!(sum_stats(&sims).await.received, 0);
+}
+
+trait Pipe {
+    fn pipe(self) -> String;
+}
+impl Pipe for String {
+    /// `"a":1` → `{"a":1}`.
+    fn pipe(self) -> String {
+        format!("{{{self}}}")
+    }
 }
 
 #[tokio::test]
@@ -558,5 +714,6 @@ async fn malformed_json_is_a_400_not_a_500() {
             "{raw}: {:?}",
             r.json
         );
+        assert_plain_words(r.json["error"]["message"].as_str().unwrap_or_default());
     }
 }
