@@ -255,12 +255,15 @@ async fn balancing_is_on_metrics_and_the_switch_list() {
         },
     )
     .await;
-    let picks = gw
-        .metric("switchboard_switch_picks_total{switch=\"sim-1\"}")
-        .await
-        + gw.metric("switchboard_switch_picks_total{switch=\"sim-2\"}")
-            .await;
-    assert_eq!(picks, 40.0);
+    // Picks are added to the counter at each health round.
+    eventually(Duration::from_secs(5), "every pick counted", || async {
+        gw.metric("switchboard_switch_picks_total{switch=\"sim-1\"}")
+            .await
+            + gw.metric("switchboard_switch_picks_total{switch=\"sim-2\"}")
+                .await
+            == 40.0
+    })
+    .await;
     assert_eq!(gw.metric("switchboard_switches_panic").await, 0.0);
 }
 
