@@ -9,6 +9,7 @@ mod foundation;
 mod harness;
 mod hostile;
 mod imports;
+mod kubernetes;
 mod ledger;
 mod limits;
 mod openapi;
