@@ -434,6 +434,49 @@ if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]] && ! have schemathesis; then
     have schemathesis || die "installed schemathesis, but no 'schemathesis' command is on PATH"
 fi
 
+# --- kubernetes-validate and checkov (tests/it/kubernetes.rs) -------------------
+# tests/it/kubernetes.rs validates deploy/kubernetes/ against the Kubernetes
+# schemas bundled in kubernetes-validate and scans it with checkov, offline.
+# When either is missing from PATH, both are installed with pip into a virtual
+# environment of their own, target/python-tools (checkov pins old versions of
+# common packages such as `packaging`, which would replace newer ones other
+# tools in the same Python use), and its bin/ goes on PATH.
+
+K8S_TOOLS_DIR="$ROOT/target/python-tools"
+K8S_TOOLS_PKGS=('kubernetes-validate>=1.37,<1.38' 'checkov>=3.2,<4')
+if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]]; then
+    [[ -x $K8S_TOOLS_DIR/bin/checkov ]] && PATH="$PATH:$K8S_TOOLS_DIR/bin"
+    if ! have kubernetes-validate || ! have checkov; then
+        k8s_hint="install them yourself: python3 -m venv target/python-tools && target/python-tools/bin/pip install ${K8S_TOOLS_PKGS[*]}"
+        [[ ${SWITCHBOARD_NO_INSTALL:-0} != 1 ]] \
+            || die "kubernetes-validate or checkov not found and SWITCHBOARD_NO_INSTALL=1: $k8s_hint"
+        have python3 || die "kubernetes-validate or checkov not found and there is no python3: $k8s_hint"
+        # Debian's python3 creates virtual environments only with python3-venv.
+        if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+            if [[ $EUID -ne 0 ]] || ! have apt-get; then
+                die "python3 cannot create a virtual environment (Debian/Ubuntu: sudo apt-get install python3-venv), then $k8s_hint"
+            fi
+            say "installing python3-venv (apt-get): Python's virtual environments, for kubernetes-validate and checkov"
+            if [[ ${APT_UPDATED:-0} != 1 ]]; then
+                apt-get update -qq || die "apt-get update failed (see above)"
+                APT_UPDATED=1
+            fi
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
+                || die "apt-get could not install python3-venv (see above)"
+        fi
+        say "installing kubernetes-validate (Kubernetes API schemas, offline) and checkov (policy scan) for tests/it/kubernetes.rs: pip into $K8S_TOOLS_DIR"
+        { [[ -x $K8S_TOOLS_DIR/bin/pip ]] || python3 -m venv "$K8S_TOOLS_DIR"; } \
+            || die "python3 -m venv $K8S_TOOLS_DIR failed (see above); $k8s_hint"
+        "$K8S_TOOLS_DIR/bin/python" -m pip install --quiet "${K8S_TOOLS_PKGS[@]}" \
+            || die "pip could not install kubernetes-validate and checkov (see above); $k8s_hint"
+        PATH="$PATH:$K8S_TOOLS_DIR/bin"
+        hash -r
+        for tool in kubernetes-validate checkov; do
+            have "$tool" || die "installed ${K8S_TOOLS_PKGS[*]}, but no '$tool' command is on PATH"
+        done
+    fi
+fi
+
 # --- run the tests ---------------------------------------------------------------
 
 # The tests run as a child the script waits for, so that a SIGTERM/SIGINT to

@@ -184,8 +184,16 @@ impl Reloader {
     }
 }
 
+/// The symlink through which a Kubernetes ConfigMap or Secret volume shows its
+/// files: `NAME -> ..data/NAME`, `..data -> ..<timestamp>/`. An update writes a
+/// new `..<timestamp>/` and renames a new `..data` over the old one; `NAME`
+/// itself is never touched, so only this name's events say it changed.
+const KUBERNETES_DATA_LINK: &str = "..data";
+
 /// Watches the directories of `files` (editors replace files by rename) and
-/// sends one `()` per relevant event, dropping events while one is queued.
+/// sends one `()` per relevant event, dropping events while one is queued. An
+/// event is relevant when it names one of the files, or the `..data` link of
+/// a Kubernetes volume mounted on one of their directories.
 fn watch(files: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
     let names: Vec<PathBuf> = files.to_vec();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -197,9 +205,9 @@ fn watch(files: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::Reco
             return;
         }
         let relevant = event.paths.iter().any(|p| {
-            names
-                .iter()
-                .any(|n| p.file_name().is_some_and(|f| Some(f) == n.file_name()))
+            p.file_name().is_some_and(|f| {
+                f == KUBERNETES_DATA_LINK || names.iter().any(|n| Some(f) == n.file_name())
+            })
         });
         if relevant {
             let _ = tx.try_send(());
@@ -256,6 +264,47 @@ mod tests {
         assert_eq!(format!("{:?}", old.database), format!("{:?}", new.database));
         assert!(!fixed_settings_changed(&old, &same));
         assert!(fixed_settings_changed(&old, &new));
+    }
+
+    #[cfg(unix)]
+    /// A Kubernetes ConfigMap volume as the kubelet lays it out and updates
+    /// it (its atomic writer): the file is a symlink through `..data`, and an
+    /// update swaps `..data` by rename without touching the file's own link.
+    #[tokio::test]
+    async fn a_configmap_update_by_symlink_swap_is_seen() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mount = dir.path();
+        std::fs::create_dir(mount.join("..2026_01_01_00_00_00.1")).unwrap();
+        std::fs::write(
+            mount.join("..2026_01_01_00_00_00.1/gateway.toml"),
+            "# one\n",
+        )
+        .unwrap();
+        symlink("..2026_01_01_00_00_00.1", mount.join("..data")).unwrap();
+        symlink("..data/gateway.toml", mount.join("gateway.toml")).unwrap();
+
+        let (tx, mut rx) = mpsc::channel(EVENTS_MAX);
+        let _watcher = watch(&[mount.join("gateway.toml")], tx).expect("watch");
+        tokio::time::sleep(DEBOUNCE).await;
+        while rx.try_recv().is_ok() {}
+
+        std::fs::create_dir(mount.join("..2026_01_01_00_00_01.2")).unwrap();
+        std::fs::write(
+            mount.join("..2026_01_01_00_00_01.2/gateway.toml"),
+            "# two\n",
+        )
+        .unwrap();
+        symlink("..2026_01_01_00_00_01.2", mount.join("..data_tmp")).unwrap();
+        std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+        std::fs::remove_dir_all(mount.join("..2026_01_01_00_00_00.1")).unwrap();
+
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no reload event within 10 s of the ..data swap")
+            .expect("watcher alive");
+        let now = std::fs::read_to_string(mount.join("gateway.toml")).unwrap();
+        assert_eq!(now, "# two\n");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod foundation;
 mod harness;
 mod hostile;
 mod imports;
+mod kubernetes;
 mod ledger;
 mod lifecycle;
 mod limits;
