@@ -416,6 +416,8 @@ pub struct LedgerConfig {
     pub amount_max: i64,
     /// Largest opening balance of a new account, minor units.
     pub opening_balance_max: i64,
+    /// Most clients named as an account's spenders.
+    pub spenders_max: usize,
     /// `Retry-After` sent with `409 transaction_in_progress`, seconds.
     pub in_progress_retry_after_s: u64,
     /// Most ledger operations applied together in one database transaction.

@@ -143,6 +143,75 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// Who besides its owner may spend from (debit, or transfer from) an account.
+/// The owner always may; `Anyone` is every client with the `transact` role.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Spenders {
+    /// The owner alone.
+    #[default]
+    OwnerOnly,
+    /// The owner and these clients.
+    Clients(Vec<ClientId>),
+    /// Any client (`["*"]`).
+    Anyone,
+}
+
+impl Spenders {
+    /// The wildcard entry: any client.
+    pub const ANY: &'static str = "*";
+
+    /// `"spenders"` as the API takes it: client ids, or `["*"]` alone; at
+    /// most `max` entries; duplicates are dropped.
+    pub fn parse(raw: &[String], max: usize) -> Result<Self, FieldError> {
+        if raw.len() > max {
+            return Err(FieldError::new(
+                "spenders",
+                format!("at most {max} clients (or [\"*\"] for any client)"),
+            ));
+        }
+        if raw.iter().any(|s| s == Self::ANY) {
+            if raw.len() != 1 {
+                return Err(FieldError::new(
+                    "spenders",
+                    "\"*\" (any client) stands alone",
+                ));
+            }
+            return Ok(Spenders::Anyone);
+        }
+        let mut clients = Vec::with_capacity(raw.len());
+        for s in raw {
+            let c = ClientId::parse(s)
+                .map_err(|e| FieldError::new("spenders", format!("each {}", e.message)))?;
+            if !clients.contains(&c) {
+                clients.push(c);
+            }
+        }
+        Ok(if clients.is_empty() {
+            Spenders::OwnerOnly
+        } else {
+            Spenders::Clients(clients)
+        })
+    }
+
+    /// Whether `client` is named (the owner is checked apart).
+    pub fn allows(&self, client: &ClientId) -> bool {
+        match self {
+            Spenders::OwnerOnly => false,
+            Spenders::Clients(c) => c.contains(client),
+            Spenders::Anyone => true,
+        }
+    }
+
+    /// The list as the API shows it (`[]` for the owner alone).
+    pub fn to_list(&self) -> Vec<String> {
+        match self {
+            Spenders::OwnerOnly => Vec::new(),
+            Spenders::Clients(c) => c.iter().map(|c| c.as_str().to_owned()).collect(),
+            Spenders::Anyone => vec![Self::ANY.to_owned()],
+        }
+    }
+}
+
 /// A positive amount of integer minor units (cents), at most a configured maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]

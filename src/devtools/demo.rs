@@ -93,6 +93,7 @@ async fn open_accounts(ledger: &Ledger) -> anyhow::Result<()> {
                 owner: ClientId::parse(owner)?,
                 currency: eur.clone(),
                 opening_balance: balance,
+                spenders: Default::default(),
             })
             .await?;
     }

@@ -139,6 +139,7 @@ async fn route_request(
         Endpoint::GetTransaction => handlers::get_transaction(state, &who, id).await,
         Endpoint::PostAccount => handlers::post_account(state, req, deadline).await,
         Endpoint::GetAccount => handlers::get_account(state, &who, id).await,
+        Endpoint::PatchAccount => handlers::patch_account(state, req, id, deadline).await,
         Endpoint::GetSwitches => Ok(handlers::get_switches(state)),
     }
 }

@@ -171,6 +171,7 @@ fn data_words<T: BodyFields>(path: &str, text: &str) -> String {
 
 const STRING: &str = "must be a string";
 const MINOR_UNITS: &str = "must be an integer number of minor units";
+const CLIENT_LIST: &str = "must be a list of client ids, or [\"*\"] for any client";
 
 /// `POST /v1/transactions` as sent: parsed into [`TransactionRequest`] at once.
 #[derive(Debug, Deserialize)]
@@ -305,16 +306,39 @@ pub(super) struct AccountBody {
     pub(super) currency: String,
     #[serde(default)]
     pub(super) opening_balance: i64,
+    #[serde(default)]
+    pub(super) spenders: Vec<String>,
 }
 
 impl BodyFields for AccountBody {
-    const FIELDS: &'static [&'static str] = &["accountId", "owner", "currency", "openingBalance"];
+    const FIELDS: &'static [&'static str] = &[
+        "accountId",
+        "owner",
+        "currency",
+        "openingBalance",
+        "spenders",
+    ];
     fn expects(field: &str) -> Option<&'static str> {
         Some(match field {
             "accountId" | "owner" | "currency" => STRING,
             "openingBalance" => MINOR_UNITS,
+            "spenders" => CLIENT_LIST,
             _ => return None,
         })
+    }
+}
+
+/// `PATCH /v1/accounts/{id}`: who besides the owner may spend from it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct AccountPatchBody {
+    pub(super) spenders: Vec<String>,
+}
+
+impl BodyFields for AccountPatchBody {
+    const FIELDS: &'static [&'static str] = &["spenders"];
+    fn expects(field: &str) -> Option<&'static str> {
+        (field == "spenders").then_some(CLIENT_LIST)
     }
 }
 

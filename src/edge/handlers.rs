@@ -7,10 +7,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::domain::{AccountId, ClientId, Currency, Role, TransactionId};
+use crate::domain::{AccountId, ClientId, Currency, Role, Spenders, TransactionId};
 use crate::edge::answer;
 use crate::edge::auth::Principal;
-use crate::edge::body::{AccountBody, BodyLimits, TransactionBody, read_json};
+use crate::edge::body::{AccountBody, AccountPatchBody, BodyLimits, TransactionBody, read_json};
 use crate::edge::error::{ApiError, Body, json_response};
 use crate::edge::state::AppState;
 use crate::ledger::{Account, AccountKind, NewAccount};
@@ -80,6 +80,7 @@ pub(super) async fn post_account(
             "openingBalance: must be 0 to {max}"
         )));
     }
+    let spenders = Spenders::parse(&body.spenders, config.ledger.spenders_max)?;
     let account = state
         .ledger
         .create_account(&NewAccount {
@@ -87,6 +88,7 @@ pub(super) async fn post_account(
             owner,
             currency,
             opening_balance: body.opening_balance,
+            spenders,
         })
         .await?;
     Ok(json_response(StatusCode::CREATED, &account_json(&account)))
@@ -99,9 +101,36 @@ pub(super) async fn get_account(
 ) -> Result<Response<Body>, ApiError> {
     let id = AccountId::parse(raw_id).map_err(|_| ApiError::NotFound)?;
     let account = state.ledger.account(&id).await?.ok_or(ApiError::NotFound)?;
-    if !who.has(Role::Auditor) && account.owner != who.client {
+    let full = who.has(Role::Auditor) || account.owner == who.client;
+    // A spender reads the balance it spends from, not who else may.
+    if !full && !account.spenders.allows(&who.client) {
         return Err(ApiError::NotFound);
     }
+    let mut body = account_json(&account);
+    if !full {
+        if let Some(obj) = body.as_object_mut() {
+            obj.remove("spenders");
+        }
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `PATCH /v1/accounts/{id}` (`operator`): replaces the account's spenders.
+pub(super) async fn patch_account(
+    state: &AppState,
+    req: Request<Incoming>,
+    raw_id: &str,
+    deadline: Instant,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.config.load();
+    let id = AccountId::parse(raw_id).map_err(|_| ApiError::NotFound)?;
+    let body: AccountPatchBody = read_json(req, BodyLimits::new(&config.server, deadline)).await?;
+    let spenders = Spenders::parse(&body.spenders, config.ledger.spenders_max)?;
+    let account = state
+        .ledger
+        .set_spenders(&id, &spenders)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(json_response(StatusCode::OK, &account_json(&account)))
 }
 
@@ -112,6 +141,7 @@ fn account_json(a: &Account) -> serde_json::Value {
         "currency": a.currency,
         "balance": a.balance,
         "kind": match a.kind { AccountKind::Customer => "customer", AccountKind::Settlement => "settlement" },
+        "spenders": a.spenders.to_list(),
     })
 }
 

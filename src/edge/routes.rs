@@ -22,6 +22,7 @@ pub enum Endpoint {
     GetTransaction,
     PostAccount,
     GetAccount,
+    PatchAccount,
     GetSwitches,
 }
 
@@ -51,6 +52,12 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/accounts/{id}",
         roles: &[Role::Transact, Role::Auditor],
         endpoint: Endpoint::GetAccount,
+    },
+    Route {
+        method: Method::PATCH,
+        path: "/v1/accounts/{id}",
+        roles: &[Role::Operator],
+        endpoint: Endpoint::PatchAccount,
     },
     Route {
         method: Method::GET,

@@ -42,7 +42,7 @@ pub use sql::UNFINISHED_AGE_BOUNDS_MS;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    AccountId, Amount, ClientId, Currency, ReleaseReason, SwitchName, TransactionId,
+    AccountId, Amount, ClientId, Currency, ReleaseReason, Spenders, SwitchName, TransactionId,
     TransactionRequest, TxKind, TxStatus,
 };
 
@@ -97,6 +97,8 @@ pub struct Account {
     pub kind: AccountKind,
     /// Minor units.
     pub balance: i64,
+    /// Who besides the owner may spend from it.
+    pub spenders: Spenders,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +108,8 @@ pub struct NewAccount {
     pub currency: Currency,
     /// Minor units, >= 0; moved from the currency's equity account.
     pub opening_balance: i64,
+    /// Who besides the owner may spend from it.
+    pub spenders: Spenders,
 }
 
 /// The HTTP answer stored with a final transaction, replayed as is.
@@ -305,6 +309,16 @@ impl Ledger {
     /// system and are refused as [`LedgerError::AccountExists`].
     pub async fn create_account(&self, new: &NewAccount) -> Result<Account, LedgerError> {
         dispatch!(self, l => l.create_account(new).await)
+    }
+
+    /// Replaces who besides the owner may spend from a customer account;
+    /// `None`: no such customer account.
+    pub async fn set_spenders(
+        &self,
+        id: &AccountId,
+        spenders: &Spenders,
+    ) -> Result<Option<Account>, LedgerError> {
+        dispatch!(self, l => l.set_spenders(id, spenders).await)
     }
 
     pub async fn account(&self, id: &AccountId) -> Result<Option<Account>, LedgerError> {

@@ -29,7 +29,7 @@ use super::{
     TransactionRecord,
 };
 use crate::domain::{
-    AccountId, Amount, ClientId, Currency, ReleaseReason, SwitchName, TransactionId,
+    AccountId, Amount, ClientId, Currency, ReleaseReason, Spenders, SwitchName, TransactionId,
     TransactionRequest, TxKind, TxStatus,
 };
 
@@ -142,7 +142,7 @@ pub(super) use tx_columns;
 
 macro_rules! account_columns {
     () => {
-        "id, owner, currency, kind, balance"
+        "id, owner, currency, kind, balance, spenders"
     };
 }
 pub(super) use account_columns;
@@ -227,6 +227,8 @@ pub(super) struct AccountRow {
     currency: String,
     kind: String,
     balance: i64,
+    /// JSON array of client ids, `["*"]`, or NULL (the owner alone).
+    spenders: Option<String>,
 }
 
 impl AccountRow {
@@ -259,8 +261,35 @@ impl AccountRow {
                 other => return Err(corrupt(what, other)),
             },
             balance: self.balance,
+            spenders: stored_spenders(self.spenders.as_deref()).map_err(|e| corrupt(what, e))?,
         })
     }
+
+    /// `client` may spend from it: its owner, or a named spender.
+    fn spendable_by(&self, client: &ClientId) -> Result<bool, LedgerError> {
+        if self.owner == client.as_str() {
+            return Ok(true);
+        }
+        let spenders =
+            stored_spenders(self.spenders.as_deref()).map_err(|e| corrupt("account", e))?;
+        Ok(spenders.allows(client))
+    }
+}
+
+/// [`Spenders`] as stored in `accounts.spenders`.
+pub(super) fn spenders_column(s: &Spenders) -> Option<String> {
+    match s {
+        Spenders::OwnerOnly => None,
+        other => Some(serde_json::Value::from(other.to_list()).to_string()),
+    }
+}
+
+fn stored_spenders(raw: Option<&str>) -> Result<Spenders, String> {
+    let Some(raw) = raw else {
+        return Ok(Spenders::OwnerOnly);
+    };
+    let list: Vec<String> = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    Spenders::parse(&list, usize::MAX).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -289,8 +318,23 @@ impl AttemptRow {
 }
 
 /// Money may leave this account for `client`: it exists, is a customer
-/// account the client owns, in the request's currency. Absent and not owned
-/// are the same answer, so a client cannot probe other clients' ids.
+/// account the client owns or is a named spender of, in the request's
+/// currency. Absent and not spendable are the same answer, so a client cannot
+/// probe other clients' ids.
+pub(super) fn check_spendable(
+    row: Option<&AccountRow>,
+    client: &ClientId,
+    currency: &Currency,
+) -> Result<(), LedgerError> {
+    let row = row.ok_or(LedgerError::AccountNotFound)?;
+    if row.kind != "customer" || !row.spendable_by(client)? {
+        return Err(LedgerError::AccountNotFound);
+    }
+    check_currency(row, currency)
+}
+
+/// The account is `client`'s own customer account in the request's currency
+/// (a credit lands only there). Absent and not owned answer alike.
 pub(super) fn check_owned(
     row: Option<&AccountRow>,
     client: &ClientId,
@@ -463,15 +507,17 @@ where
         let now = now_ms();
         let equity = AccountId::equity(&new.currency);
         let mut tx = self.begin_write().await?;
+        let spenders = spenders_column(&new.spenders);
         let inserted = sqlx::query(
-            "INSERT INTO accounts (id, owner, currency, kind, balance, created_at_ms) \
-             VALUES ($1, $2, $3, 'customer', $4, $5) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO accounts (id, owner, currency, kind, balance, created_at_ms, spenders) \
+             VALUES ($1, $2, $3, 'customer', $4, $5, $6) ON CONFLICT (id) DO NOTHING",
         )
         .bind(new.id.as_str())
         .bind(new.owner.as_str())
         .bind(new.currency.as_str())
         .bind(new.opening_balance)
         .bind(now)
+        .bind(spenders.as_deref())
         .execute(tx.conn())
         .await?;
         if Self::rows_affected(&inserted) == 0 {
@@ -507,7 +553,38 @@ where
             currency: new.currency.clone(),
             kind: AccountKind::Customer,
             balance: new.opening_balance,
+            spenders: new.spenders.clone(),
         })
+    }
+
+    /// Replaces who besides the owner may spend from a customer account.
+    async fn set_spenders(
+        &self,
+        id: &AccountId,
+        spenders: &Spenders,
+    ) -> Result<Option<Account>, LedgerError> {
+        let column = spenders_column(spenders);
+        with_retries(
+            "set_spenders",
+            self.retries_max(),
+            Self::is_conflict,
+            move || {
+                let column = column.clone();
+                async move {
+                    let row: Option<AccountRow> = sqlx::query_as(concat!(
+                        "UPDATE accounts SET spenders = $2 WHERE id = $1 AND kind = 'customer' \
+                         RETURNING ",
+                        account_columns!()
+                    ))
+                    .bind(id.as_str())
+                    .bind(column.as_deref())
+                    .fetch_optional(self.pool())
+                    .await?;
+                    Ok(row.map(AccountRow::into_account).transpose()?)
+                }
+            },
+        )
+        .await
     }
 
     async fn account(&self, id: &AccountId) -> Result<Option<Account>, LedgerError> {

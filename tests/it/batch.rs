@@ -369,6 +369,7 @@ async fn stress(ledger: &Ledger, sampler_ledger: &Ledger, n: usize) {
                 owner: cid(owner),
                 currency: eur(),
                 opening_balance: opening,
+                spenders: Default::default(),
             })
             .await
             .unwrap_or_else(|e| panic!("create {id}: {e}"));

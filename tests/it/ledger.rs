@@ -219,6 +219,7 @@ async fn opening_balance_comes_from_equity(l: &Ledger) {
             currency: eur(),
             kind: AccountKind::Customer,
             balance: 1000,
+            spenders: Default::default(),
         }
     );
     assert_eq!(l.account(&aid("alice")).await.unwrap(), Some(alice));
@@ -482,6 +483,7 @@ async fn currency_mismatch_is_refused(l: &Ledger) {
         owner: cid("c1"),
         currency: usd(),
         opening_balance: 1000,
+        spenders: Default::default(),
     })
     .await
     .unwrap();
@@ -977,6 +979,7 @@ fn new_account(id: &str, owner: &str, opening_balance: i64) -> NewAccount {
         owner: cid(owner),
         currency: eur(),
         opening_balance,
+        spenders: Default::default(),
     }
 }
 

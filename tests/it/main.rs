@@ -21,6 +21,7 @@ mod pg_restart;
 mod props;
 mod readme;
 mod resilience;
+mod shared_accounts;
 mod sim;
 mod status_page;
 mod test_sh;

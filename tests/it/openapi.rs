@@ -189,6 +189,14 @@ fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
             "ledger_unavailable",
             "internal",
         ][..],
+        Endpoint::PatchAccount => &[
+            "payload_too_large",
+            "request_timeout",
+            "unsupported_media_type",
+            "not_found",
+            "ledger_unavailable",
+            "internal",
+        ][..],
         Endpoint::GetSwitches => &[][..],
     });
     codes
@@ -199,7 +207,10 @@ fn successes_of(endpoint: Endpoint) -> &'static [u16] {
     match endpoint {
         Endpoint::PostTransaction => &[201, 202],
         Endpoint::PostAccount => &[201],
-        Endpoint::GetTransaction | Endpoint::GetAccount | Endpoint::GetSwitches => &[200],
+        Endpoint::GetTransaction
+        | Endpoint::GetAccount
+        | Endpoint::PatchAccount
+        | Endpoint::GetSwitches => &[200],
     }
 }
 

@@ -46,7 +46,8 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::sql::{
-    AccountRow, Fail, SqlBackend, check_destination, check_owned, new_record, now_ms,
+    AccountRow, Fail, SqlBackend, check_destination, check_owned, check_spendable, new_record,
+    now_ms,
 };
 use super::{AttemptOutcome, LedgerError, Render, Reserved, StoredResponse, TransactionRecord};
 use crate::config::DatabaseConfig;
@@ -573,11 +574,10 @@ fn check_reserve(op: &ReserveOp, accounts: &Accounts) -> Result<(), LedgerError>
     let find = |id: &AccountId| accounts.get(id.as_str());
     let (client, currency) = (&op.client, &op.req.currency);
     match &op.req.movement {
-        Movement::Debit { account } | Movement::Credit { account } => {
-            check_owned(find(account), client, currency)
-        }
+        Movement::Debit { account } => check_spendable(find(account), client, currency),
+        Movement::Credit { account } => check_owned(find(account), client, currency),
         Movement::Transfer { from, to } => {
-            check_owned(find(from), client, currency)?;
+            check_spendable(find(from), client, currency)?;
             check_destination(find(to), client, currency)
         }
     }
