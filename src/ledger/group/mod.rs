@@ -240,7 +240,12 @@ impl Group {
                     }
                 };
                 runtime.block_on(async move {
-                    let pg = match super::postgres::PgLedger::connect(&db).await {
+                    let pg = match super::postgres::PgLedger::connect(
+                        &db,
+                        super::postgres::Session::BatchWriters,
+                    )
+                    .await
+                    {
                         Ok(pg) => pg,
                         Err(e) => {
                             let _ = ready.send(Err(e));

@@ -8,11 +8,13 @@
 //! rows in the order it returns them: ascending id, the ledger's one order.
 //! The writes only touch rows already locked, or new rows.
 //!
-//! Every join of an array with a table also says `key = ANY(array)`: that
-//! makes an index lookup per element the plan the planner sees as cheapest.
-//! Without it, a join costed on stale statistics (a table that grew since it
-//! was last analyzed) hashes the whole table for every batch, and each batch
-//! costs more as the table grows.
+//! Every join of an array with a table also says `key = ANY(array)`, so
+//! each table is reached through its key's index. The writers' connections
+//! plan each statement once, with sequential scans costed as a last resort
+//! (`plan_batches_once` in `ledger/postgres.rs`): a plan costed on stale
+//! statistics (a table that grew since it was last analyzed, or never was)
+//! otherwise scanned the whole table for every batch, and each batch cost
+//! more as the table grew.
 
 use std::collections::BTreeMap;
 
@@ -279,6 +281,12 @@ pub(super) async fn create_settlements(
 /// The whole write of a finish batch, in one statement: the credits per
 /// account (all locked already), the final rows with their responses (each
 /// must still be in flight), the postings and the attempts' outcomes.
+///
+/// "Still in flight" is written `NOT IN` the final statuses (the same rows,
+/// by the status check): `IN ('reserved', 'pending')` is the predicate of
+/// the partial index of in-flight rows, and the planner then may read the
+/// whole of that index (and its entries of rows finished since the last
+/// vacuum) instead of looking the batch's ids up by primary key.
 pub(super) async fn write_finishes(
     conn: &mut PgConnection,
     plan: &FinishPlan,
@@ -325,7 +333,8 @@ pub(super) async fn write_finishes(
                  $8::bigint[], $9::text[], $10::bigint[]) \
                  AS d(id, status, reason, switch, reference, response_status, response_body, \
                       updated) \
-             WHERE t.id = ANY($3) AND t.id = d.id AND t.status IN ('reserved', 'pending') \
+             WHERE t.id = ANY($3) AND t.id = d.id \
+                 AND t.status NOT IN ('committed', 'declined', 'failed') \
              RETURNING 1), \
          posted AS ( \
              INSERT INTO postings (transaction_id, account_id, amount, created_at_ms) \
