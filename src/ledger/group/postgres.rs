@@ -16,7 +16,7 @@
 //! otherwise scanned the whole table for every batch, and each batch cost
 //! more as the table grew.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use sqlx::postgres::PgConnection;
 
@@ -87,17 +87,29 @@ pub(super) enum ReserveWrite {
 /// amounts off their source accounts (one guarded update per account), insert
 /// the new rows (in id order, like every lock: two batches inserting the same
 /// new ids wait for each other instead of deadlocking) and the first attempts
-/// of the rows actually inserted. `ids` are all the batch's ids, of which the
-/// plan knew `known` to exist: the statement's snapshot does not see its own
-/// inserts, so the count of those that exist is the count that existed
-/// before it, and any more than `known` make the plan wrong.
+/// of the rows actually inserted.
+///
+/// The plan is wrong when an id it does not know to exist does: among the
+/// ids it inserts, the insert says so (`ON CONFLICT DO NOTHING` inserts
+/// fewer rows); the others (`ids` of the batch the plan answers without an
+/// insert: rows it read, `existing`, and requests the account checks refused)
+/// are counted, and any more of them than `existing` make the plan wrong (the
+/// statement's snapshot does not see its own inserts, so the count is of
+/// rows that existed before it). In the common batch every id is inserted
+/// and nothing is looked up for the count.
 pub(super) async fn write_reserves(
     conn: &mut PgConnection,
     ids: &[String],
-    known: usize,
+    existing: &Rows,
     plan: &ReservePlan,
     now: i64,
 ) -> Result<ReserveWrite, Fail> {
+    let inserting: HashSet<&str> = plan.inserts.iter().map(|r| r.id.as_str()).collect();
+    let others: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !inserting.contains(id))
+        .collect();
     let (taken_ids, taken): (Vec<&str>, Vec<i64>) =
         plan.taken.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
     let mut sorted: Vec<&TransactionRecord> = plan.inserts.iter().collect();
@@ -163,10 +175,10 @@ pub(super) async fn write_reserves(
     .bind(&attempt_ids)
     .bind(&attempt_switches)
     .bind(now)
-    .bind(ids)
+    .bind(&others)
     .fetch_one(&mut *conn)
     .await?;
-    if existed as usize != known || inserted as usize != c.id.len() {
+    if existed as usize != existing.len() || inserted as usize != c.id.len() {
         return Ok(ReserveWrite::Existed);
     }
     check_rows("take", taken_ids.len(), took as u64)?;
