@@ -256,7 +256,7 @@ impl Ledger {
         batching: GroupConfig,
     ) -> Result<Ledger, LedgerError> {
         let (backend, group) = if cfg.is_postgres() {
-            let l = postgres::PgLedger::connect(cfg).await?;
+            let l = postgres::PgLedger::connect(cfg, postgres::Session::Requests).await?;
             let group = group::Group::start_dedicated(cfg, batching).await?;
             (Backend::Postgres(l), group)
         } else {

@@ -20,6 +20,18 @@ use super::LedgerError;
 use super::sql::{SqlBackend, WriteTx, unavailable};
 use crate::config::DatabaseConfig;
 
+/// What a pool's connections run, which decides how their statements are
+/// planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Session {
+    /// The request path's one-at-a-time operations and reads: planned for
+    /// the parameters at hand (see `prefer_custom_plans`).
+    Requests,
+    /// The batch writers' statements: each reaches its rows by key, so it is
+    /// planned once (see `plan_batches_once`).
+    BatchWriters,
+}
+
 #[derive(Clone)]
 pub(super) struct PgLedger {
     pool: PgPool,
@@ -27,7 +39,10 @@ pub(super) struct PgLedger {
 }
 
 impl PgLedger {
-    pub(super) async fn connect(cfg: &DatabaseConfig) -> Result<Self, LedgerError> {
+    pub(super) async fn connect(
+        cfg: &DatabaseConfig,
+        session: Session,
+    ) -> Result<Self, LedgerError> {
         // The parse error could quote the URL, password included: say only which.
         let options = PgConnectOptions::from_str(cfg.url.expose_secret()).map_err(|_| {
             LedgerError::Unavailable(format!(
@@ -44,7 +59,10 @@ impl PgLedger {
                         .bind(statement_timeout_ms.to_string())
                         .execute(&mut *conn)
                         .await?;
-                    prefer_custom_plans(conn).await
+                    match session {
+                        Session::Requests => prefer_custom_plans(conn).await,
+                        Session::BatchWriters => plan_batches_once(conn).await,
+                    }
                 })
             })
             .max_connections(cfg.connections_max)
@@ -73,13 +91,56 @@ impl PgLedger {
 /// it. Servers without the setting (Postgres before 12, some compatible
 /// databases) refuse it: then the connection goes on as it is.
 async fn prefer_custom_plans(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    match sqlx::query("SET plan_cache_mode = force_custom_plan")
-        .execute(&mut *conn)
-        .await
-    {
+    set_if_known(
+        conn,
+        "SET plan_cache_mode = force_custom_plan",
+        "database has no plan_cache_mode; generic plans stay possible",
+    )
+    .await
+}
+
+/// The batch writers' statements, planned once per connection, and never
+/// with a sequential scan where an index reaches the rows.
+///
+/// Every statement of a batch (`group/postgres.rs`) finds its rows by key:
+/// `id = ANY($1)` on a primary key, at most `ledger.batch_max` of them. A
+/// plan made for the parameters at hand costed more than the statement
+/// itself (~50 µs of server CPU per transaction), and it was still wrong:
+/// costed on tables never analyzed (or analyzed while small), the planner
+/// chose a sequential scan of `attempts` filtered by `= ANY` (every row
+/// compared with every id of the batch: the finish batch's cost grew with
+/// the table, ~8 ms per batch at 10,000 rows). With `enable_seqscan` off a
+/// sequential scan is costed as a last resort, so the index lookups win
+/// whatever the statistics say, and one generic plan, made at the first
+/// execution on any table size, is the right plan for every size. (The one
+/// partial index, of in-flight rows, is kept out of these plans by how the
+/// finish batch writes its status guard.) Servers without a setting
+/// refuse it: then the connection goes on as it is.
+async fn plan_batches_once(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    set_if_known(
+        conn,
+        "SET enable_seqscan = off",
+        "database has no enable_seqscan; batch plans follow its statistics",
+    )
+    .await?;
+    set_if_known(
+        conn,
+        "SET plan_cache_mode = force_generic_plan",
+        "database has no plan_cache_mode; batch statements are planned as it decides",
+    )
+    .await
+}
+
+/// Runs a `SET`; a server that does not know the setting (42704) logs `why`.
+async fn set_if_known(
+    conn: &mut PgConnection,
+    set: &'static str,
+    why: &str,
+) -> Result<(), sqlx::Error> {
+    match sqlx::query(set).execute(&mut *conn).await {
         Ok(_) => Ok(()),
         Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42704") => {
-            tracing::info!("database has no plan_cache_mode; generic plans stay possible");
+            tracing::info!("{why}");
             Ok(())
         }
         Err(e) => Err(e),

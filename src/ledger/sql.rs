@@ -425,10 +425,6 @@ impl<DB: Database> WriteTx<DB> {
     pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
-
-    pub(super) async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.tx.rollback().await
-    }
 }
 
 /// The connection type of a backend's database.

@@ -8,13 +8,15 @@
 //! rows in the order it returns them: ascending id, the ledger's one order.
 //! The writes only touch rows already locked, or new rows.
 //!
-//! Every join of an array with a table also says `key = ANY(array)`: that
-//! makes an index lookup per element the plan the planner sees as cheapest.
-//! Without it, a join costed on stale statistics (a table that grew since it
-//! was last analyzed) hashes the whole table for every batch, and each batch
-//! costs more as the table grows.
+//! Every join of an array with a table also says `key = ANY(array)`, so
+//! each table is reached through its key's index. The writers' connections
+//! plan each statement once, with sequential scans costed as a last resort
+//! (`plan_batches_once` in `ledger/postgres.rs`): a plan costed on stale
+//! statistics (a table that grew since it was last analyzed, or never was)
+//! otherwise scanned the whole table for every batch, and each batch cost
+//! more as the table grew.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use sqlx::postgres::PgConnection;
 
@@ -85,17 +87,29 @@ pub(super) enum ReserveWrite {
 /// amounts off their source accounts (one guarded update per account), insert
 /// the new rows (in id order, like every lock: two batches inserting the same
 /// new ids wait for each other instead of deadlocking) and the first attempts
-/// of the rows actually inserted. `ids` are all the batch's ids, of which the
-/// plan knew `known` to exist: the statement's snapshot does not see its own
-/// inserts, so the count of those that exist is the count that existed
-/// before it, and any more than `known` make the plan wrong.
+/// of the rows actually inserted.
+///
+/// The plan is wrong when an id it does not know to exist does: among the
+/// ids it inserts, the insert says so (`ON CONFLICT DO NOTHING` inserts
+/// fewer rows); the others (`ids` of the batch the plan answers without an
+/// insert: rows it read, `existing`, and requests the account checks refused)
+/// are counted, and any more of them than `existing` make the plan wrong (the
+/// statement's snapshot does not see its own inserts, so the count is of
+/// rows that existed before it). In the common batch every id is inserted
+/// and nothing is looked up for the count.
 pub(super) async fn write_reserves(
     conn: &mut PgConnection,
     ids: &[String],
-    known: usize,
+    existing: &Rows,
     plan: &ReservePlan,
     now: i64,
 ) -> Result<ReserveWrite, Fail> {
+    let inserting: HashSet<&str> = plan.inserts.iter().map(|r| r.id.as_str()).collect();
+    let others: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !inserting.contains(id))
+        .collect();
     let (taken_ids, taken): (Vec<&str>, Vec<i64>) =
         plan.taken.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
     let mut sorted: Vec<&TransactionRecord> = plan.inserts.iter().collect();
@@ -161,10 +175,10 @@ pub(super) async fn write_reserves(
     .bind(&attempt_ids)
     .bind(&attempt_switches)
     .bind(now)
-    .bind(ids)
+    .bind(&others)
     .fetch_one(&mut *conn)
     .await?;
-    if existed as usize != known || inserted as usize != c.id.len() {
+    if existed as usize != existing.len() || inserted as usize != c.id.len() {
         return Ok(ReserveWrite::Existed);
     }
     check_rows("take", taken_ids.len(), took as u64)?;
@@ -279,6 +293,12 @@ pub(super) async fn create_settlements(
 /// The whole write of a finish batch, in one statement: the credits per
 /// account (all locked already), the final rows with their responses (each
 /// must still be in flight), the postings and the attempts' outcomes.
+///
+/// "Still in flight" is written `NOT IN` the final statuses (the same rows,
+/// by the status check): `IN ('reserved', 'pending')` is the predicate of
+/// the partial index of in-flight rows, and the planner then may read the
+/// whole of that index (and its entries of rows finished since the last
+/// vacuum) instead of looking the batch's ids up by primary key.
 pub(super) async fn write_finishes(
     conn: &mut PgConnection,
     plan: &FinishPlan,
@@ -325,7 +345,8 @@ pub(super) async fn write_finishes(
                  $8::bigint[], $9::text[], $10::bigint[]) \
                  AS d(id, status, reason, switch, reference, response_status, response_body, \
                       updated) \
-             WHERE t.id = ANY($3) AND t.id = d.id AND t.status IN ('reserved', 'pending') \
+             WHERE t.id = ANY($3) AND t.id = d.id \
+                 AND t.status NOT IN ('committed', 'declined', 'failed') \
              RETURNING 1), \
          posted AS ( \
              INSERT INTO postings (transaction_id, account_id, amount, created_at_ms) \
