@@ -27,7 +27,8 @@ pub enum ApiError {
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
-    MethodNotAllowed { allow: &'static str },
+    /// `allow`: the methods the path has, as the `Allow` header lists them.
+    MethodNotAllowed { allow: String },
     #[error("{0}")]
     InvalidRequest(String),
     #[error("request body is larger than {limit_bytes} bytes")]
@@ -130,7 +131,9 @@ impl ApiError {
         let headers = resp.headers_mut();
         match &self {
             ApiError::MethodNotAllowed { allow } => {
-                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    headers.insert(header::ALLOW, v);
+                }
             }
             ApiError::TransactionInProgress { retry_after } => {
                 headers.insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());

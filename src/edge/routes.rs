@@ -98,8 +98,9 @@ pub(super) fn find_route<'p>(
     }
     match allowed.as_slice() {
         [] => Err(ApiError::NotFound),
-        // Every path has one method today; the Allow header names it.
-        [only, ..] => Err(ApiError::MethodNotAllowed { allow: only }),
+        methods => Err(ApiError::MethodNotAllowed {
+            allow: methods.join(", "),
+        }),
     }
 }
 

@@ -37,7 +37,10 @@ impl Handler for Ops {
             return e.into_response();
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return ApiError::MethodNotAllowed { allow: "GET" }.into_response();
+            return ApiError::MethodNotAllowed {
+                allow: "GET".into(),
+            }
+            .into_response();
         }
         match req.uri().path() {
             "/" => status::response(state, &self.trends).await,

@@ -81,7 +81,9 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Unauthorized(Unauthenticated::Invalid),
         ApiError::Forbidden("x"),
         ApiError::NotFound,
-        ApiError::MethodNotAllowed { allow: "GET" },
+        ApiError::MethodNotAllowed {
+            allow: "GET".into(),
+        },
         ApiError::InvalidRequest("x".into()),
         ApiError::PayloadTooLarge { limit_bytes: 1 },
         ApiError::RequestTimeout,
