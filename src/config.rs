@@ -461,6 +461,8 @@ pub struct ForwardingConfig {
     /// forward latency, ms. An idle switch's estimate decays toward zero over
     /// it, so a switch that was slow is tried again.
     pub ewma_decay_ms: u64,
+    /// `least_latency`: the estimate of a switch not timed yet, ms.
+    pub ewma_default_ms: u64,
     /// A switch back in rotation ramps its share up over this window, ms,
     /// starting at a tenth; 0 turns slow start off.
     pub slow_start_ms: u64,
@@ -798,6 +800,7 @@ impl Config {
             h.outlier_base_ejection_ms,
         );
         positive("forwarding.ewma_decay_ms", f.ewma_decay_ms);
+        positive("forwarding.ewma_default_ms", f.ewma_default_ms);
         let r = &self.reconciler;
         positive("reconciler.interval_ms", r.interval_ms);
         positive("reconciler.lease_ms", r.lease_ms);

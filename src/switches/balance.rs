@@ -65,10 +65,16 @@ impl Window {
 }
 
 impl Balance {
-    /// The latency estimate at `now_ms` (decayed since the last observation).
-    pub(super) fn latency(&self, now_ms: u64, decay: Duration) -> Duration {
-        let est = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+    /// The latency estimate at `now_ms` (decayed since the last
+    /// observation); `default` before the first one, so a switch nobody has
+    /// timed yet is not taken for the fastest (its first answers may be
+    /// slow ones still in flight).
+    pub(super) fn latency(&self, now_ms: u64, decay: Duration, default: Duration) -> Duration {
         let at = self.ewma_at_ms.load(Ordering::Relaxed);
+        if at == 0 {
+            return default;
+        }
+        let est = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         Duration::from_nanos((est * decay_factor(now_ms.saturating_sub(at), decay)) as u64)
     }
 
@@ -156,18 +162,20 @@ mod tests {
     use super::*;
 
     const DECAY: Duration = Duration::from_secs(10);
+    const DEFAULT: Duration = Duration::from_millis(30);
 
     #[test]
     fn a_slower_answer_is_taken_at_once_a_faster_one_blended_in() {
         let b = Balance::default();
+        assert_eq!(b.latency(1_000, DECAY, DEFAULT), DEFAULT, "never timed");
         b.observe(Duration::from_millis(10), 1_000, DECAY);
-        assert_eq!(b.latency(1_000, DECAY), Duration::from_millis(10));
+        assert_eq!(b.latency(1_000, DECAY, DEFAULT), Duration::from_millis(10));
         b.observe(Duration::from_millis(200), 1_001, DECAY);
-        let peak = b.latency(1_001, DECAY);
+        let peak = b.latency(1_001, DECAY, DEFAULT);
         assert!(peak >= Duration::from_millis(199), "{peak:?}");
         // One decay constant later, a fast answer: the estimate is between.
         b.observe(Duration::from_millis(10), 11_001, DECAY);
-        let est = b.latency(11_001, DECAY);
+        let est = b.latency(11_001, DECAY, DEFAULT);
         assert!(
             est > Duration::from_millis(10) && est < Duration::from_millis(200),
             "{est:?}"
@@ -178,7 +186,7 @@ mod tests {
     fn an_idle_estimate_decays_toward_zero() {
         let b = Balance::default();
         b.observe(Duration::from_millis(200), 1, DECAY);
-        let later = b.latency(1 + 30_000, DECAY);
+        let later = b.latency(1 + 30_000, DECAY, DEFAULT);
         assert!(later < Duration::from_millis(11), "{later:?}");
     }
 

@@ -471,6 +471,7 @@ mod tests {
             client_key: None,
             balancing: crate::config::Balancing::RoundRobin,
             ewma_decay_ms: 10_000,
+            ewma_default_ms: 30,
             slow_start_ms: 0,
         };
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());

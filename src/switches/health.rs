@@ -445,7 +445,7 @@ impl HealthMonitor {
             m.switch_latency_ewma.with_label_values(&[name]).set(
                 entry
                     .balance
-                    .latency(now, settings.ewma_decay)
+                    .latency(now, settings.ewma_decay, settings.ewma_default)
                     .as_secs_f64(),
             );
             m.switch_score

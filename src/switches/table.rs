@@ -88,7 +88,7 @@ impl SwitchState {
     /// The least-latency score now (lower is better).
     pub(super) fn score(&self, b: &BalanceSettings, now_ms: u64) -> f64 {
         balance::score(
-            self.balance.latency(now_ms, b.ewma_decay),
+            self.balance.latency(now_ms, b.ewma_decay, b.ewma_default),
             self.in_flight(),
             self.weight(),
             self.balance.slow_start_factor(now_ms, b.slow_start),
@@ -104,7 +104,11 @@ impl SwitchState {
             weight: self.weight(),
             health: self.health.view(),
             balancing: BalanceView {
-                latency_ewma_ms: self.balance.latency(now, b.ewma_decay).as_secs_f64() * 1000.0,
+                latency_ewma_ms: self
+                    .balance
+                    .latency(now, b.ewma_decay, b.ewma_default)
+                    .as_secs_f64()
+                    * 1000.0,
                 score: self.score(b, now),
                 success_rate: self.health.success_rate(),
                 slow_start_share: self.balance.slow_start_factor(now, b.slow_start),
@@ -124,6 +128,8 @@ impl SwitchState {
 pub struct BalanceSettings {
     pub mode: Balancing,
     pub ewma_decay: Duration,
+    /// The estimate of a switch not timed yet.
+    pub ewma_default: Duration,
     pub slow_start: Duration,
 }
 
@@ -132,6 +138,7 @@ impl BalanceSettings {
         Self {
             mode: f.balancing,
             ewma_decay: Duration::from_millis(f.ewma_decay_ms),
+            ewma_default: Duration::from_millis(f.ewma_default_ms),
             slow_start: Duration::from_millis(f.slow_start_ms),
         }
     }
@@ -142,6 +149,7 @@ impl BalanceSettings {
 struct LiveSettings {
     mode: AtomicU8,
     ewma_decay_ms: AtomicU64,
+    ewma_default_ms: AtomicU64,
     slow_start_ms: AtomicU64,
 }
 
@@ -150,6 +158,7 @@ impl LiveSettings {
         let s = Self {
             mode: AtomicU8::new(0),
             ewma_decay_ms: AtomicU64::new(0),
+            ewma_default_ms: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(0),
         };
         s.store(b);
@@ -164,6 +173,8 @@ impl LiveSettings {
         self.mode.store(mode, Ordering::Relaxed);
         self.ewma_decay_ms
             .store(b.ewma_decay.as_millis() as u64, Ordering::Relaxed);
+        self.ewma_default_ms
+            .store(b.ewma_default.as_millis() as u64, Ordering::Relaxed);
         self.slow_start_ms
             .store(b.slow_start.as_millis() as u64, Ordering::Relaxed);
     }
@@ -175,6 +186,7 @@ impl LiveSettings {
                 _ => Balancing::LeastLatency,
             },
             ewma_decay: Duration::from_millis(self.ewma_decay_ms.load(Ordering::Relaxed)),
+            ewma_default: Duration::from_millis(self.ewma_default_ms.load(Ordering::Relaxed)),
             slow_start: Duration::from_millis(self.slow_start_ms.load(Ordering::Relaxed)),
         }
     }
@@ -437,6 +449,7 @@ mod tests {
     const RR: BalanceSettings = BalanceSettings {
         mode: Balancing::RoundRobin,
         ewma_decay: Duration::from_secs(10),
+        ewma_default: Duration::from_millis(30),
         slow_start: Duration::ZERO,
     };
     const LEAST: BalanceSettings = BalanceSettings {
