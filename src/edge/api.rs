@@ -69,7 +69,7 @@ impl Handler for Api {
             request_id = %request_id,
             method = %req.method(),
             route,
-            client = %client
+            client_ip = %client
         );
         let in_flight = InFlightGuard::new(&state.metrics.http_in_flight);
         let work = route_request(state, req, &conn, client, &request_id, deadline);

@@ -100,7 +100,8 @@ fn parse(buf: &[u8]) -> Result<Option<ProxyHeader>, ProxyHeaderError> {
     }
     // A v1 header is one line: ppp takes some cut lines (an address cut
     // short) for broken ones, so wait for the line's end, as the spec says.
-    let v1_prefix = &buf[..buf.len().min(6)] == &b"PROXY "[..buf.len().min(6)];
+    let n = buf.len().min(6);
+    let v1_prefix = buf[..n] == b"PROXY "[..n];
     if v1_prefix && !buf.contains(&b'\n') && buf.len() < V1_BYTES_MAX {
         return Ok(None);
     }
