@@ -11,7 +11,7 @@
 //! silently falls back to a default.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -149,6 +149,106 @@ pub struct ServerConfig {
     pub status_trend_s: u64,
     /// Most HTTP/2 streams at once on one connection.
     pub h2_streams_max: u32,
+    /// Where a request's client address (what the per-IP limit keys on and
+    /// the logs show) comes from: the TCP peer, a PROXY protocol header, or
+    /// `X-Forwarded-For`; the latter two only from `trusted_proxies`.
+    pub client_address: ClientAddress,
+    /// The load balancers and proxies whose PROXY header or
+    /// `X-Forwarded-For` is believed: addresses or CIDR prefixes.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// `server.client_address`: how the gateway learns a client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAddress {
+    /// The TCP peer: clients connect directly, or through an L4 balancer
+    /// that keeps source addresses.
+    Peer,
+    /// A PROXY protocol header (v1 or v2) that a trusted proxy sends before
+    /// the TLS handshake; connections from other peers are direct clients.
+    ProxyProtocol,
+    /// The rightmost `X-Forwarded-For` address that is not a trusted proxy,
+    /// on requests whose TCP peer is a trusted proxy.
+    XForwardedFor,
+}
+
+impl ClientAddress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAddress::Peer => "peer",
+            ClientAddress::ProxyProtocol => "proxy_protocol",
+            ClientAddress::XForwardedFor => "x_forwarded_for",
+        }
+    }
+}
+
+/// `server.trusted_proxies`: a list of address prefixes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct TrustedProxies(pub Vec<IpPrefix>);
+
+impl TrustedProxies {
+    /// `ip` is in one of the prefixes (an IPv4-mapped IPv6 address as its
+    /// IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|p| p.contains(ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// An IP prefix (`10.0.0.0/8`, `fd00::/8`) or one address (`10.0.0.7`,
+/// which is `10.0.0.7/32`). Host bits past the prefix are refused
+/// (`10.0.0.1/8` is a typo for something).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix(ipnet::IpNet);
+
+impl IpPrefix {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip)
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let net = match s.parse::<ipnet::IpNet>() {
+            Ok(net) => net,
+            Err(_) => match s.parse::<IpAddr>() {
+                Ok(ip) => ipnet::IpNet::from(ip),
+                Err(_) => {
+                    return Err(format!(
+                        "{s:?} is not an IP address or CIDR prefix (10.0.0.0/8, fd00::/8)"
+                    ));
+                }
+            },
+        };
+        if net.trunc() != net {
+            return Err(format!(
+                "{s:?} has host bits set past its prefix (did you mean {}?)",
+                net.trunc()
+            ));
+        }
+        Ok(Self(net))
+    }
+}
+
+impl<'de> Deserialize<'de> for IpPrefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl ServerConfig {
@@ -869,6 +969,12 @@ impl Config {
                     .into(),
             );
         }
+        if s.client_address != ClientAddress::Peer && s.trusted_proxies.is_empty() {
+            p.push(format!(
+                "server.trusted_proxies: must name the proxies in front of the gateway while server.client_address is {:?}",
+                s.client_address.as_str()
+            ));
+        }
         if !(8192..=1 << 20).contains(&s.header_bytes_max) {
             p.push("server.header_bytes_max: must be 8192 to 1048576".into());
         }
@@ -1101,6 +1207,51 @@ mod tests {
             "[server]\nlinger_timeout_ms = 0\nlinger_bytes_max = 0\nshutdown_drain_ms = 0\n",
         )
         .expect("valid");
+    }
+
+    #[test]
+    fn client_address_and_trusted_proxies_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.server.client_address, ClientAddress::Peer);
+        assert!(c.server.trusted_proxies.is_empty());
+
+        let c = Config::from_toml(
+            "[server]\nclient_address = \"proxy_protocol\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\", \"::1\"]\n",
+        )
+        .expect("valid");
+        let t = &c.server.trusted_proxies;
+        for (ip, trusted) in [
+            ("10.200.3.4", true),
+            ("::ffff:10.1.1.1", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("fd12::5", true),
+            ("::1", true),
+            ("::2", false),
+            ("11.0.0.1", false),
+        ] {
+            assert_eq!(t.contains(ip.parse().unwrap()), trusted, "{ip}");
+        }
+
+        // A mode that needs proxies without any; a typo'd mode; host bits;
+        // not an address.
+        let err =
+            Config::from_toml("[server]\nclient_address = \"x_forwarded_for\"\n").unwrap_err();
+        assert!(
+            err.problems.join("\n").contains("server.trusted_proxies"),
+            "{err}"
+        );
+        for (bad, says) in [
+            ("client_address = \"forwarded\"", "forwarded"),
+            (
+                "trusted_proxies = [\"10.0.0.1/8\"]",
+                "did you mean 10.0.0.0/8",
+            ),
+            ("trusted_proxies = [\"lb.internal\"]", "not an IP address"),
+        ] {
+            let err = Config::from_toml(&format!("[server]\n{bad}\n")).unwrap_err();
+            assert!(err.problems.join("\n").contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Reloader {
         let fixed_changed = fixed_settings_changed(&old, &new);
         if fixed_changed {
             tracing::warn!(
-                "listeners, TLS files, connection limits, the database and the ledger's batching change only on restart"
+                "listeners, TLS files, connection limits, client addressing, the database and the ledger's batching change only on restart"
             );
         }
         // Keep what cannot change while running.
@@ -113,6 +113,9 @@ impl Reloader {
         new.server.linger_timeout_ms = old.server.linger_timeout_ms;
         new.server.shutdown_drain_ms = old.server.shutdown_drain_ms;
         new.server.shutdown_grace_ms = old.server.shutdown_grace_ms;
+        // The accept loop reads PROXY headers by these; the API must agree.
+        new.server.client_address = old.server.client_address;
+        new.server.trusted_proxies = old.server.trusted_proxies.clone();
         new.database = old.database.clone();
         new.ledger.batch_max = old.ledger.batch_max;
         new.ledger.queue_max = old.ledger.queue_max;
@@ -243,6 +246,8 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> bool {
         || n.tls_key != o.tls_key
         || n.client_ca != o.client_ca
         || n.connections_max != o.connections_max
+        || n.client_address != o.client_address
+        || n.trusted_proxies != o.trusted_proxies
         || !new.database.same_as(&old.database)
         || super::batching(&new.ledger) != super::batching(&old.ledger)
 }

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Application;
 use super::reload::Reloader;
+use crate::config::ClientAddress;
 use crate::edge::{self, Api, AppState, ConnLimits, Linger, RENDER};
 use crate::ops::{Ops, Trends, sample_trends};
 use crate::switches::HealthMonitor;
@@ -135,6 +136,8 @@ async fn serve(
             https,
             acceptor,
             cfg.tls_handshake_timeout(),
+            (cfg.client_address == ClientAddress::ProxyProtocol)
+                .then(|| Arc::new(cfg.trusted_proxies.clone())),
             cfg.connections_max,
             limits.clone(),
             Api(state.clone()),

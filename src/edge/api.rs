@@ -1,8 +1,10 @@
 //! The HTTPS handler: per request, request id → deadline → per-IP limit →
 //! route (404/405) → authentication → mTLS subject binding → role →
 //! per-client limit → the endpoint's handler. Every refusal is audited in
-//! [`deny`].
+//! [`deny`], inside the request's span, which names the client's address
+//! ([`client_ip`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +13,10 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::config::{ClientAddress, ServerConfig};
 use crate::domain::Role;
 use crate::edge::auth::Principal;
+use crate::edge::client_addr::forwarded_for;
 use crate::edge::error::{ApiError, Body, Unauthenticated};
 use crate::edge::handlers;
 use crate::edge::routes::{Endpoint, find_route, route_label};
@@ -52,11 +56,23 @@ impl Handler for Api {
         let started = Instant::now();
         let request_id = request_id(&req);
         let route = route_label(req.uri().path());
-        let span =
-            tracing::info_span!("request", request_id = %request_id, method = %req.method(), route);
+        let (deadline, client) = {
+            let config = state.config.load();
+            let server = &config.server;
+            (
+                started + server.request_deadline(),
+                client_ip(server, &req, &conn),
+            )
+        };
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %req.method(),
+            route,
+            client_ip = %client
+        );
         let in_flight = InFlightGuard::new(&state.metrics.http_in_flight);
-        let deadline = started + state.config.load().server.request_deadline();
-        let work = route_request(state, req, &conn, &request_id, deadline);
+        let work = route_request(state, req, &conn, client, &request_id, deadline);
         // Handlers answer by `deadline` themselves (a transaction answers
         // 202); this backstop only catches one that does not.
         let backstop = deadline + DEADLINE_BACKSTOP;
@@ -94,6 +110,21 @@ impl Handler for Api {
     }
 }
 
+/// The client's address, which the per-IP limit keys on and the logs show:
+/// with `server.client_address = "x_forwarded_for"` and a trusted proxy as
+/// the TCP peer, the rightmost `X-Forwarded-For` address that is not a
+/// trusted proxy (the peer when the header is missing or malformed);
+/// otherwise what the connection says (the PROXY header's source, or the
+/// peer).
+pub(crate) fn client_ip<B>(server: &ServerConfig, req: &Request<B>, conn: &ConnInfo) -> IpAddr {
+    match server.client_address {
+        ClientAddress::XForwardedFor if server.trusted_proxies.contains(conn.peer.ip()) => {
+            forwarded_for(req.headers(), &server.trusted_proxies).unwrap_or(conn.client)
+        }
+        _ => conn.client,
+    }
+}
+
 /// The incoming `X-Request-Id` if it is sane, else a new one.
 fn request_id<B>(req: &Request<B>) -> String {
     req.headers()
@@ -112,12 +143,13 @@ async fn route_request(
     state: &AppState,
     req: Request<Incoming>,
     conn: &ConnInfo,
+    client: IpAddr,
     request_id: &str,
     deadline: Instant,
 ) -> Result<Response<Body>, ApiError> {
     // Before any signature is checked: a flood of garbage tokens from one
     // address costs a hash-map lookup each.
-    state.limiter.check_ip(conn.peer.ip()).map_err(|r| {
+    state.limiter.check_ip(client).map_err(|r| {
         deny(state, None, "rate_limited_ip");
         ApiError::from(r)
     })?;

@@ -252,6 +252,20 @@ impl Tables {
     }
 }
 
+/// The per-IP limiter's key for a client address. An IPv4 address is its
+/// own key, and an IPv4-mapped IPv6 address counts as its IPv4 address (a
+/// dual-stack listener does not give a client two buckets). An IPv6 address
+/// counts as its /64: one subscriber or host usually gets a whole /64 and
+/// can pick any address in it, so per address it would have 2^64 buckets.
+pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
+
 /// The gateway's rate limits; share as `Arc<Limiter>`.
 pub struct Limiter {
     tables: ArcSwap<Tables>,
@@ -269,11 +283,9 @@ impl Limiter {
         }
     }
 
-    /// Per-IP check, before any token is verified. IPv4-mapped IPv6 addresses
-    /// count as their IPv4 address, so a dual-stack listener does not give a
-    /// client two buckets.
+    /// Per-IP check, before any token is verified, keyed by [`ip_key`].
     pub fn check_ip(&self, ip: IpAddr) -> Result<RateInfo, RateLimited> {
-        self.tables.load().ip.check(&ip.to_canonical(), "ip")
+        self.tables.load().ip.check(&ip_key(ip), "ip")
     }
 
     /// Per-client check by `sub`: the client's override if configured, else
@@ -437,6 +449,26 @@ mod tests {
         assert!(l.check_ip(mapped).is_err(), "::ffff:10.0.0.2 is 10.0.0.2");
         l.check_ip(IpAddr::V6(Ipv6Addr::LOCALHOST)).unwrap();
         assert_eq!(l.sizes(), (3, 0));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let mut c = cfg();
+        c.per_ip_burst = 1;
+        let l = Limiter::new(&c);
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        l.check_ip(v6("2001:db8:1:2::1")).unwrap();
+        assert!(
+            l.check_ip(v6("2001:db8:1:2:ffff:ffff:ffff:fffe")).is_err(),
+            "same /64: same bucket"
+        );
+        l.check_ip(v6("2001:db8:1:3::1")).unwrap();
+        l.check_ip(v6("2001:db8:2:2::1")).unwrap();
+        assert_eq!(l.sizes(), (3, 0));
+        assert_eq!(ip_key(v6("2001:db8:1:2:a:b:c:d")), v6("2001:db8:1:2::"));
+        // IPv4 keeps every bit, mapped or not.
+        assert_eq!(ip_key(v6("::ffff:192.0.2.77")), v6("192.0.2.77"));
+        assert_eq!(ip_key(v6("192.0.2.77")), v6("192.0.2.77"));
     }
 
     #[test]

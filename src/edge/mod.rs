@@ -9,6 +9,7 @@ mod answer;
 mod api;
 mod auth;
 mod body;
+mod client_addr;
 mod error;
 mod handlers;
 mod limits;

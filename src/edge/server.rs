@@ -7,6 +7,12 @@
 //! `header_read_timeout` once the first byte of a request is seen; a
 //! connection with nothing in flight closes after `keepalive_idle_timeout`.
 //!
+//! Behind a load balancer that speaks the PROXY protocol
+//! (`server.client_address = "proxy_protocol"`), a connection from a trusted
+//! proxy starts with a PROXY header, read before the TLS handshake and
+//! within the handshake's timeout (one budget for both); a malformed or late
+//! one closes the connection. The client it names is [`ConnInfo::client`].
+//!
 //! hyper's own `header_read_timeout` is not used: it starts as soon as a
 //! keep-alive connection goes idle, which would make the idle timeout and the
 //! header timeout one number.
@@ -23,7 +29,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,13 +47,20 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::TrustedProxies;
+use crate::edge::client_addr::{Prefixed, read_proxy_header};
 use crate::edge::error::Body;
 use crate::metrics::Metrics;
 
 /// What a handler learns about the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The TCP peer: the client, or the load balancer in front of it.
     pub peer: SocketAddr,
+    /// The client, as far as the connection tells: the source a trusted
+    /// proxy's PROXY header names, else the peer's address. (A request's
+    /// `X-Forwarded-For` may still name another: `api::client_ip`.)
+    pub client: IpAddr,
     /// Subject common name of the verified client certificate (mTLS), if any.
     pub client_cert_cn: Option<String>,
 }
@@ -81,11 +94,15 @@ pub struct Linger {
 }
 
 /// Serves HTTPS on `listener` until `shutdown`; connection tasks go on `tracker`.
+/// With `proxy_protocol`, a connection from one of those peers must start
+/// with a PROXY header, which must arrive, with the TLS handshake after it,
+/// within `handshake_timeout`.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_tls<H: Handler>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
+    proxy_protocol: Option<Arc<TrustedProxies>>,
     connections_max: usize,
     limits: ConnLimits,
     handler: H,
@@ -98,32 +115,25 @@ pub async fn serve_tls<H: Handler>(
     while let Some((permit, tcp, peer)) = accept_next(&listener, &permits, &shutdown).await {
         let _ = tcp.set_nodelay(true);
         let (acceptor, conns) = (acceptor.clone(), conns.clone());
+        let proxy = proxy_protocol
+            .as_ref()
+            .filter(|trusted| trusted.contains(peer.ip()))
+            .is_some();
         tracker.spawn(async move {
             let _permit = permit;
             let open = conns.metrics.connections_open.clone();
             open.inc();
-            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
+            let deadline = tokio::time::Instant::now() + handshake_timeout;
             let tls = tokio::select! {
                 _ = conns.shutdown.cancelled() => None,
-                r = handshake => match r {
-                    Ok(Ok(tls)) => Some(tls),
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        conns.metrics.tls_handshake_failures.with_label_values(&["error"]).inc();
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        conns.metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
-                        None
-                    }
-                },
+                r = handshake(tcp, peer, proxy, deadline, &acceptor, &conns.metrics) => r,
             };
-            if let Some(tls) = tls {
+            if let Some((tls, client)) = tls {
                 let (_, session) = tls.get_ref();
                 let is_h2 = session.alpn_protocol() == Some(b"h2");
                 let info = Arc::new(ConnInfo {
                     peer,
+                    client,
                     client_cert_cn: session
                         .peer_certificates()
                         .and_then(|certs| certs.first())
@@ -135,6 +145,66 @@ pub async fn serve_tls<H: Handler>(
         });
     }
     tracing::info!("TLS listener stopped accepting");
+}
+
+type Tls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
+
+/// What comes before HTTP on a TLS connection: the PROXY header when `proxy`
+/// (the peer is a trusted proxy), then the TLS handshake, both by
+/// `deadline`. `None`, counted, when either fails.
+async fn handshake(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: bool,
+    deadline: tokio::time::Instant,
+    acceptor: &TlsAcceptor,
+    metrics: &Metrics,
+) -> Option<(Tls, IpAddr)> {
+    let (io, client) = if proxy {
+        match tokio::time::timeout_at(deadline, read_proxy_header(&mut tcp)).await {
+            Ok(Ok(header)) => (
+                Prefixed::new(tcp, header.rest),
+                header.client.unwrap_or(peer.ip()),
+            ),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, reason = e.reason(), "PROXY header refused");
+                metrics
+                    .connections_refused
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "PROXY header timed out");
+                metrics
+                    .connections_refused
+                    .with_label_values(&["proxy_header_timeout"])
+                    .inc();
+                return None;
+            }
+        }
+    } else {
+        (Prefixed::new(tcp, Vec::new()), peer.ip())
+    };
+    match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => Some((tls, client)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, %client, error = %e, "TLS handshake failed");
+            metrics
+                .tls_handshake_failures
+                .with_label_values(&["error"])
+                .inc();
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, %client, "TLS handshake timed out");
+            metrics
+                .tls_handshake_failures
+                .with_label_values(&["timeout"])
+                .inc();
+            None
+        }
+    }
 }
 
 /// Serves plain HTTP (the ops listener) until `shutdown`.
@@ -155,6 +225,7 @@ pub async fn serve_plain<H: Handler>(
             let _permit = permit;
             let info = Arc::new(ConnInfo {
                 peer,
+                client: peer.ip(),
                 client_cert_cn: None,
             });
             conns.serve(tcp, false, info).await;

@@ -19,6 +19,7 @@ mod openapi;
 mod ops_docs;
 mod pg_restart;
 mod props;
+mod proxy;
 mod readme;
 mod resilience;
 mod shared_accounts;
