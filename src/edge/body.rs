@@ -347,27 +347,7 @@ mod tests {
     use super::*;
 
     /// Words of the implementation that must never reach a client.
-    pub(crate) const RUST_WORDS: &[&str] = &[
-        "i64",
-        "u64",
-        "i32",
-        "u32",
-        "f64",
-        "usize",
-        "String",
-        "str",
-        "struct",
-        "enum",
-        "variant",
-        "Option",
-        "serde",
-        "EOF",
-        "?:",
-        "invalid type",
-        "`",
-        "TransactionBody",
-        "AccountBody",
-    ];
+    pub(crate) const RUST_WORDS: &[&str] = include!("rust_words.in");
 
     fn message<T: DeserializeOwned + BodyFields + std::fmt::Debug>(body: &str) -> String {
         match parse_json::<T>(body.as_bytes()) {
@@ -550,7 +530,11 @@ mod tests {
             ),
             (
                 format!("{{{ok},\"kind\":\"x\"}}"),
-                "kind: is not a field of this request (its fields are accountId, owner, currency, openingBalance)",
+                "kind: is not a field of this request (its fields are accountId, owner, currency, openingBalance, spenders)",
+            ),
+            (
+                format!("{{{ok},\"spenders\":\"bob\"}}"),
+                "spenders: must be a list of client ids, or [\"*\"] for any client",
             ),
         ] {
             let got = message::<AccountBody>(&body);
