@@ -272,6 +272,11 @@ impl From<LedgerError> for ApiError {
                 tracing::error!(%reason, "ledger refused a state change");
                 ApiError::Internal
             }
+            // Only the reconciler fences its writes; never a request's answer.
+            LedgerError::LeaseLost => {
+                tracing::error!("a lease lost reached the HTTP layer");
+                ApiError::Internal
+            }
         }
     }
 }

@@ -69,6 +69,36 @@ pub enum LedgerError {
     /// e.g. commit of a transaction already declined: a bug or a race lost, never client input
     #[error("invalid transaction state: {0}")]
     InvalidState(String),
+    /// A fenced commit or release by a reconciler whose lease was claimed by
+    /// another since: the row is the other holder's; nothing was written.
+    #[error("the reconciler lease was lost to another holder")]
+    LeaseLost,
+}
+
+/// Who holds a reconciler lease: stamped on the rows a claim takes, checked
+/// by that holder's commits and releases ([`Ledger::finish_leased`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    /// A fresh token: 128 random bits, hex.
+    pub fn new() -> Self {
+        Self(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    pub(crate) fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +169,8 @@ pub struct TransactionRecord {
     pub attempts: u32,
     pub requeries: u32,
     pub last_error: Option<String>,
+    /// The reconciler claim that holds (or last held) the row.
+    pub lease_token: Option<LeaseToken>,
     pub response: Option<StoredResponse>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -412,7 +444,23 @@ impl Ledger {
         attempt: Option<AttemptEnd>,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
-        self.group.finish(id, decision, attempt, render).await
+        self.group.finish(id, decision, attempt, None, render).await
+    }
+
+    /// [`Ledger::finish`] by the holder of a reconciler lease: refused with
+    /// [`LedgerError::LeaseLost`], writing nothing, when the row's lease
+    /// token is no longer `fence` (another claimer took it after this one's
+    /// lease ran out). The check and the write are one locked batch.
+    pub async fn finish_leased(
+        &self,
+        id: &TransactionId,
+        decision: Decision,
+        fence: &LeaseToken,
+        render: Render,
+    ) -> Result<TransactionRecord, LedgerError> {
+        self.group
+            .finish(id, decision, None, Some(fence.clone()), render)
+            .await
     }
 
     /// Outcome unknown: `reserved`/`pending` → `pending`, with `last_error`.
@@ -460,13 +508,16 @@ impl Ledger {
     /// lease them for `lease_ms` and return them. On Postgres one statement
     /// with `FOR UPDATE SKIP LOCKED`, so concurrent claimers (several gateway
     /// replicas) never get the same row while its lease runs.
+    /// The rows claimed carry `token` ([`TransactionRecord::lease_token`]);
+    /// settle them with [`Ledger::finish_leased`] under it.
     pub async fn claim_stale(
         &self,
         older_than_ms: i64,
         lease_ms: i64,
         limit: u32,
+        token: &LeaseToken,
     ) -> Result<Vec<TransactionRecord>, LedgerError> {
-        dispatch!(self, l => l.claim_stale(older_than_ms, lease_ms, limit).await)
+        dispatch!(self, l => l.claim_stale(older_than_ms, lease_ms, limit, token).await)
     }
 
     /// Reconciler: requeries += 1, last_error = error, status reserved→pending

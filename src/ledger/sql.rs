@@ -25,8 +25,8 @@ use sqlx::{
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    Account, AccountKind, AttemptOutcome, AttemptRecord, LedgerError, NewAccount, StoredResponse,
-    TransactionRecord,
+    Account, AccountKind, AttemptOutcome, AttemptRecord, LeaseToken, LedgerError, NewAccount,
+    StoredResponse, TransactionRecord,
 };
 use crate::domain::{
     AccountId, Amount, ClientId, Currency, ReleaseReason, Spenders, SwitchName, TransactionId,
@@ -135,7 +135,7 @@ macro_rules! tx_columns {
     () => {
         "id, client, kind, source, destination, amount, currency, metadata, fingerprint, \
          status, reason, switch, switch_reference, attempts, requeries, last_error, \
-         response_status, response_body, created_at_ms, updated_at_ms"
+         lease_token, response_status, response_body, created_at_ms, updated_at_ms"
     };
 }
 pub(super) use tx_columns;
@@ -165,6 +165,7 @@ pub(super) struct TxRow {
     attempts: i64,
     requeries: i64,
     last_error: Option<String>,
+    lease_token: Option<String>,
     response_status: Option<i64>,
     response_body: Option<String>,
     created_at_ms: i64,
@@ -213,6 +214,7 @@ impl TxRow {
             attempts: count(self.attempts)?,
             requeries: count(self.requeries)?,
             last_error: self.last_error,
+            lease_token: self.lease_token.map(LeaseToken::from_stored),
             response,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
@@ -399,6 +401,7 @@ pub(super) fn new_record(
         attempts: 0,
         requeries: 0,
         last_error: None,
+        lease_token: None,
         response: None,
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
@@ -825,12 +828,13 @@ where
         older_than_ms: i64,
         lease_ms: i64,
         limit: u32,
+        token: &LeaseToken,
     ) -> Result<Vec<TransactionRecord>, LedgerError> {
         // The lease check is in the locking subquery: a row another claimer
         // holds is skipped (Postgres) or, once that claim commits, no longer
         // matches.
         let sql = format!(
-            "UPDATE transactions SET lease_until_ms = $1 \
+            "UPDATE transactions SET lease_until_ms = $1, lease_token = $5 \
              WHERE id IN (SELECT id FROM transactions \
                  WHERE status IN ('reserved', 'pending') \
                  AND updated_at_ms <= $2 \
@@ -852,6 +856,7 @@ where
                     .bind(now.saturating_sub(older_than_ms))
                     .bind(now)
                     .bind(i64::from(limit))
+                    .bind(token.as_str())
                     .fetch_all(tx.conn())
                     .await?;
                 tx.commit().await?;

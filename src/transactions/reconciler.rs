@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RECONCILE_CONCURRENCY};
 use crate::domain::{ReleaseReason, SwitchName, TransactionId};
-use crate::ledger::{AttemptOutcome, Ledger, LedgerError, Render, TransactionRecord};
+use crate::ledger::{
+    AttemptOutcome, Decision, LeaseToken, Ledger, LedgerError, Render, TransactionRecord,
+};
 use crate::metrics::Metrics;
 use crate::switches::{Answer, ForwardError, SwitchClient, Switches};
 use futures_util::StreamExt;
@@ -64,20 +66,24 @@ impl Reconciler {
     /// One pass: claim a batch and resolve what can be resolved.
     pub async fn pass(&self) -> Result<Vec<Resolution>, LedgerError> {
         let cfg = self.config.load().reconciler.clone();
+        // This pass's lease: its commits and releases are fenced by it.
+        let token = LeaseToken::new();
         let claimed = self
             .ledger
             .claim_stale(
                 cfg.stale_after_ms as i64,
                 cfg.lease_ms as i64,
                 cfg.batch_max,
+                &token,
             )
             .await?;
+        let token = &token;
         let timeout = Duration::from_millis(cfg.requery_timeout_ms);
         let resolved: Vec<Option<Resolution>> = futures_util::stream::iter(claimed)
             .map(|record| async move {
                 // One row that fails must not hold up the rest of the batch:
                 // log it and go on; its lease expires and it is tried again.
-                match self.resolve(&record, timeout).await {
+                match self.resolve(&record, token, timeout).await {
                     Ok(resolution) => {
                         self.metrics
                             .reconciler
@@ -111,18 +117,19 @@ impl Reconciler {
     async fn resolve(
         &self,
         record: &TransactionRecord,
+        token: &LeaseToken,
         timeout: Duration,
     ) -> Result<Resolution, LedgerError> {
         let id = &record.id;
         let switch_name = match (&record.switch, record.attempts) {
             (Some(name), n) if n > 0 => name,
             // Write-ahead: no recorded attempt means nothing was sent.
-            _ => return self.release_unsent(id).await,
+            _ => return self.release_unsent(id, token).await,
         };
         // An attempt recorded as provably unprocessed needs no question (the
         // switch may be gone for good).
         if self.last_attempt_unprocessed(id).await? {
-            return self.release_unsent(id).await;
+            return self.release_unsent(id, token).await;
         }
         let table = self.switches.snapshot();
         let Some(switch) = table.entries.iter().find(|e| e.name() == switch_name) else {
@@ -140,7 +147,7 @@ impl Reconciler {
             .requeries
             .with_label_values(&[switch_name.as_str(), result])
             .inc();
-        self.settle(id, switch_name, answer).await
+        self.settle(id, switch_name, answer, token).await
     }
 
     /// Whether the last recorded attempt provably did not reach its switch.
@@ -152,9 +159,16 @@ impl Reconciler {
         ))
     }
 
-    async fn release_unsent(&self, id: &TransactionId) -> Result<Resolution, LedgerError> {
+    async fn release_unsent(
+        &self,
+        id: &TransactionId,
+        token: &LeaseToken,
+    ) -> Result<Resolution, LedgerError> {
+        let release = Decision::Release {
+            reason: ReleaseReason::NoSwitchAvailable,
+        };
         self.ledger
-            .release(id, ReleaseReason::NoSwitchAvailable, self.render)
+            .finish_leased(id, release, token, self.render)
             .await?;
         Ok(Resolution::ReleasedNotSent)
     }
@@ -166,12 +180,20 @@ impl Reconciler {
         id: &TransactionId,
         switch_name: &SwitchName,
         answer: Result<Answer, ForwardError>,
+        token: &LeaseToken,
     ) -> Result<Resolution, LedgerError> {
-        let released = |reason| self.ledger.release(id, reason, self.render);
+        let released = |reason| {
+            self.ledger
+                .finish_leased(id, Decision::Release { reason }, token, self.render)
+        };
         Ok(match answer {
             Ok(Answer::Approved { reference }) => {
+                let commit = Decision::Commit {
+                    switch: switch_name.clone(),
+                    reference,
+                };
                 self.ledger
-                    .commit(id, switch_name, &reference, self.render)
+                    .finish_leased(id, commit, token, self.render)
                     .await?;
                 Resolution::Committed
             }

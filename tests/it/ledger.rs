@@ -11,8 +11,8 @@ use switchboard::domain::{
     TxStatus,
 };
 use switchboard::ledger::{
-    Account, AccountKind, AttemptOutcome, Ledger, LedgerError, NewAccount, Reserved,
-    StoredResponse, TransactionRecord,
+    Account, AccountKind, AttemptOutcome, Decision, LeaseToken, Ledger, LedgerError, NewAccount,
+    Reserved, StoredResponse, TransactionRecord,
 };
 
 use crate::db;
@@ -86,6 +86,9 @@ conformance! {
     concurrent_claimers_never_share_a_row:
         concurrent_claimers_never_share_a_row_postgres,
         concurrent_claimers_never_share_a_row_sqlite;
+    a_lease_claimed_again_fences_its_first_holder:
+        a_lease_claimed_again_fences_its_first_holder_postgres,
+        a_lease_claimed_again_fences_its_first_holder_sqlite;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,11 +829,22 @@ async fn claimed_rows_are_leased_until_expiry(l: &Ledger) {
         .unwrap();
 
     // Too young for a one-minute threshold.
-    assert_eq!(l.claim_stale(60_000, 60_000, 100).await.unwrap(), vec![]);
+    assert_eq!(
+        l.claim_stale(60_000, 60_000, 100, &LeaseToken::new())
+            .await
+            .unwrap(),
+        vec![]
+    );
 
-    let first = l.claim_stale(0, 60_000, 10).await.unwrap();
+    let first = l
+        .claim_stale(0, 60_000, 10, &LeaseToken::new())
+        .await
+        .unwrap();
     assert_eq!(first.len(), 10);
-    let rest = l.claim_stale(0, 60_000, 100).await.unwrap();
+    let rest = l
+        .claim_stale(0, 60_000, 100, &LeaseToken::new())
+        .await
+        .unwrap();
     assert_eq!(rest.len(), 20);
     let first_ids: HashSet<_> = first.iter().map(|r| r.id.clone()).collect();
     assert!(
@@ -838,22 +852,90 @@ async fn claimed_rows_are_leased_until_expiry(l: &Ledger) {
         "a leased row was claimed again"
     );
     assert!(rest.iter().all(|r| r.status == TxStatus::Reserved));
-    assert_eq!(l.claim_stale(0, 60_000, 100).await.unwrap(), vec![]);
+    assert_eq!(
+        l.claim_stale(0, 60_000, 100, &LeaseToken::new())
+            .await
+            .unwrap(),
+        vec![]
+    );
 
     // A requery ends the lease: the row is claimable again.
     l.note_requery(&first[0].id, "unknown").await.unwrap();
-    let again = l.claim_stale(0, 60_000, 100).await.unwrap();
+    let again = l
+        .claim_stale(0, 60_000, 100, &LeaseToken::new())
+        .await
+        .unwrap();
     assert_eq!(ids(&again), vec![first[0].id.clone()]);
     assert_eq!(again[0].status, TxStatus::Pending);
 
     // A short lease expires by itself.
     fresh(l, "c1", debit("short", "alice", 1)).await;
-    let claimed = l.claim_stale(0, 300, 100).await.unwrap();
+    let claimed = l
+        .claim_stale(0, 300, 100, &LeaseToken::new())
+        .await
+        .unwrap();
     assert_eq!(ids(&claimed), vec![tid("short")]);
-    assert_eq!(l.claim_stale(0, 300, 100).await.unwrap(), vec![]);
+    assert_eq!(
+        l.claim_stale(0, 300, 100, &LeaseToken::new())
+            .await
+            .unwrap(),
+        vec![]
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let reclaimed = l.claim_stale(0, 300, 100).await.unwrap();
+    let reclaimed = l
+        .claim_stale(0, 300, 100, &LeaseToken::new())
+        .await
+        .unwrap();
     assert_eq!(ids(&reclaimed), vec![tid("short")]);
+}
+
+/// A lease that runs out while its holder still works, claimed by a second
+/// reconciler: the first one's commit or release finds another token and
+/// writes nothing; the second settles it, once.
+async fn a_lease_claimed_again_fences_its_first_holder(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    fresh(l, "c1", debit("slow", "alice", 100)).await;
+    let (first, second) = (LeaseToken::new(), LeaseToken::new());
+    let a = l.claim_stale(0, 200, 10, &first).await.unwrap();
+    assert_eq!(ids(&a), vec![tid("slow")]);
+    assert_eq!(a[0].lease_token.as_ref(), Some(&first));
+    // The first holder stalls past its lease; another claims the row.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = l.claim_stale(0, 60_000, 10, &second).await.unwrap();
+    assert_eq!(ids(&b), vec![tid("slow")]);
+
+    let release = Decision::Release {
+        reason: ReleaseReason::NoSwitchAvailable,
+    };
+    let late = l.finish_leased(&tid("slow"), release, &first, render).await;
+    assert!(matches!(late, Err(LedgerError::LeaseLost)), "{late:?}");
+    let row = l.transaction(&tid("slow")).await.unwrap().unwrap();
+    assert_eq!(
+        row.status,
+        TxStatus::Reserved,
+        "the late holder wrote nothing"
+    );
+    assert_eq!(balance(l, "alice").await, 900, "still held, not released");
+
+    let commit = Decision::Commit {
+        switch: sw("sw-a"),
+        reference: "ref-b".into(),
+    };
+    let done = l
+        .finish_leased(&tid("slow"), commit.clone(), &second, render)
+        .await
+        .unwrap();
+    assert_eq!(done.status, TxStatus::Committed);
+    assert_eq!(balance(l, "settlement:sw-a:EUR").await, 100);
+    // The first holder's commit too is refused, even of the same outcome.
+    let late = l.finish_leased(&tid("slow"), commit, &first, render).await;
+    assert!(matches!(late, Err(LedgerError::LeaseLost)), "{late:?}");
+    assert_eq!(
+        balance(l, "settlement:sw-a:EUR").await,
+        100,
+        "committed once"
+    );
+    assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
 }
 
 async fn concurrent_claimers_never_share_a_row(l: &Ledger) {
@@ -868,7 +950,10 @@ async fn concurrent_claimers_never_share_a_row(l: &Ledger) {
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let batch = l.claim_stale(0, 60_000, 7).await.expect("claim");
+                    let batch = l
+                        .claim_stale(0, 60_000, 7, &LeaseToken::new())
+                        .await
+                        .expect("claim");
                     if batch.is_empty() {
                         return mine;
                     }

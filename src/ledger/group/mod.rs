@@ -142,6 +142,8 @@ pub(super) struct FinishOp {
     id: crate::domain::TransactionId,
     decision: Decision,
     attempt: Option<AttemptEnd>,
+    /// A reconciler's lease token the row must still carry.
+    fence: Option<super::LeaseToken>,
     render: Render,
     reply: oneshot::Sender<Result<TransactionRecord, LedgerError>>,
 }
@@ -333,6 +335,7 @@ impl Group {
         id: &crate::domain::TransactionId,
         decision: Decision,
         attempt: Option<AttemptEnd>,
+        fence: Option<super::LeaseToken>,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
         let (reply, answer) = oneshot::channel();
@@ -340,6 +343,7 @@ impl Group {
             id: id.clone(),
             decision,
             attempt,
+            fence,
             render,
             reply,
         };
@@ -694,6 +698,13 @@ fn plan_finish(
     now: i64,
     plan: &mut FinishPlan,
 ) -> Result<TransactionRecord, LedgerError> {
+    // A reconciler whose lease was claimed again since writes nothing: the
+    // row is the new holder's (checked on the row this batch has locked).
+    if let Some(fence) = &op.fence {
+        if row.lease_token.as_ref() != Some(fence) {
+            return Err(LedgerError::LeaseLost);
+        }
+    }
     match row.status {
         s if s == target => return Ok(row.clone()),
         TxStatus::Reserved | TxStatus::Pending => {}
