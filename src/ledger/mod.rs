@@ -297,10 +297,19 @@ impl Ledger {
             let group = group::Group::start(store, batching, cfg.conflict_retries_max);
             (Backend::Sqlite(l), group)
         };
-        Ok(Ledger {
+        let ledger = Ledger {
             backend,
             group: Arc::new(group),
-        })
+        };
+        ledger.sync_clock().await?;
+        Ok(ledger)
+    }
+
+    /// Measures the database's clock again (the reconciler does, every
+    /// pass): the ledger stamps rows and leases with it. Returns the
+    /// database's clock minus this process's, ms.
+    pub async fn sync_clock(&self) -> Result<i64, LedgerError> {
+        dispatch!(self, l => l.sync_clock().await)
     }
 
     /// The ledger's own metrics (batch sizes and latency), for the

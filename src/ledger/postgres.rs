@@ -154,6 +154,9 @@ impl SqlBackend for PgLedger {
     /// instead of waiting for them, so no two get the same row.
     const CLAIM_LOCK: &'static str = "FOR UPDATE SKIP LOCKED";
 
+    const DB_NOW_MS: &'static str =
+        "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+
     fn pool(&self) -> &PgPool {
         &self.pool
     }

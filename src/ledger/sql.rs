@@ -17,6 +17,8 @@
 //! SQL placeholders are `$N` on both: sqlx binds `$N` by number on SQLite too.
 
 use std::future::Future;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::{
@@ -113,10 +115,31 @@ pub(super) fn unavailable(op: &'static str, e: sqlx::Error) -> LedgerError {
     }
 }
 
+/// The ledger's clock, unix ms: the database's, as this process last
+/// measured its offset ([`SqlBackend::sync_clock`]), so replicas stamp rows
+/// and leases from one clock without agreeing on theirs.
 pub(super) fn now_ms() -> i64 {
+    local_ms().saturating_add(CLOCK_OFFSET_MS.load(Ordering::Relaxed))
+}
+
+/// The database's clock minus this process's, ms (0 until measured).
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// `SWITCHBOARD_CLOCK_SKEW_MS`: shifts this process's own clock (read once),
+/// to rehearse a replica whose clock is wrong; the ledger's times still
+/// follow the database's.
+fn local_ms() -> i64 {
+    static SKEW_MS: OnceLock<i64> = OnceLock::new();
+    let skew = *SKEW_MS.get_or_init(|| {
+        std::env::var("SWITCHBOARD_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    });
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .saturating_add(skew)
 }
 
 /// Settlement and equity ids belong to the system; a customer account must not
@@ -455,6 +478,9 @@ where
     /// the whole database is locked for writing).
     const CLAIM_LOCK: &'static str;
 
+    /// The database's clock now, unix ms, as one `SELECT`.
+    const DB_NOW_MS: &'static str;
+
     fn pool(&self) -> &Pool<Self::Db>;
 
     /// `database.conflict_retries_max`.
@@ -470,6 +496,20 @@ where
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
 
     // ---- the operations ----
+
+    /// Measures the database clock against this process's and keeps the
+    /// offset for [`now_ms`]; returns it, ms.
+    async fn sync_clock(&self) -> Result<i64, LedgerError> {
+        let before = local_ms();
+        let db: i64 = sqlx::query_scalar(Self::DB_NOW_MS)
+            .fetch_one(self.pool())
+            .await
+            .map_err(|e| unavailable("sync_clock", e))?;
+        let after = local_ms();
+        let offset = db - (before / 2 + after / 2);
+        CLOCK_OFFSET_MS.store(offset, Ordering::Relaxed);
+        Ok(offset)
+    }
 
     /// `SELECT 1`, for `/readyz`.
     async fn ping(&self) -> Result<(), LedgerError> {

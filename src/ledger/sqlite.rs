@@ -92,6 +92,10 @@ impl SqlBackend for SqliteLedger {
     /// None: `BEGIN IMMEDIATE` already holds the whole file for writing.
     const CLAIM_LOCK: &'static str = "";
 
+    /// The embedded file's clock is this host's, unskewed.
+    const DB_NOW_MS: &'static str =
+        "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
     fn pool(&self) -> &SqlitePool {
         &self.pool
     }

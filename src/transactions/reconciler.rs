@@ -66,6 +66,11 @@ impl Reconciler {
     /// One pass: claim a batch and resolve what can be resolved.
     pub async fn pass(&self) -> Result<Vec<Resolution>, LedgerError> {
         let cfg = self.config.load().reconciler.clone();
+        // The ledger's clock follows the database's; a failed measurement
+        // keeps the last one (the claim below reports the outage).
+        if let Err(e) = self.ledger.sync_clock().await {
+            tracing::debug!(error = %e, "could not read the database clock");
+        }
         // This pass's lease: its commits and releases are fenced by it.
         let token = LeaseToken::new();
         let claimed = self

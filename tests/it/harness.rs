@@ -378,9 +378,40 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     pub ops: SocketAddr,
     pub config_file: PathBuf,
+    /// Extra environment variables of the process, kept for a restart.
+    env: Vec<(String, String)>,
 }
 
 impl GatewayProcess {
+    /// [`GatewayProcess::start`] with extra environment variables.
+    pub async fn start_with_env(
+        dir: &std::path::Path,
+        db_url: &str,
+        toml: &str,
+        switches: &[(String, String)],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let config_file = dir.join("gateway.toml");
+        let text = format!("{toml}{}", switches_toml(switches));
+        std::fs::write(&config_file, text).expect("write gateway config");
+        let (port, ops_port) = (free_port(), free_port());
+        std::fs::create_dir_all(dir.join("config")).expect("config dir");
+        std::fs::write(dir.join("config/default.toml"), base_toml(db_url))
+            .expect("write base config");
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::spawn(
+            dir,
+            config_file,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], ops_port)),
+            env,
+        )
+        .await
+    }
+
     /// Writes `toml` and the `switches` list to `dir/gateway.toml` and starts
     /// `switchboard serve` on it, over the test base for `db_url`, on fixed
     /// free ports.
@@ -412,6 +443,7 @@ impl GatewayProcess {
             config_file,
             SocketAddr::from(([127, 0, 0, 1], port)),
             SocketAddr::from(([127, 0, 0, 1], ops_port)),
+            Vec::new(),
         )
         .await
     }
@@ -423,6 +455,7 @@ impl GatewayProcess {
             previous.config_file.clone(),
             previous.addr,
             previous.ops,
+            previous.env.clone(),
         )
         .await
     }
@@ -432,6 +465,7 @@ impl GatewayProcess {
         config_file: PathBuf,
         addr: SocketAddr,
         ops: SocketAddr,
+        env: Vec<(String, String)>,
     ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -452,6 +486,7 @@ impl GatewayProcess {
             // on a restart.
             .env("SWITCHBOARD__SERVER__LISTEN", addr.to_string())
             .env("SWITCHBOARD__SERVER__OPS_LISTEN", ops.to_string())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -461,6 +496,7 @@ impl GatewayProcess {
             addr,
             ops,
             config_file,
+            env,
         };
         let url = format!("http://{ops}/readyz");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -187,3 +187,48 @@ async fn sighup_reloads_a_change_the_file_watch_cannot_see() {
     })
     .await;
 }
+
+/// Issue 11, item 7: a replica whose clock is an hour behind still stamps
+/// its rows (and so the reconciler's staleness and leases) with the
+/// database's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_wrong_clock_stamps_rows_with_the_databases() {
+    const SKEW_MS: i64 = -3_600_000;
+    let sims = harness::spawn_sims(1).await;
+    let db = crate::db::fresh_postgres().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let skew = SKEW_MS.to_string();
+    let mut gw = GatewayProcess::start_with_env(
+        dir.path(),
+        db.url(),
+        "",
+        &harness::switch_list(&sims),
+        &[("SWITCHBOARD_CLOCK_SKEW_MS", &skew)],
+    )
+    .await;
+    gw.account("skew-1", "sam", "EUR", 1_000).await;
+    let token = harness::test_auth()
+        .sign("sam", &["transact"], 600)
+        .unwrap();
+    let r = post_fresh(&gw, &token, &harness::debit("skewed-1", "skew-1", 10)).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+
+    let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
+    let (created, updated, db_now): (i64, i64, i64) = sqlx::query_as(
+        "SELECT created_at_ms, updated_at_ms, \
+                CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) \
+         FROM transactions WHERE id = 'skewed-1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the row");
+    pool.close().await;
+    for (what, at) in [("created", created), ("updated", updated)] {
+        assert!(
+            (db_now - at).abs() < 60_000,
+            "{what}_at_ms {at} is {} ms from the database's clock {db_now} (the process's is {SKEW_MS} ms off)",
+            db_now - at
+        );
+    }
+    gw.kill();
+}
