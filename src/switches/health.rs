@@ -130,25 +130,23 @@ impl Health {
         self.traffic_permille.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
-    /// Closes one outlier window. Returns whether the switch is to be
-    /// ejected now (the caller applies the cap on ejections), recording its
-    /// success rate.
-    pub(super) fn judge_window(&self, w: Window, h: &HealthConfig) -> bool {
-        let Some(failed_pct) = w.failure_percent(h.outlier_min_requests) else {
-            return false;
-        };
+    /// Closes one outlier window, recording its success rate. Returns the
+    /// failed share, percent, when the switch is to be ejected now (the
+    /// caller applies the cap on ejections).
+    pub(super) fn judge_window(&self, w: Window, h: &HealthConfig) -> Option<f64> {
+        let failed_pct = w.failure_percent(h.outlier_min_requests)?;
         self.success_permille.store(
             ((100.0 - failed_pct) * 10.0).round() as u64,
             Ordering::Relaxed,
         );
         if failed_pct >= f64::from(h.outlier_failure_percent) {
-            return !self.outlier_ejected.load(Ordering::Relaxed);
+            return (!self.outlier_ejected.load(Ordering::Relaxed)).then_some(failed_pct);
         }
         // A clean window forgives one earlier ejection.
         let _ = self
             .outlier_strikes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1));
-        false
+        None
     }
 
     /// Ejects by success rate until `now + base x strikes` (at most max).
@@ -377,20 +375,16 @@ impl HealthMonitor {
             .entries
             .iter()
             .filter_map(|e| {
-                let w = e.balance.take_window();
-                e.health
-                    .judge_window(w, h)
-                    .then(|| (w.failure_percent(h.outlier_min_requests).unwrap_or(0.0), e))
+                let failed_pct = e.health.judge_window(e.balance.take_window(), h);
+                if let Some(rate) = e.health.success_rate() {
+                    self.metrics
+                        .switch_success_ratio
+                        .with_label_values(&[e.name().as_str()])
+                        .set(rate);
+                }
+                failed_pct.map(|pct| (pct, e))
             })
             .collect();
-        for entry in &table.entries {
-            if let Some(rate) = entry.health.success_rate() {
-                self.metrics
-                    .switch_success_ratio
-                    .with_label_values(&[entry.name().as_str()])
-                    .set(rate);
-            }
-        }
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
         let now = balance::now_ms();
         for (failed_pct, entry) in candidates {

@@ -3,9 +3,7 @@
 //! peak-EWMA with two random choices), lock-free either way.
 
 use std::sync::Arc;
-use std::sync::atomic::{
-    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -144,54 +142,6 @@ impl BalanceSettings {
     }
 }
 
-/// [`BalanceSettings`] in atomics, so the request path reads them without a lock.
-#[derive(Debug)]
-struct LiveSettings {
-    mode: AtomicU8,
-    ewma_decay_ms: AtomicU64,
-    ewma_default_ms: AtomicU64,
-    slow_start_ms: AtomicU64,
-}
-
-impl LiveSettings {
-    fn new(b: BalanceSettings) -> Self {
-        let s = Self {
-            mode: AtomicU8::new(0),
-            ewma_decay_ms: AtomicU64::new(0),
-            ewma_default_ms: AtomicU64::new(0),
-            slow_start_ms: AtomicU64::new(0),
-        };
-        s.store(b);
-        s
-    }
-
-    fn store(&self, b: BalanceSettings) {
-        let mode = match b.mode {
-            Balancing::RoundRobin => 0,
-            Balancing::LeastLatency => 1,
-        };
-        self.mode.store(mode, Ordering::Relaxed);
-        self.ewma_decay_ms
-            .store(b.ewma_decay.as_millis() as u64, Ordering::Relaxed);
-        self.ewma_default_ms
-            .store(b.ewma_default.as_millis() as u64, Ordering::Relaxed);
-        self.slow_start_ms
-            .store(b.slow_start.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn load(&self) -> BalanceSettings {
-        BalanceSettings {
-            mode: match self.mode.load(Ordering::Relaxed) {
-                0 => Balancing::RoundRobin,
-                _ => Balancing::LeastLatency,
-            },
-            ewma_decay: Duration::from_millis(self.ewma_decay_ms.load(Ordering::Relaxed)),
-            ewma_default: Duration::from_millis(self.ewma_default_ms.load(Ordering::Relaxed)),
-            slow_start: Duration::from_millis(self.slow_start_ms.load(Ordering::Relaxed)),
-        }
-    }
-}
-
 /// Counts an attempt in flight until dropped.
 pub struct InFlight(Arc<SwitchState>);
 
@@ -208,10 +158,13 @@ pub struct SwitchTable {
     /// weight: over `sequence.len()` picks each switch comes `weight` times,
     /// interleaved.
     sequence: Vec<u16>,
+    /// How picks are made from this list: replaced with it on reload, so a
+    /// pick always sees one consistent set.
+    settings: BalanceSettings,
 }
 
 impl SwitchTable {
-    fn new(entries: Vec<Arc<SwitchState>>) -> Self {
+    fn new(entries: Vec<Arc<SwitchState>>, settings: BalanceSettings) -> Self {
         let weights: Vec<i64> = entries.iter().map(|e| i64::from(e.weight())).collect();
         let total: i64 = weights.iter().sum();
         let mut current = vec![0i64; entries.len()];
@@ -227,7 +180,11 @@ impl SwitchTable {
             current[best] -= total;
             sequence.push(best as u16);
         }
-        Self { entries, sequence }
+        Self {
+            entries,
+            sequence,
+            settings,
+        }
     }
 }
 
@@ -237,7 +194,6 @@ pub struct Switches {
     table: ArcSwap<SwitchTable>,
     cursor: AtomicUsize,
     passive_failures_max: AtomicU32,
-    settings: LiveSettings,
     /// Set by the health monitor: too few switches in rotation.
     panic: AtomicBool,
 }
@@ -254,16 +210,15 @@ impl Switches {
             .map(|s| Arc::new(SwitchState::new(s)))
             .collect();
         Self {
-            table: ArcSwap::from_pointee(SwitchTable::new(entries)),
+            table: ArcSwap::from_pointee(SwitchTable::new(entries, settings)),
             cursor: AtomicUsize::new(0),
             passive_failures_max: AtomicU32::new(passive_failures_max),
-            settings: LiveSettings::new(settings),
             panic: AtomicBool::new(false),
         }
     }
 
     pub fn balance_settings(&self) -> BalanceSettings {
-        self.settings.load()
+        self.table.load().settings
     }
 
     /// Fewer switches in rotation than `health.panic_threshold_percent`.
@@ -278,8 +233,12 @@ impl Switches {
 
     /// Every switch as operators see it.
     pub fn views(&self) -> Vec<SwitchView> {
-        let b = self.balance_settings();
-        self.snapshot().entries.iter().map(|e| e.view(&b)).collect()
+        let table = self.snapshot();
+        table
+            .entries
+            .iter()
+            .map(|e| e.view(&table.settings))
+            .collect()
     }
 
     pub fn snapshot(&self) -> Arc<SwitchTable> {
@@ -328,8 +287,8 @@ impl Switches {
             .collect();
         self.passive_failures_max
             .store(passive_failures_max, Ordering::Relaxed);
-        self.settings.store(settings);
-        self.table.store(Arc::new(SwitchTable::new(entries)));
+        self.table
+            .store(Arc::new(SwitchTable::new(entries, settings)));
         (added, removed)
     }
 
@@ -342,47 +301,15 @@ impl Switches {
     /// accepts (not yet tried for this transaction), by the configured
     /// balancing. Lock-free.
     pub fn pick(&self, allowed: impl Fn(&SwitchState) -> bool) -> Option<Arc<SwitchState>> {
-        let settings = self.settings.load();
-        let picked = match settings.mode {
-            Balancing::RoundRobin => self.pick_round_robin(&allowed, &settings),
-            Balancing::LeastLatency => self.pick_least_latency(&allowed, &settings),
+        let table = self.table.load();
+        let picked = match table.settings.mode {
+            Balancing::RoundRobin => self.pick_round_robin(&table, &allowed),
+            Balancing::LeastLatency => pick_least_latency(&table, &allowed),
         };
         if let Some(p) = &picked {
             p.balance.note_picked();
         }
         picked
-    }
-
-    /// Least latency: of two distinct random switches in rotation, the one
-    /// with the lower [`SwitchState::score`] (power of two choices: no herd
-    /// on the single best switch, no scan of all).
-    fn pick_least_latency(
-        &self,
-        allowed: &impl Fn(&SwitchState) -> bool,
-        settings: &BalanceSettings,
-    ) -> Option<Arc<SwitchState>> {
-        let table = self.snapshot();
-        let eligible: Vec<&Arc<SwitchState>> = table
-            .entries
-            .iter()
-            .filter(|e| e.is_available() && allowed(e))
-            .collect();
-        match eligible.len() {
-            0 => None,
-            1 => Some(eligible[0].clone()),
-            n => {
-                let a = rand::random_range(0..n);
-                let b = (a + rand::random_range(1..n)) % n;
-                let now = balance::now_ms();
-                let (x, y) = (eligible[a], eligible[b]);
-                let best = if y.score(settings, now) < x.score(settings, now) {
-                    y
-                } else {
-                    x
-                };
-                Some(best.clone())
-            }
-        }
     }
 
     /// The next available switch in the weighted rotation that `allowed`
@@ -392,10 +319,9 @@ impl Switches {
     /// one full turn of the rotation.
     fn pick_round_robin(
         &self,
+        table: &SwitchTable,
         allowed: &impl Fn(&SwitchState) -> bool,
-        settings: &BalanceSettings,
     ) -> Option<Arc<SwitchState>> {
-        let table = self.snapshot();
         let len = table.sequence.len();
         if len == 0 {
             return None;
@@ -411,7 +337,9 @@ impl Switches {
             let slot = start.wrapping_add(i) % len;
             let entry = &table.entries[table.sequence[slot] as usize];
             if entry.is_available() && allowed(entry) {
-                let share = entry.balance.slow_start_factor(now, settings.slow_start);
+                let share = entry
+                    .balance
+                    .slow_start_factor(now, table.settings.slow_start);
                 if share < 1.0 && rand::random::<f64>() >= share {
                     ramping.get_or_insert(entry);
                     continue;
@@ -423,6 +351,37 @@ impl Switches {
             }
         }
         ramping.cloned()
+    }
+}
+
+/// Least latency: of two distinct random switches in rotation, the one
+/// with the lower [`SwitchState::score`] (power of two choices: no herd
+/// on the single best switch, no scan of all).
+fn pick_least_latency(
+    table: &SwitchTable,
+    allowed: &impl Fn(&SwitchState) -> bool,
+) -> Option<Arc<SwitchState>> {
+    let settings = &table.settings;
+    let eligible: Vec<&Arc<SwitchState>> = table
+        .entries
+        .iter()
+        .filter(|e| e.is_available() && allowed(e))
+        .collect();
+    match eligible.len() {
+        0 => None,
+        1 => Some(eligible[0].clone()),
+        n => {
+            let a = rand::random_range(0..n);
+            let b = (a + rand::random_range(1..n)) % n;
+            let now = balance::now_ms();
+            let (x, y) = (eligible[a], eligible[b]);
+            let best = if y.score(settings, now) < x.score(settings, now) {
+                y
+            } else {
+                x
+            };
+            Some(best.clone())
+        }
     }
 }
 
