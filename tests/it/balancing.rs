@@ -21,8 +21,7 @@ async fn received_each(sims: &[SimHandle]) -> Vec<u64> {
     out
 }
 
-async fn gateway(sims: &[SimHandle], switches: Vec<(String, String)>, layer: &str) -> TestGateway {
-    let _ = sims;
+async fn gateway(switches: Vec<(String, String)>, layer: &str) -> TestGateway {
     spawn_gateway_with(Options {
         db: Db::Postgres,
         switches,
@@ -86,7 +85,7 @@ async fn open_accounts(gw: &TestGateway) {
 async fn slow_switch_share(mode: &str) -> f64 {
     let sims = harness::spawn_sims(3).await;
     let layer = format!("[forwarding]\nbalancing = \"{mode}\"\n");
-    let gw = gateway(&sims, harness::switch_list(&sims), &layer).await;
+    let gw = gateway(harness::switch_list(&sims), &layer).await;
     open_accounts(&gw).await;
     // Warm up with every sim fast, then turn one slow at run time.
     share_of_load(&gw, &sims, "slow-warm", 90).await;
@@ -127,7 +126,7 @@ async fn weights_are_honoured_through_the_gateway() {
             i + 1
         ));
     }
-    let gw = gateway(&sims, Vec::new(), &toml).await;
+    let gw = gateway(Vec::new(), &toml).await;
     open_accounts(&gw).await;
     let (shares, _) = share_of_load(&gw, &sims, "w", 600).await;
     let got: Vec<u64> = received_each(&sims).await;
@@ -143,7 +142,7 @@ async fn a_flaky_switch_is_ejected_by_success_rate_and_comes_back_through_slow_s
                  outlier_min_requests = 10\noutlier_failure_percent = 20\n\
                  outlier_base_ejection_ms = 2000\noutlier_max_ejection_ms = 10000\n\
                  outlier_max_ejection_percent = 34\n";
-    let gw = gateway(&sims, harness::switch_list(&sims), layer).await;
+    let gw = gateway(harness::switch_list(&sims), layer).await;
     open_accounts(&gw).await;
     sims[0].set_faults(Mode::Flaky, None, Some(0.3));
     let op = gw.token("op", &["operator"]);
@@ -223,7 +222,6 @@ async fn a_flaky_switch_is_ejected_by_success_rate_and_comes_back_through_slow_s
 async fn balancing_is_on_metrics_and_the_switch_list() {
     let sims = harness::spawn_sims(2).await;
     let gw = gateway(
-        &sims,
         harness::switch_list(&sims),
         "[forwarding]\nbalancing = \"least_latency\"\n",
     )
@@ -270,7 +268,7 @@ async fn balancing_is_on_metrics_and_the_switch_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_few_switches_up_is_a_panic_on_metrics_the_list_and_the_status_page() {
     let sims = harness::spawn_sims(3).await;
-    let gw = gateway(&sims, harness::switch_list(&sims), "").await;
+    let gw = gateway(harness::switch_list(&sims), "").await;
     sims[0].set_faults(Mode::Down, None, None);
     sims[1].set_faults(Mode::Down, None, None);
     eventually(Duration::from_secs(5), "panic", || async {

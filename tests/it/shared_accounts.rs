@@ -38,15 +38,7 @@ async fn open_shared(gw: &TestGateway, id: &str, owner: &str, balance: i64, spen
 
 async fn patch(gw: &TestGateway, id: &str, body: &Value) -> harness::Reply {
     let op = gw.token("op", &["operator"]);
-    let resp = gw
-        .client
-        .patch(format!("{}/v1/accounts/{id}", gw.base))
-        .bearer_auth(op)
-        .json(body)
-        .send()
-        .await
-        .expect("PATCH");
-    harness::read(resp).await
+    gw.patch(&format!("/v1/accounts/{id}"), &op, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,15 +116,10 @@ async fn a_named_spender_may_debit_and_read_the_balance_but_no_one_else() {
         patch(&gw, "nope", &json!({"spenders": []})).await.status,
         404
     );
-    let resp = gw
-        .client
-        .patch(format!("{}/v1/accounts/card", gw.base))
-        .bearer_auth(&acme)
-        .json(&json!({"spenders": ["*"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403, "only an operator changes spenders");
+    let r = gw
+        .patch("/v1/accounts/card", &acme, &json!({"spenders": ["*"]}))
+        .await;
+    assert_eq!(r.status, 403, "only an operator changes spenders");
 }
 
 async fn claim_all(gw: &Arc<TestGateway>, claims: usize, in_flight: usize) -> Vec<(u16, String)> {
