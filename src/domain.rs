@@ -102,6 +102,59 @@ id_type!(
     "switch"
 );
 
+/// The gateway's own reference for one transaction, unique across clients:
+/// what switches know it by (`Idempotency-Key`, requeries, the reconciler)
+/// and the ledger's key for its row. A client's `transactionId` is unique
+/// only among that client's transactions, so two clients may use the same
+/// one; their transactions get two references.
+///
+/// A reference is derived from the client and its id (128 bits of a SHA-256,
+/// in hex): unique as the pair is, and the same again for a retry even when
+/// the ledger no longer has the row (restored from a backup), so a switch
+/// that deduplicates by key still answers its first outcome. Transactions
+/// stored before references existed kept their old (then global)
+/// `transactionId` as their reference, so what switches already recorded
+/// still matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct GatewayRef(String);
+
+impl GatewayRef {
+    /// The reference of `client`'s transaction `id`.
+    pub fn of(client: &ClientId, id: &TransactionId) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // Length-prefixed, so no two pairs hash the same bytes.
+        for part in [client.as_str(), id.as_str()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        let digest = h.finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(32);
+        for byte in &digest[..16] {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        Self(hex)
+    }
+
+    /// A reference as the ledger stored it.
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GatewayRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl AccountId {
     /// The settlement account of a switch for a currency: money outside the ledger.
     pub fn settlement(switch: &SwitchName, currency: &Currency) -> Self {
@@ -548,6 +601,29 @@ mod tests {
         assert!(Currency::parse("EUR").is_ok());
         assert!(Currency::parse("eur").is_err());
         assert!(Currency::parse("EURO").is_err());
+    }
+
+    #[test]
+    fn a_gateway_ref_is_per_client_and_id_and_stable() {
+        let r = |client: &str, id: &str| {
+            GatewayRef::of(
+                &ClientId::parse(client).unwrap(),
+                &TransactionId::parse(id).unwrap(),
+            )
+        };
+        assert_eq!(r("alice", "t1"), r("alice", "t1"), "a retry gets the same");
+        assert_ne!(r("alice", "t1"), r("bob", "t1"), "two clients, two refs");
+        assert_ne!(r("alice", "t1"), r("alice", "t2"));
+        // The parts are length-prefixed: moving a character from one to the
+        // other changes the ref.
+        assert_ne!(r("ab", "c"), r("a", "bc"));
+        let one = r("alice", "t1");
+        assert_eq!(one.as_str().len(), 32);
+        assert!(
+            one.as_str()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 
     #[test]

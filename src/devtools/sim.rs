@@ -434,9 +434,10 @@ impl SimHandle {
         self.shared.set_faults(mode, latency_ms, fail_rate);
     }
 
-    /// What this sim recorded for `id`, if anything.
-    pub fn outcome(&self, id: &str) -> Option<Outcome> {
-        self.shared.book().outcomes.get(id).cloned()
+    /// What this sim recorded under `key` (the `Idempotency-Key` it was
+    /// sent), if anything.
+    pub fn outcome(&self, key: &str) -> Option<Outcome> {
+        self.shared.book().outcomes.get(key).cloned()
     }
 }
 
@@ -812,7 +813,7 @@ impl Shared {
     }
 
     async fn post_transaction(&self, req: Request<Incoming>) -> Result<Resp, HangUp> {
-        let id = match read_transaction_id(req).await {
+        let id = match read_key(req).await {
             Ok(id) => id,
             Err(resp) => return Ok(resp),
         };
@@ -903,10 +904,10 @@ impl Shared {
         let found = self.book().outcomes.get(&id).cloned();
         Ok(match found {
             Some(outcome) => json(StatusCode::OK, &outcome),
-            // The protocol's proof of "never received": it names the id looked up.
+            // The protocol's proof of "never received": it names the key looked up.
             None => json(
                 StatusCode::NOT_FOUND,
-                &json!({"status": "not_found", "transactionId": id}),
+                &json!({"status": "not_found", "idempotencyKey": id}),
             ),
         })
     }
@@ -976,8 +977,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
     }
 }
 
-/// The id from the body's `transactionId`, else the `Idempotency-Key` header.
-async fn read_transaction_id(req: Request<Incoming>) -> Result<String, Resp> {
+/// The key a transaction is recorded under: the `Idempotency-Key` header
+/// (what the gateway sends: its reference, unique across its clients), else,
+/// for a request written by hand, the body's `transactionId`. The body must
+/// be a JSON object either way.
+async fn read_key(req: Request<Incoming>) -> Result<String, Resp> {
     let header_id = req
         .headers()
         .get("idempotency-key")
@@ -991,12 +995,14 @@ async fn read_transaction_id(req: Request<Incoming>) -> Result<String, Resp> {
     let Some(object) = value.as_object() else {
         return Err(invalid("body must be a JSON object".into()));
     };
+    if let Some(key) = header_id {
+        return Ok(key);
+    }
     match object.get("transactionId") {
         Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(id.clone()),
-        Some(serde_json::Value::String(_) | serde_json::Value::Null) | None => header_id
-            .ok_or_else(|| {
-                invalid("missing transactionId in body and Idempotency-Key header".into())
-            }),
+        Some(serde_json::Value::String(_) | serde_json::Value::Null) | None => Err(invalid(
+            "missing Idempotency-Key header (and transactionId in body)".into(),
+        )),
         Some(_) => Err(invalid("transactionId must be a string".into())),
     }
 }

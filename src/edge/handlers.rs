@@ -40,22 +40,68 @@ pub(super) async fn post_transaction(
     answer::transaction(&state.metrics, outcome, retry_after)
 }
 
+/// `GET /v1/transactions/{id}[?clientId=]`. Ids are per client: a
+/// `transact` caller reads its own; an auditor reads any client's, naming
+/// the client when several used the id.
 pub(super) async fn get_transaction(
     state: &AppState,
     who: &Principal,
     raw_id: &str,
+    query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     // A malformed id cannot exist: answer exactly as for an absent one.
     let id = TransactionId::parse(raw_id).map_err(|_| ApiError::NotFound)?;
-    let record = state
-        .ledger
-        .transaction(&id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if !who.has(Role::Auditor) && record.client != who.client {
-        return Err(ApiError::NotFound);
-    }
+    let named = client_param(query)?;
+    let record = if who.has(Role::Auditor) {
+        match named {
+            Some(client) => state.ledger.transaction(&client, &id).await?,
+            None => {
+                let mut found = state.ledger.transactions_with_id(&id, 2).await?;
+                if found.len() > 1 {
+                    return Err(ApiError::InvalidRequest(
+                        "clientId: several clients used this transactionId; name one with \
+                         ?clientId="
+                            .into(),
+                    ));
+                }
+                found.pop()
+            }
+        }
+    } else {
+        match named {
+            // Another client's transactions do not exist for this caller.
+            Some(client) if client != who.client => None,
+            _ => state.ledger.transaction(&who.client, &id).await?,
+        }
+    };
+    let record = record.ok_or(ApiError::NotFound)?;
     Ok(json_response(StatusCode::OK, &transaction_json(&record)))
+}
+
+/// The optional `clientId` query parameter; any other parameter is refused.
+fn client_param(query: Option<&str>) -> Result<Option<ClientId>, ApiError> {
+    let mut client = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "clientId" if client.is_none() => {
+                client =
+                    Some(ClientId::parse(&value).map_err(|e| {
+                        ApiError::InvalidRequest(format!("clientId: {}", e.message))
+                    })?);
+            }
+            "clientId" => {
+                return Err(ApiError::InvalidRequest(
+                    "clientId: given more than once".into(),
+                ));
+            }
+            other => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "{other}: not a parameter of this endpoint (only clientId)"
+                )));
+            }
+        }
+    }
+    Ok(client)
 }
 
 pub(super) async fn post_account(

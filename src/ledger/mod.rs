@@ -17,9 +17,13 @@
 //!   summing to zero); so for an account, `balance == sum(postings) − held`.
 //! - A transaction row is final once `committed`, `declined` or `failed`, and a
 //!   final row always carries the response replays get.
-//! - Rows are never deleted, so a `transactionId` is never reusable.
-//! - Locks are taken in one order: the transaction row first, then accounts in
-//!   ascending id order, so opposite transfers cannot deadlock.
+//! - Rows are never deleted, so a client's `transactionId` is never reusable
+//!   by that client. Ids are per client (`UNIQUE (id, client)`); each row's
+//!   key is its [`GatewayRef`], unique across clients, which is what every
+//!   operation after `reserve` and every switch knows it by.
+//! - Locks are taken in one order: transaction rows first (ascending
+//!   reference), then accounts in ascending id order, so opposite transfers
+//!   cannot deadlock.
 //!
 //! **Group commit.** The hot operations — `reserve` (with the first attempt)
 //! and the finishing `commit`/`release` (with the attempt's outcome) — go
@@ -42,8 +46,8 @@ pub use sql::UNFINISHED_AGE_BOUNDS_MS;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    AccountId, Amount, ClientId, Currency, ReleaseReason, Spenders, SwitchName, TransactionId,
-    TransactionRequest, TxKind, TxStatus,
+    AccountId, Amount, ClientId, Currency, GatewayRef, ReleaseReason, Spenders, SwitchName,
+    TransactionId, TransactionRequest, TxKind, TxStatus,
 };
 
 /// What the ledger can refuse or fail with. The HTTP layer maps each variant to
@@ -151,6 +155,9 @@ pub struct StoredResponse {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransactionRecord {
+    /// The gateway's reference: the row's key, what switches know it by.
+    pub gateway_ref: GatewayRef,
+    /// The client's `transactionId`, unique among that client's transactions.
     pub id: TransactionId,
     pub client: ClientId,
     pub kind: TxKind,
@@ -196,8 +203,8 @@ pub enum Reserved {
     /// New row stored as `declined` / reason `insufficient_funds`, response = render(&row)
     /// stored in the same db transaction. Never forwarded.
     InsufficientFunds(TransactionRecord),
-    /// The id already existed (any client): the stored row, untouched. The caller
-    /// compares client and fingerprint.
+    /// The client already stored a transaction with this id: the stored row,
+    /// untouched. The caller compares the fingerprint.
     Existing(TransactionRecord),
 }
 
@@ -397,29 +404,29 @@ impl Ledger {
     /// returns the attempt number (1-based). Only while `reserved`/`pending`.
     pub async fn record_attempt(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         switch: &SwitchName,
     ) -> Result<u32, LedgerError> {
-        dispatch!(self, l => l.record_attempt(id, switch).await)
+        dispatch!(self, l => l.record_attempt(gateway_ref, switch).await)
     }
 
     /// Stores how an attempt ended. A later call for the same attempt replaces
     /// the outcome (the reconciler resolves `unknown` ones).
     pub async fn finish_attempt(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         attempt_no: u32,
         outcome: AttemptOutcome,
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
-        dispatch!(self, l => l.finish_attempt(id, attempt_no, outcome.as_str(), error).await)
+        dispatch!(self, l => l.finish_attempt(gateway_ref, attempt_no, outcome.as_str(), error).await)
     }
 
     /// Completes the movement (see the module docs) and stores `committed` with
     /// its response. Idempotent: an already committed row comes back unchanged.
     pub async fn commit(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         switch: &SwitchName,
         reference: &str,
         render: Render,
@@ -428,19 +435,19 @@ impl Ledger {
             switch: switch.clone(),
             reference: reference.to_owned(),
         };
-        self.finish(id, decision, None, render).await
+        self.finish(gateway_ref, decision, None, render).await
     }
 
     /// Gives held money back and stores the status `reason` implies, with
     /// `reason` and its response. Idempotent for the same final status.
     pub async fn release(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         reason: ReleaseReason,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
         let decision = Decision::Release { reason };
-        self.finish(id, decision, None, render).await
+        self.finish(gateway_ref, decision, None, render).await
     }
 
     /// Commits or releases (see [`Ledger::commit`], [`Ledger::release`]) and
@@ -448,12 +455,14 @@ impl Ledger {
     /// shared with the other finishes of its batch.
     pub async fn finish(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         decision: Decision,
         attempt: Option<AttemptEnd>,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
-        self.group.finish(id, decision, attempt, None, render).await
+        self.group
+            .finish(gateway_ref, decision, attempt, None, render)
+            .await
     }
 
     /// [`Ledger::finish`] by the holder of a reconciler lease: refused with
@@ -462,35 +471,58 @@ impl Ledger {
     /// lease ran out). The check and the write are one locked batch.
     pub async fn finish_leased(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         decision: Decision,
         fence: &LeaseToken,
         render: Render,
     ) -> Result<TransactionRecord, LedgerError> {
         self.group
-            .finish(id, decision, None, Some(fence.clone()), render)
+            .finish(gateway_ref, decision, None, Some(fence.clone()), render)
             .await
     }
 
     /// Outcome unknown: `reserved`/`pending` → `pending`, with `last_error`.
     pub async fn mark_pending(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         last_error: &str,
     ) -> Result<TransactionRecord, LedgerError> {
-        dispatch!(self, l => l.mark_pending(id, last_error).await)
+        dispatch!(self, l => l.mark_pending(gateway_ref, last_error).await)
     }
 
+    /// The client's transaction with this id.
     pub async fn transaction(
         &self,
+        client: &ClientId,
         id: &TransactionId,
     ) -> Result<Option<TransactionRecord>, LedgerError> {
-        dispatch!(self, l => l.transaction(id).await)
+        dispatch!(self, l => l.transaction(client, id).await)
+    }
+
+    /// Every client's transaction with this id, at most `limit` (for an
+    /// auditor, who may read any client's), by client.
+    pub async fn transactions_with_id(
+        &self,
+        id: &TransactionId,
+        limit: u32,
+    ) -> Result<Vec<TransactionRecord>, LedgerError> {
+        dispatch!(self, l => l.transactions_with_id(id, limit).await)
+    }
+
+    /// The transaction with this reference.
+    pub async fn transaction_by_ref(
+        &self,
+        gateway_ref: &GatewayRef,
+    ) -> Result<Option<TransactionRecord>, LedgerError> {
+        dispatch!(self, l => l.transaction_by_ref(gateway_ref).await)
     }
 
     /// The attempts of a transaction, in order.
-    pub async fn attempts(&self, id: &TransactionId) -> Result<Vec<AttemptRecord>, LedgerError> {
-        dispatch!(self, l => l.attempts(id).await)
+    pub async fn attempts(
+        &self,
+        gateway_ref: &GatewayRef,
+    ) -> Result<Vec<AttemptRecord>, LedgerError> {
+        dispatch!(self, l => l.attempts(gateway_ref).await)
     }
 
     /// Sum of the balances of all accounts in that currency (customer,
@@ -533,9 +565,9 @@ impl Ledger {
     /// (pending stays), lease cleared.
     pub async fn note_requery(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         error: &str,
     ) -> Result<TransactionRecord, LedgerError> {
-        dispatch!(self, l => l.note_requery(id, error).await)
+        dispatch!(self, l => l.note_requery(gateway_ref, error).await)
     }
 }

@@ -31,8 +31,8 @@ use super::{
     StoredResponse, TransactionRecord,
 };
 use crate::domain::{
-    AccountId, Amount, ClientId, Currency, ReleaseReason, Spenders, SwitchName, TransactionId,
-    TransactionRequest, TxKind, TxStatus,
+    AccountId, Amount, ClientId, Currency, GatewayRef, ReleaseReason, Spenders, SwitchName,
+    TransactionId, TransactionRequest, TxKind, TxStatus,
 };
 
 /// The age bounds of [`SqlBackend::unfinished_by_age`], ms: 1 s, 10 s, 1 min, 10 min.
@@ -156,7 +156,7 @@ fn corrupt(what: &str, detail: impl std::fmt::Display) -> LedgerError {
 /// The columns of `transactions` a [`TransactionRecord`] is read from.
 macro_rules! tx_columns {
     () => {
-        "id, client, kind, source, destination, amount, currency, metadata, fingerprint, \
+        "gateway_ref, id, client, kind, source, destination, amount, currency, metadata, fingerprint, \
          status, reason, switch, switch_reference, attempts, requeries, last_error, \
          lease_token, response_status, response_body, created_at_ms, updated_at_ms"
     };
@@ -172,6 +172,7 @@ pub(super) use account_columns;
 
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct TxRow {
+    gateway_ref: String,
     id: String,
     client: String,
     kind: String,
@@ -215,6 +216,7 @@ impl TxRow {
             _ => None,
         };
         Ok(TransactionRecord {
+            gateway_ref: GatewayRef::from_stored(self.gateway_ref),
             id: TransactionId::parse(&self.id).map_err(|e| corrupt(what, e))?,
             client: ClientId::parse(&self.client).map_err(|e| corrupt(what, e))?,
             kind: TxKind::from_db(&self.kind).ok_or_else(|| corrupt(what, &self.kind))?,
@@ -408,6 +410,7 @@ pub(super) fn new_record(
     now_ms: i64,
 ) -> TransactionRecord {
     TransactionRecord {
+        gateway_ref: GatewayRef::of(client, &req.id),
         id: req.id.clone(),
         client: client.clone(),
         kind: req.movement.kind(),
@@ -572,9 +575,9 @@ where
             )
             .await?;
             // An opening balance has no transaction row: its postings carry a
-            // NULL transaction_id.
+            // NULL gateway_ref.
             sqlx::query(
-                "INSERT INTO postings (transaction_id, account_id, amount, created_at_ms) \
+                "INSERT INTO postings (gateway_ref, account_id, amount, created_at_ms) \
                  VALUES (NULL, $1, $2, $5), (NULL, $3, $4, $5)",
             )
             .bind(equity.as_str())
@@ -648,7 +651,7 @@ where
 
     async fn record_attempt(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         switch: &SwitchName,
     ) -> Result<u32, LedgerError> {
         with_retries(
@@ -661,23 +664,25 @@ where
                 let attempts: Option<i64> = sqlx::query_scalar(
                     "UPDATE transactions \
                  SET attempts = attempts + 1, switch = $2, updated_at_ms = $3 \
-                 WHERE id = $1 AND status IN ('reserved', 'pending') \
+                 WHERE gateway_ref = $1 AND status IN ('reserved', 'pending') \
                  AND (lease_until_ms IS NULL OR lease_until_ms < $3) \
                  RETURNING attempts",
                 )
-                .bind(id.as_str())
+                .bind(gateway_ref.as_str())
                 .bind(switch.as_str())
                 .bind(now)
                 .fetch_optional(tx.conn())
                 .await?;
                 let Some(attempt_no) = attempts else {
-                    return Err(Self::not_in_flight(tx.conn(), id, "record_attempt").await);
+                    return Err(
+                        Self::not_in_flight(tx.conn(), gateway_ref, "record_attempt").await,
+                    );
                 };
                 sqlx::query(
-                    "INSERT INTO attempts (transaction_id, attempt_no, switch, started_at_ms) \
+                    "INSERT INTO attempts (gateway_ref, attempt_no, switch, started_at_ms) \
                  VALUES ($1, $2, $3, $4)",
                 )
-                .bind(id.as_str())
+                .bind(gateway_ref.as_str())
                 .bind(attempt_no)
                 .bind(switch.as_str())
                 .bind(now)
@@ -693,7 +698,7 @@ where
 
     async fn finish_attempt(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         attempt_no: u32,
         outcome: &str,
         error: Option<&str>,
@@ -706,9 +711,9 @@ where
                 let mut tx = self.begin_write().await?;
                 let done = sqlx::query(
                     "UPDATE attempts SET finished_at_ms = $3, outcome = $4, error = $5 \
-                 WHERE transaction_id = $1 AND attempt_no = $2",
+                 WHERE gateway_ref = $1 AND attempt_no = $2",
                 )
-                .bind(id.as_str())
+                .bind(gateway_ref.as_str())
                 .bind(i64::from(attempt_no))
                 .bind(now_ms())
                 .bind(outcome)
@@ -727,26 +732,27 @@ where
 
     async fn mark_pending(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         last_error: &str,
     ) -> Result<TransactionRecord, LedgerError> {
         const SQL: &str = concat!(
             "UPDATE transactions \
              SET status = 'pending', last_error = $2, updated_at_ms = $3 \
-             WHERE id = $1 AND status IN ('reserved', 'pending') RETURNING ",
+             WHERE gateway_ref = $1 AND status IN ('reserved', 'pending') RETURNING ",
             tx_columns!()
         );
         with_retries(
             "mark_pending",
             self.retries_max(),
             Self::is_conflict,
-            || self.update_in_flight("mark_pending", SQL, id, last_error),
+            || self.update_in_flight("mark_pending", SQL, gateway_ref, last_error),
         )
         .await
     }
 
     async fn transaction(
         &self,
+        client: &ClientId,
         id: &TransactionId,
     ) -> Result<Option<TransactionRecord>, LedgerError> {
         with_retries(
@@ -757,9 +763,10 @@ where
                 let row: Option<TxRow> = sqlx::query_as(concat!(
                     "SELECT ",
                     tx_columns!(),
-                    " FROM transactions WHERE id = $1"
+                    " FROM transactions WHERE id = $1 AND client = $2"
                 ))
                 .bind(id.as_str())
+                .bind(client.as_str())
                 .fetch_optional(self.pool())
                 .await?;
                 Ok(row.map(TxRow::into_record).transpose()?)
@@ -768,7 +775,58 @@ where
         .await
     }
 
-    async fn attempts(&self, id: &TransactionId) -> Result<Vec<AttemptRecord>, LedgerError> {
+    async fn transactions_with_id(
+        &self,
+        id: &TransactionId,
+        limit: u32,
+    ) -> Result<Vec<TransactionRecord>, LedgerError> {
+        with_retries(
+            "transactions_with_id",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let rows: Vec<TxRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    tx_columns!(),
+                    " FROM transactions WHERE id = $1 ORDER BY client LIMIT $2"
+                ))
+                .bind(id.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(self.pool())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(TxRow::into_record)
+                    .collect::<Result<Vec<_>, _>>()?)
+            },
+        )
+        .await
+    }
+
+    async fn transaction_by_ref(
+        &self,
+        gateway_ref: &GatewayRef,
+    ) -> Result<Option<TransactionRecord>, LedgerError> {
+        with_retries(
+            "transaction_by_ref",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let row: Option<TxRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    tx_columns!(),
+                    " FROM transactions WHERE gateway_ref = $1"
+                ))
+                .bind(gateway_ref.as_str())
+                .fetch_optional(self.pool())
+                .await?;
+                Ok(row.map(TxRow::into_record).transpose()?)
+            },
+        )
+        .await
+    }
+
+    async fn attempts(&self, gateway_ref: &GatewayRef) -> Result<Vec<AttemptRecord>, LedgerError> {
         with_retries(
             "attempts",
             self.retries_max(),
@@ -776,9 +834,9 @@ where
             move || async move {
                 let rows: Vec<AttemptRow> = sqlx::query_as(
                     "SELECT attempt_no, switch, started_at_ms, outcome, error \
-                 FROM attempts WHERE transaction_id = $1 ORDER BY attempt_no",
+                 FROM attempts WHERE gateway_ref = $1 ORDER BY attempt_no",
                 )
-                .bind(id.as_str())
+                .bind(gateway_ref.as_str())
                 .fetch_all(self.pool())
                 .await?;
                 Ok(rows
@@ -875,7 +933,7 @@ where
         // matches.
         let sql = format!(
             "UPDATE transactions SET lease_until_ms = $1, lease_token = $5 \
-             WHERE id IN (SELECT id FROM transactions \
+             WHERE gateway_ref IN (SELECT gateway_ref FROM transactions \
                  WHERE status IN ('reserved', 'pending') \
                  AND updated_at_ms <= $2 \
                  AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
@@ -911,59 +969,59 @@ where
 
     async fn note_requery(
         &self,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         error: &str,
     ) -> Result<TransactionRecord, LedgerError> {
         const SQL: &str = concat!(
             "UPDATE transactions \
              SET requeries = requeries + 1, last_error = $2, status = 'pending', \
                  lease_until_ms = NULL, updated_at_ms = $3 \
-             WHERE id = $1 AND status IN ('reserved', 'pending') RETURNING ",
+             WHERE gateway_ref = $1 AND status IN ('reserved', 'pending') RETURNING ",
             tx_columns!()
         );
         with_retries(
             "note_requery",
             self.retries_max(),
             Self::is_conflict,
-            || self.update_in_flight("note_requery", SQL, id, error),
+            || self.update_in_flight("note_requery", SQL, gateway_ref, error),
         )
         .await
     }
 
     // ---- helpers, each a statement or three inside a caller's transaction ----
 
-    /// One try of `sql`, an update of an in-flight row (`$1` its id, `$2`
+    /// One try of `sql`, an update of an in-flight row (`$1` its reference, `$2`
     /// `text`, `$3` now) returning the row: the row as updated, or why the
     /// update matched nothing.
     async fn update_in_flight(
         &self,
         op: &'static str,
         sql: &'static str,
-        id: &TransactionId,
+        gateway_ref: &GatewayRef,
         text: &str,
     ) -> Result<TransactionRecord, Fail> {
         let mut tx = self.begin_write().await?;
         let row: Option<TxRow> = sqlx::query_as(sql)
-            .bind(id.as_str())
+            .bind(gateway_ref.as_str())
             .bind(text)
             .bind(now_ms())
             .fetch_optional(tx.conn())
             .await?;
         let Some(row) = row else {
-            return Err(Self::not_in_flight(tx.conn(), id, op).await);
+            return Err(Self::not_in_flight(tx.conn(), gateway_ref, op).await);
         };
         tx.commit().await?;
         Ok(row.into_record()?)
     }
 
     /// Why a write aimed at an in-flight row changed nothing.
-    async fn not_in_flight(conn: &mut Conn<Self>, id: &TransactionId, op: &str) -> Fail {
+    async fn not_in_flight(conn: &mut Conn<Self>, gateway_ref: &GatewayRef, op: &str) -> Fail {
         let row: Result<Option<TxRow>, sqlx::Error> = sqlx::query_as(concat!(
             "SELECT ",
             tx_columns!(),
-            " FROM transactions WHERE id = $1"
+            " FROM transactions WHERE gateway_ref = $1"
         ))
-        .bind(id.as_str())
+        .bind(gateway_ref.as_str())
         .fetch_optional(&mut *conn)
         .await;
         match row.map(|r| r.map(TxRow::into_record)) {

@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
 use crate::config::{ForwardingConfig, SwitchConfig};
-use crate::domain::SwitchName;
+use crate::domain::{GatewayRef, SwitchName};
 
 /// A switch's answer to `POST /transactions` or `GET /transactions/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +64,10 @@ struct WireAnswer {
     status: WireStatus,
     reference: Option<String>,
     reason: Option<String>,
-    /// In a 404 `not_found`: the id the switch looked up (the one asked about).
-    #[serde(rename = "transactionId")]
-    transaction_id: Option<String>,
+    /// In a 404 `not_found`: the key the switch looked up (the one asked
+    /// about).
+    #[serde(rename = "idempotencyKey")]
+    idempotency_key: Option<String>,
 }
 
 /// The `status` of an answer; any other value is not a protocol answer.
@@ -84,9 +85,9 @@ enum WireStatus {
 enum Asked<'a> {
     /// `POST /transactions`: `503 not_processed` proves it was not processed.
     Forward,
-    /// `GET /transactions/{id}`: only the protocol's 404 `not_found` naming
-    /// this id proves it was never received.
-    Requery { transaction_id: &'a str },
+    /// `GET /transactions/{key}`: only the protocol's 404 `not_found` naming
+    /// this key proves it was never received.
+    Requery { key: &'a str },
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -200,11 +201,12 @@ impl SwitchClient {
         }
     }
 
-    /// `POST /transactions` with the transaction as JSON, answered within `timeout`.
+    /// `POST /transactions` with the transaction as JSON, answered within
+    /// `timeout`; the switch knows it by `key` (`Idempotency-Key`).
     pub async fn forward(
         &self,
         switch: &Switch,
-        transaction_id: &str,
+        key: &GatewayRef,
         request_id: &str,
         payload: Bytes,
         timeout: Duration,
@@ -213,31 +215,32 @@ impl SwitchClient {
             .method(Method::POST)
             .uri(switch.uri("/transactions")?)
             .header(header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", transaction_id)
+            .header("idempotency-key", key.as_str())
             .header("x-request-id", request_id)
             .body(Full::new(payload))
             .map_err(|e| ForwardError::NotSent(e.to_string()))?;
         self.exchange(req, Asked::Forward, timeout).await
     }
 
-    /// `GET /transactions/{id}`: what happened to a transaction we may have sent.
+    /// `GET /transactions/{key}`: what happened to a transaction we may have
+    /// sent under `key`.
     pub async fn query(
         &self,
         switch: &Switch,
-        transaction_id: &str,
+        key: &GatewayRef,
         request_id: &str,
         timeout: Duration,
     ) -> Result<Answer, ForwardError> {
         let req = Request::builder()
             .method(Method::GET)
-            .uri(switch.uri(&format!("/transactions/{transaction_id}"))?)
+            .uri(switch.uri(&format!("/transactions/{key}"))?)
             .header("x-request-id", request_id)
             .body(Full::new(Bytes::new()))
             .map_err(|e| ForwardError::NotSent(e.to_string()))?;
         // A requery changes nothing on the switch, so "not sent" and "unknown"
         // both just mean "no answer" to the caller.
-        self.exchange(req, Asked::Requery { transaction_id }, timeout)
-            .await
+        let key = key.as_str();
+        self.exchange(req, Asked::Requery { key }, timeout).await
     }
 
     /// `GET /health` on a fresh connection: true on 200 within `timeout`.
@@ -327,9 +330,8 @@ fn interpret(status: StatusCode, body: &[u8], asked: Asked<'_>) -> Result<Answer
         {
             Ok(Answer::NotProcessed)
         }
-        (StatusCode::NOT_FOUND, Some(w), Asked::Requery { transaction_id })
-            if w.status == WireStatus::NotFound
-                && w.transaction_id.as_deref() == Some(transaction_id) =>
+        (StatusCode::NOT_FOUND, Some(w), Asked::Requery { key })
+            if w.status == WireStatus::NotFound && w.idempotency_key.as_deref() == Some(key) =>
         {
             Ok(Answer::NotFound)
         }
@@ -355,9 +357,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const REQUERY: Asked<'static> = Asked::Requery {
-        transaction_id: "tx-1",
-    };
+    const REQUERY: Asked<'static> = Asked::Requery { key: "tx-1" };
 
     #[test]
     fn answers_are_read_per_protocol() {
@@ -410,7 +410,7 @@ mod tests {
         assert_eq!(
             interpret(
                 StatusCode::NOT_FOUND,
-                br#"{"status":"not_found","transactionId":"tx-1"}"#,
+                br#"{"status":"not_found","idempotencyKey":"tx-1"}"#,
                 REQUERY
             )
             .unwrap(),
@@ -426,8 +426,10 @@ mod tests {
             r#"{"status":"not_found"}"#,
             r#"{"status":"not_found","reason":"no route for /transactionz/tx-1"}"#,
             // Another transaction's answer.
-            r#"{"status":"not_found","transactionId":"tx-2"}"#,
-            r#"{"status":"gone","transactionId":"tx-1"}"#,
+            r#"{"status":"not_found","idempotencyKey":"tx-2"}"#,
+            r#"{"status":"gone","idempotencyKey":"tx-1"}"#,
+            // The field of the protocol before keys were the gateway's.
+            r#"{"status":"not_found","transactionId":"tx-1"}"#,
         ] {
             assert!(
                 matches!(
@@ -449,7 +451,7 @@ mod tests {
         assert!(matches!(
             interpret(
                 StatusCode::OK,
-                br#"{"status":"not_found","transactionId":"tx-1"}"#,
+                br#"{"status":"not_found","idempotencyKey":"tx-1"}"#,
                 REQUERY
             ),
             Err(ForwardError::Unknown(_))
@@ -521,7 +523,7 @@ mod tests {
         client
             .forward(
                 &switch(url),
-                "tx-1",
+                &GatewayRef::from_stored("tx-1".into()),
                 "req-1",
                 Bytes::from_static(b"{}"),
                 Duration::from_millis(timeout_ms),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Outcome;
-use crate::domain::{Movement, ReleaseReason, TransactionId, TransactionRequest};
+use crate::domain::{ClientId, GatewayRef, Movement, ReleaseReason, TransactionRequest};
 use crate::ledger::{AttemptEnd, AttemptOutcome, Decision, Ledger, Render};
 use crate::metrics::Metrics;
 use crate::switches::{Answer, ForwardError, ForwardResult, SwitchClient, SwitchState, Switches};
@@ -45,6 +45,8 @@ pub(super) struct Forwarder {
 /// One transaction on its way through the switches.
 struct Job<'a> {
     req: &'a TransactionRequest,
+    /// What switches and the ledger know it by.
+    gateway_ref: &'a GatewayRef,
     request_id: &'a str,
     /// The body every switch is sent.
     payload: Bytes,
@@ -93,25 +95,28 @@ impl Forwarder {
     /// [`Ledger::reserve_with_attempt`]); `None` when none was available then.
     pub(super) async fn run(
         &self,
+        client: &ClientId,
         req: &TransactionRequest,
+        gateway_ref: &GatewayRef,
         first: Option<Arc<SwitchState>>,
         request_id: &str,
         deadline: Instant,
     ) -> Outcome {
         let job = Job {
             req,
+            gateway_ref,
             request_id,
-            payload: Bytes::from(switch_payload(req).to_string()),
+            payload: Bytes::from(switch_payload(client, req, gateway_ref).to_string()),
             budget_end: deadline.checked_sub(DEADLINE_RESERVE).unwrap_or(deadline),
         };
-        let (id, budget_end) = (&req.id, job.budget_end);
+        let (id, budget_end) = (gateway_ref, job.budget_end);
         let mut tried: Vec<Arc<SwitchState>> = Vec::new();
         let mut first = first.map(|switch| (switch, 1));
 
         while (tried.len() as u32) < self.attempts_max {
             let (switch, attempt_no) = match first.take() {
                 Some(recorded) => recorded,
-                None => match self.next_attempt(id, &tried, budget_end).await {
+                None => match self.next_attempt(req, id, &tried, budget_end).await {
                     Ok(Some(next)) => next,
                     Ok(None) => break,
                     Err(outcome) => return outcome,
@@ -148,7 +153,7 @@ impl Forwarder {
             .await
         {
             Ok(record) => Outcome::settled(Box::new(record)),
-            Err(e) => self.unsettled(id, &format!("releasing: {e}")).await,
+            Err(e) => self.unsettled(req, id, &format!("releasing: {e}")).await,
         }
     }
 
@@ -157,7 +162,8 @@ impl Forwarder {
     /// switch left or no time left.
     async fn next_attempt(
         &self,
-        id: &TransactionId,
+        req: &TransactionRequest,
+        id: &GatewayRef,
         tried: &[Arc<SwitchState>],
         budget_end: Instant,
     ) -> Result<Option<(Arc<SwitchState>, u32)>, Outcome> {
@@ -175,7 +181,7 @@ impl Forwarder {
             // Not recorded, so not sent: the reconciler will release it
             // (or it is already being reconciled).
             Err(e) => Err(self
-                .unsettled(id, &format!("recording the attempt: {e}"))
+                .unsettled(req, id, &format!("recording the attempt: {e}"))
                 .await),
         }
     }
@@ -190,7 +196,7 @@ impl Forwarder {
     ) -> Step {
         let result = self.send(job, switch, remaining).await;
         match self.learn(job, switch, attempt_no, result).await {
-            Ok(answer) => self.decide(&job.req.id, switch, attempt_no, answer).await,
+            Ok(answer) => self.decide(job, switch, attempt_no, answer).await,
             Err(step) => step,
         }
     }
@@ -208,7 +214,7 @@ impl Forwarder {
             .client
             .forward(
                 &switch.switch,
-                job.req.id.as_str(),
+                job.gateway_ref,
                 job.request_id,
                 job.payload.clone(),
                 remaining.min(self.attempt_timeout),
@@ -232,7 +238,7 @@ impl Forwarder {
         attempt_no: u32,
         result: Result<Answer, ForwardError>,
     ) -> Result<Answer, Step> {
-        let id = &job.req.id;
+        let id = job.gateway_ref;
         let end = |outcome, error: &str| AttemptEnd {
             attempt_no,
             outcome,
@@ -251,24 +257,22 @@ impl Forwarder {
         tracing::warn!(switch = %switch.name(), %reason, "outcome unknown; requerying");
         self.note(id, switch, end(AttemptOutcome::Unknown, &reason))
             .await;
-        match self
-            .requery(switch, job.req, job.request_id, job.budget_end)
-            .await
-        {
+        match self.requery(switch, job).await {
             // Never received: as safe as a refused connection.
             Some(Answer::NotFound) => Err(Step::Next(Retry::NeverReceived)),
             Some(answer) => Ok(answer),
-            None => Err(self.pending(id, &reason).await.into()),
+            None => Err(self.pending(job, &reason).await.into()),
         }
     }
 
     /// Still unknown at the end of the budget: `pending`, for the reconciler.
-    async fn pending(&self, id: &TransactionId, reason: &str) -> Outcome {
-        match self.ledger.mark_pending(id, reason).await {
-            Ok(record) => Outcome::Pending(id.clone(), Some(Box::new(record))),
+    async fn pending(&self, job: &Job<'_>, reason: &str) -> Outcome {
+        let id = job.req.id.clone();
+        match self.ledger.mark_pending(job.gateway_ref, reason).await {
+            Ok(record) => Outcome::Pending(id, Some(Box::new(record))),
             Err(e) => {
                 tracing::warn!(error = %e, "could not mark pending; the reconciler will");
-                Outcome::Pending(id.clone(), None)
+                Outcome::Pending(id, None)
             }
         }
     }
@@ -277,11 +281,12 @@ impl Forwarder {
     /// in the same batched write; or moves on when it did not process it.
     async fn decide(
         &self,
-        id: &TransactionId,
+        job: &Job<'_>,
         switch: &Arc<SwitchState>,
         attempt_no: u32,
         answer: Answer,
     ) -> Step {
+        let id = job.gateway_ref;
         let end = |outcome, error: Option<String>| AttemptEnd {
             attempt_no,
             outcome,
@@ -314,36 +319,34 @@ impl Forwarder {
             .await
         {
             Ok(record) => Outcome::settled(Box::new(record)).into(),
-            Err(e) => self.unsettled(id, &format!("finishing: {e}")).await.into(),
+            Err(e) => self
+                .unsettled(job.req, id, &format!("finishing: {e}"))
+                .await
+                .into(),
         }
     }
 
     /// The ledger could not record the end of the flow: 202, and the
     /// reconciler finishes it. Logged, with the record if it can be read.
-    async fn unsettled(&self, id: &TransactionId, why: &str) -> Outcome {
-        tracing::error!(transaction_id = %id, reason = why, "ledger write failed after an attempt; leaving it to the reconciler");
+    async fn unsettled(&self, req: &TransactionRequest, id: &GatewayRef, why: &str) -> Outcome {
+        tracing::error!(gateway_ref = %id, reason = why, "ledger write failed after an attempt; leaving it to the reconciler");
         let record = self
             .ledger
-            .transaction(id)
+            .transaction_by_ref(id)
             .await
             .ok()
             .flatten()
             .map(Box::new);
         match record {
             Some(r) => Outcome::settled(r),
-            None => Outcome::Pending(id.clone(), None),
+            None => Outcome::Pending(req.id.clone(), None),
         }
     }
 
     /// Asks `switch` what became of the transaction, with backoff, until it
     /// answers or the budget runs out (`None`).
-    async fn requery(
-        &self,
-        switch: &SwitchState,
-        req: &TransactionRequest,
-        request_id: &str,
-        budget_end: Instant,
-    ) -> Option<Answer> {
+    async fn requery(&self, switch: &SwitchState, job: &Job<'_>) -> Option<Answer> {
+        let budget_end = job.budget_end;
         // A pause before the first question too: a switch that queues work
         // may not have recorded a POST that just timed out.
         let mut backoff = REQUERY_BACKOFF_START;
@@ -359,8 +362,8 @@ impl Forwarder {
                 .client
                 .query(
                     &switch.switch,
-                    req.id.as_str(),
-                    request_id,
+                    job.gateway_ref,
+                    job.request_id,
                     remaining.min(self.attempt_timeout),
                 )
                 .await
@@ -401,7 +404,7 @@ impl Forwarder {
 
     /// Records how an attempt that decided nothing ended, in the metrics and
     /// (best effort: the reconciler does not need it) in the ledger.
-    async fn note(&self, id: &TransactionId, switch: &SwitchState, end: AttemptEnd) {
+    async fn note(&self, id: &GatewayRef, switch: &SwitchState, end: AttemptEnd) {
         self.observe(switch, end.outcome);
         if let Err(e) = self
             .ledger
@@ -419,9 +422,17 @@ impl From<Outcome> for Step {
     }
 }
 
-/// The body sent to a switch: the transaction as the client described it.
-fn switch_payload(req: &TransactionRequest) -> serde_json::Value {
+/// The body sent to a switch: the gateway's reference (also the
+/// `Idempotency-Key`), then the transaction as the client described it, with
+/// who sent it.
+fn switch_payload(
+    client: &ClientId,
+    req: &TransactionRequest,
+    gateway_ref: &GatewayRef,
+) -> serde_json::Value {
     let mut body = serde_json::json!({
+        "gatewayRef": gateway_ref,
+        "clientId": client,
         "transactionId": req.id,
         "type": req.movement.kind().as_str(),
         "amount": req.amount,

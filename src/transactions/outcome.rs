@@ -24,7 +24,7 @@ pub enum Outcome {
     Replayed(StoredResponse),
     /// The id is stored for this client and this request, still in flight.
     InProgress,
-    /// The id is stored for another client or another request.
+    /// The client stored this id with another request.
     Reused,
     /// No switch in rotation and the id unknown: nothing reserved.
     NoSwitch,
@@ -54,14 +54,16 @@ impl Outcome {
         }
     }
 
-    /// An id already in the ledger: a replay, still in progress, or reused.
+    /// An id the client already stored: a replay, still in progress, or
+    /// reused.
     pub(super) fn existing(
         client: &ClientId,
         request: &TransactionRequest,
         record: TransactionRecord,
     ) -> Self {
-        // Another client's id, or this id with another payload: "reused",
-        // never a look at someone else's transaction.
+        // The ledger finds ids per client, so the row is this client's; the
+        // check stays so that no path can ever replay another client's
+        // transaction.
         if record.client != *client || record.fingerprint != request.fingerprint() {
             return Outcome::Reused;
         }

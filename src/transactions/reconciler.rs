@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RECONCILE_CONCURRENCY};
-use crate::domain::{ReleaseReason, SwitchName, TransactionId};
+use crate::domain::{GatewayRef, ReleaseReason, SwitchName};
 use crate::ledger::{
     AttemptOutcome, Decision, LeaseToken, Ledger, LedgerError, Render, TransactionRecord,
 };
@@ -95,6 +95,8 @@ impl Reconciler {
                             .with_label_values(&[resolution.label()])
                             .inc();
                         tracing::info!(
+                            gateway_ref = %record.gateway_ref,
+                            client = %record.client,
                             transaction_id = %record.id,
                             outcome = resolution.label(),
                             requeries = record.requeries,
@@ -103,7 +105,7 @@ impl Reconciler {
                         Some(resolution)
                     }
                     Err(e) => {
-                        tracing::warn!(transaction_id = %record.id, error = %e, "could not reconcile; will retry");
+                        tracing::warn!(gateway_ref = %record.gateway_ref, error = %e, "could not reconcile; will retry");
                         self.metrics.reconciler.with_label_values(&["error"]).inc();
                         None
                     }
@@ -125,7 +127,7 @@ impl Reconciler {
         token: &LeaseToken,
         timeout: Duration,
     ) -> Result<Resolution, LedgerError> {
-        let id = &record.id;
+        let id = &record.gateway_ref;
         let switch_name = match (&record.switch, record.attempts) {
             (Some(name), n) if n > 0 => name,
             // Write-ahead: no recorded attempt means nothing was sent.
@@ -145,7 +147,7 @@ impl Reconciler {
         };
         let answer = self
             .client
-            .query(&switch.switch, id.as_str(), "reconciler", timeout)
+            .query(&switch.switch, id, "reconciler", timeout)
             .await;
         let result = if answer.is_ok() { "answered" } else { "failed" };
         self.metrics
@@ -156,7 +158,7 @@ impl Reconciler {
     }
 
     /// Whether the last recorded attempt provably did not reach its switch.
-    async fn last_attempt_unprocessed(&self, id: &TransactionId) -> Result<bool, LedgerError> {
+    async fn last_attempt_unprocessed(&self, id: &GatewayRef) -> Result<bool, LedgerError> {
         let attempts = self.ledger.attempts(id).await?;
         Ok(matches!(
             attempts.last().and_then(|last| last.outcome),
@@ -166,7 +168,7 @@ impl Reconciler {
 
     async fn release_unsent(
         &self,
-        id: &TransactionId,
+        id: &GatewayRef,
         token: &LeaseToken,
     ) -> Result<Resolution, LedgerError> {
         let release = Decision::Release {
@@ -182,7 +184,7 @@ impl Reconciler {
     /// requery when it decided nothing.
     async fn settle(
         &self,
-        id: &TransactionId,
+        id: &GatewayRef,
         switch_name: &SwitchName,
         answer: Result<Answer, ForwardError>,
         token: &LeaseToken,

@@ -97,7 +97,7 @@ impl Transactions {
 
     /// No switch in rotation: the stored answer of a known id, else `NoSwitch`.
     async fn without_switch(&self, s: &Submission<'_>) -> Outcome {
-        match self.ledger.transaction(&s.request.id).await {
+        match self.ledger.transaction(&s.client, &s.request.id).await {
             Ok(Some(record)) => Outcome::existing(&s.client, &s.request, record),
             Ok(None) => Outcome::NoSwitch,
             Err(e) => Outcome::Ledger(e),
@@ -136,8 +136,11 @@ impl Transactions {
                 .observe(started.elapsed().as_secs_f64());
             reserved.store(true, Ordering::Release);
             match reservation {
-                Ok(Reserved::Fresh(_)) => {
-                    forwarder.run(&request, first, &request_id, deadline).await
+                Ok(Reserved::Fresh(record)) => {
+                    let gateway_ref = &record.gateway_ref;
+                    forwarder
+                        .run(&client, &request, gateway_ref, first, &request_id, deadline)
+                        .await
                 }
                 Ok(Reserved::Existing(record)) => Outcome::existing(&client, &request, record),
                 Ok(Reserved::InsufficientFunds(record)) => {

@@ -7,6 +7,8 @@ use crate::ledger::TransactionRecord;
 pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
     let mut body = serde_json::json!({
         "transactionId": r.id,
+        "clientId": r.client,
+        "gatewayRef": r.gateway_ref,
         "status": r.status,
         "type": r.kind,
         "amount": r.amount,

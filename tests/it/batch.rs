@@ -22,7 +22,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use switchboard::domain::{
-    AccountId, Amount, Movement, ReleaseReason, TransactionId, TransactionRequest, TxKind, TxStatus,
+    AccountId, Amount, GatewayRef, Movement, ReleaseReason, TransactionId, TransactionRequest,
+    TxKind, TxStatus,
 };
 use switchboard::edge::RENDER;
 use switchboard::ledger::{
@@ -275,7 +276,7 @@ impl Run {
                 assert_eq!(row.response, None, "{id}: a fresh row has no response");
                 assert_eq!(row.fingerprint, plan.req.fingerprint(), "{id}");
                 self.progress[op].send_modify(|p| p.reserved = true);
-                let last = self.settle(plan).await;
+                let last = self.settle(plan, &row.gateway_ref).await;
                 self.progress[op].send_modify(|p| p.last = Some(last.clone()));
                 Got::Fresh(last)
             }
@@ -291,30 +292,31 @@ impl Run {
         Answer { op, role, got }
     }
 
-    async fn settle(&self, plan: &Op) -> TransactionRecord {
+    async fn settle(&self, plan: &Op, key: &GatewayRef) -> TransactionRecord {
         let l = &self.ledger;
         let id = &plan.req.id;
         let attempt = |switch: &'static str, outcome: AttemptOutcome| async move {
             let n = l
-                .record_attempt(id, &sw(switch))
+                .record_attempt(key, &sw(switch))
                 .await
                 .unwrap_or_else(|e| panic!("record_attempt {id}: {e}"));
-            l.finish_attempt(id, n, outcome, None)
+            l.finish_attempt(key, n, outcome, None)
                 .await
                 .unwrap_or_else(|e| panic!("finish_attempt {id}: {e}"));
         };
         let settled = match plan.settle {
             Settle::Commit(switch) => {
                 attempt(switch, AttemptOutcome::Approved).await;
-                l.commit(id, &sw(switch), &format!("ref-{id}"), RENDER)
+                l.commit(key, &sw(switch), &format!("ref-{id}"), RENDER)
                     .await
             }
             Settle::Decline(switch) => {
                 attempt(switch, AttemptOutcome::Declined).await;
-                l.release(id, ReleaseReason::DeclinedBySwitch, RENDER).await
+                l.release(key, ReleaseReason::DeclinedBySwitch, RENDER)
+                    .await
             }
             Settle::Fail => {
-                l.release(id, ReleaseReason::NoSwitchAvailable, RENDER)
+                l.release(key, ReleaseReason::NoSwitchAvailable, RENDER)
                     .await
             }
         };
@@ -472,9 +474,15 @@ async fn check(l: &Ledger, ops: &[Op], answers: &[Answer], seed: u64) {
     let stored: Vec<(Option<TransactionRecord>, Vec<AttemptRecord>)> =
         futures_util::stream::iter(ops)
             .map(|op| async move {
-                let id = &op.req.id;
-                let row = l.transaction(id).await.expect("read a transaction");
-                (row, l.attempts(id).await.expect("read attempts"))
+                let row = l
+                    .transaction(&cid(op.client), &op.req.id)
+                    .await
+                    .expect("read a transaction");
+                let attempts = match &row {
+                    Some(row) => l.attempts(&row.gateway_ref).await.expect("read attempts"),
+                    None => Vec::new(),
+                };
+                (row, attempts)
             })
             .buffered(8)
             .collect()

@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use switchboard::devtools::sim::{self, SimHandle, SimOptions};
-use switchboard::domain::TransactionId;
+use switchboard::domain::GatewayRef;
 use switchboard::ledger::AttemptOutcome;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -292,7 +292,9 @@ stale_after_ms = 12000
     let attempts = gw
         .state
         .ledger
-        .attempts(&TransactionId::parse("st-1").unwrap())
+        .attempts(&GatewayRef::from_stored(
+            r.json["gatewayRef"].as_str().unwrap().to_owned(),
+        ))
         .await
         .expect("attempts");
     assert_eq!(attempts.len(), 2, "{attempts:?}");

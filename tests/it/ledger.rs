@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard::domain::{
-    AccountId, Amount, Currency, Movement, ReleaseReason, TransactionId, TransactionRequest,
-    TxStatus,
+    AccountId, Amount, Currency, GatewayRef, Movement, ReleaseReason, TransactionId,
+    TransactionRequest, TxStatus,
 };
 use switchboard::ledger::{
     Account, AccountKind, AttemptOutcome, Decision, LeaseToken, Ledger, LedgerError, NewAccount,
@@ -100,7 +100,7 @@ async fn in_memory_sqlite_ledger_keeps_its_data() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let tx = fresh(&ledger, "c1", debit("t1", "alice", 40)).await;
     ledger
-        .commit(&tx.id, &sw("sw-a"), "r1", render)
+        .commit(&tx.gateway_ref, &sw("sw-a"), "r1", render)
         .await
         .unwrap();
     assert_eq!(balance(&ledger, "alice").await, 60);
@@ -150,11 +150,11 @@ async fn postings_reconcile_with_balances_sqlite() {
 
 const POSTINGS_BY_ACCOUNT: &str =
     "SELECT account_id, CAST(SUM(amount) AS BIGINT) FROM postings GROUP BY account_id";
-/// Opening balances (NULL transaction_id) are grouped by their accounts'
+/// Opening balances (NULL gateway_ref) are grouped by their accounts'
 /// creation, so only transactions' sets are checked one by one here.
-const UNBALANCED_POSTING_SETS: &str = "SELECT COUNT(*) FROM (SELECT transaction_id \
-     FROM postings WHERE transaction_id IS NOT NULL \
-     GROUP BY transaction_id HAVING SUM(amount) <> 0) AS t";
+const UNBALANCED_POSTING_SETS: &str = "SELECT COUNT(*) FROM (SELECT gateway_ref \
+     FROM postings WHERE gateway_ref IS NOT NULL \
+     GROUP BY gateway_ref HAVING SUM(amount) <> 0) AS t";
 
 /// Every kind of movement, some settled, one released, two in flight; returns
 /// what is held per account.
@@ -162,25 +162,25 @@ async fn postings_workload(l: &Ledger) -> Vec<(&'static str, i64)> {
     open(l, "alice", "c1", 1000).await;
     open(l, "bob", "c2", 500).await;
     fresh(l, "c1", debit("d1", "alice", 100)).await;
-    l.commit(&tid("d1"), &sw("sw-a"), "r", render)
+    l.commit(&r(l, "d1").await, &sw("sw-a"), "r", render)
         .await
         .unwrap();
     fresh(l, "c2", credit("c1", "bob", 70)).await;
-    l.commit(&tid("c1"), &sw("sw-a"), "r", render)
+    l.commit(&r(l, "c1").await, &sw("sw-a"), "r", render)
         .await
         .unwrap();
     fresh(l, "c1", transfer("x1", "alice", "bob", 200)).await;
-    l.commit(&tid("x1"), &sw("sw-b"), "r", render)
+    l.commit(&r(l, "x1").await, &sw("sw-b"), "r", render)
         .await
         .unwrap();
     fresh(l, "c2", debit("d2", "bob", 30)).await;
-    l.release(&tid("d2"), ReleaseReason::DeclinedBySwitch, render)
+    l.release(&r(l, "d2").await, ReleaseReason::DeclinedBySwitch, render)
         .await
         .unwrap();
     // In flight: held, not posted.
     fresh(l, "c1", debit("d3", "alice", 40)).await;
     fresh(l, "c2", transfer("x2", "bob", "alice", 25)).await;
-    l.mark_pending(&tid("x2"), "timeout").await.unwrap();
+    l.mark_pending(&r(l, "x2").await, "timeout").await.unwrap();
     vec![("alice", 40), ("bob", 25)]
 }
 
@@ -266,13 +266,13 @@ async fn debit_commit_moves_money_to_settlement(l: &Ledger) {
     assert_eq!(reserved.source, Some(aid("alice")));
     assert_eq!(reserved.destination, None);
     assert_eq!(reserved.response, None);
-    assert_eq!(l.transaction(&tid("t1")).await.unwrap(), Some(reserved));
+    assert_eq!(row(l, "t1").await.unwrap(), Some(reserved));
     // Held: gone from the balance, in flight.
     assert_eq!(balance(l, "alice").await, 700);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), -300);
 
     let committed = l
-        .commit(&tid("t1"), &sw("sw-a"), "ref-1", render)
+        .commit(&r(l, "t1").await, &sw("sw-a"), "ref-1", render)
         .await
         .unwrap();
     assert_eq!(committed.status, TxStatus::Committed);
@@ -282,7 +282,7 @@ async fn debit_commit_moves_money_to_settlement(l: &Ledger) {
         committed.response,
         Some(render(&without_response(&committed)))
     );
-    assert_eq!(l.transaction(&tid("t1")).await.unwrap(), Some(committed));
+    assert_eq!(row(l, "t1").await.unwrap(), Some(committed));
     assert_eq!(balance(l, "alice").await, 700);
     let settlement = l
         .account(&AccountId::settlement(&sw("sw-a"), &eur()))
@@ -306,7 +306,7 @@ async fn credit_commit_moves_money_from_settlement(l: &Ledger) {
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
 
     let committed = l
-        .commit(&tid("t1"), &sw("sw-b"), "ref-9", render)
+        .commit(&r(l, "t1").await, &sw("sw-b"), "ref-9", render)
         .await
         .unwrap();
     assert_eq!(committed.status, TxStatus::Committed);
@@ -327,7 +327,7 @@ async fn transfer_commit_moves_money_between_customers(l: &Ledger) {
     );
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), -400);
 
-    l.commit(&tid("t1"), &sw("sw-a"), "ref-1", render)
+    l.commit(&r(l, "t1").await, &sw("sw-a"), "ref-1", render)
         .await
         .unwrap();
     assert_eq!(
@@ -359,10 +359,7 @@ async fn insufficient_funds_is_stored_declined(l: &Ledger) {
         declined.response,
         Some(render(&without_response(&declined)))
     );
-    assert_eq!(
-        l.transaction(&tid("t1")).await.unwrap(),
-        Some(declined.clone())
-    );
+    assert_eq!(row(l, "t1").await.unwrap(), Some(declined.clone()));
     assert_eq!(balance(l, "alice").await, 100);
 
     // Stored, so a replay gets the same answer; final, so it never moves again.
@@ -373,7 +370,7 @@ async fn insufficient_funds_is_stored_declined(l: &Ledger) {
         Ok(Reserved::Existing(row)) => assert_eq!(row, declined),
         other => panic!("expected Existing, got {other:?}"),
     }
-    let commit = l.commit(&tid("t1"), &sw("sw-a"), "r", render).await;
+    let commit = l.commit(&r(l, "t1").await, &sw("sw-a"), "r", render).await;
     assert!(
         matches!(commit, Err(LedgerError::InvalidState(_))),
         "{commit:?}"
@@ -411,21 +408,39 @@ async fn replay_returns_the_stored_row_untouched(l: &Ledger) {
         }
         other => panic!("expected Existing, got {other:?}"),
     }
-    // Another client: still the stored row, whose client tells them apart.
+    // Another client, same id: a transaction of its own (ids are per
+    // client), under its own reference; the first one is untouched.
     open(l, "mallory-acct", "mallory", 1000).await;
+    let theirs = fresh(l, "mallory", debit("t1", "mallory-acct", 300)).await;
+    assert_eq!(theirs.client.as_str(), "mallory");
+    assert_ne!(theirs.gateway_ref, first.gateway_ref);
+    assert_eq!(balance(l, "alice").await, 700);
+    assert_eq!(balance(l, "mallory-acct").await, 700);
+    let of = |client: &'static str| async move {
+        l.transaction(&cid(client), &tid("t1")).await.unwrap()
+    };
+    assert_eq!(of("c1").await, Some(first.clone()));
+    assert_eq!(of("mallory").await, Some(theirs.clone()));
+    assert_eq!(of("nobody").await, None);
+    // A replay by each finds its own.
     match l
         .reserve(&cid("mallory"), &debit("t1", "mallory-acct", 300), render)
         .await
     {
-        Ok(Reserved::Existing(row)) => assert_eq!(row.client.as_str(), "c1"),
+        Ok(Reserved::Existing(row)) => assert_eq!(row, theirs),
         other => panic!("expected Existing, got {other:?}"),
     }
-    assert_eq!(balance(l, "alice").await, 700);
-    assert_eq!(balance(l, "mallory-acct").await, 1000);
+    // By id alone (an auditor's lookup): both, by client; and by reference.
+    let both = l.transactions_with_id(&tid("t1"), 10).await.unwrap();
+    assert_eq!(both, vec![first.clone(), theirs.clone()]);
+    assert_eq!(
+        l.transaction_by_ref(&theirs.gateway_ref).await.unwrap(),
+        Some(theirs.clone())
+    );
 
     // After commit, a replay sees the final row with its response.
     let committed = l
-        .commit(&tid("t1"), &sw("sw-a"), "r1", render)
+        .commit(&first.gateway_ref, &sw("sw-a"), "r1", render)
         .await
         .unwrap();
     match l
@@ -454,12 +469,12 @@ async fn foreign_or_missing_account_is_not_found(l: &Ledger) {
             matches!(got, Err(LedgerError::AccountNotFound)),
             "{id}: {got:?}"
         );
-        assert_eq!(l.transaction(&tid(id)).await.unwrap(), None, "{id} stored");
+        assert_eq!(row(l, id).await.unwrap(), None, "{id} stored");
     }
     // System accounts are nobody's to spend, even for a client named "system".
     open(l, "carol", "c3", 0).await;
     fresh(l, "c3", credit("seed", "carol", 5)).await;
-    l.commit(&tid("seed"), &sw("sw-a"), "r", render)
+    l.commit(&r(l, "seed").await, &sw("sw-a"), "r", render)
         .await
         .unwrap();
     let got = l
@@ -498,7 +513,7 @@ async fn currency_mismatch_is_refused(l: &Ledger) {
         }
         other => panic!("expected CurrencyMismatch, got {other:?}"),
     }
-    assert_eq!(l.transaction(&tid("t1")).await.unwrap(), None);
+    assert_eq!(row(l, "t1").await.unwrap(), None);
     match l
         .reserve(
             &cid("c1"),
@@ -512,7 +527,7 @@ async fn currency_mismatch_is_refused(l: &Ledger) {
         }
         other => panic!("expected CurrencyMismatch, got {other:?}"),
     }
-    assert_eq!(l.transaction(&tid("t2")).await.unwrap(), None);
+    assert_eq!(row(l, "t2").await.unwrap(), None);
     assert_eq!(balance(l, "alice").await, 1000);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
     assert_eq!(l.balance_sum(&usd()).await.unwrap(), 0);
@@ -523,7 +538,7 @@ async fn release_returns_held_money(l: &Ledger) {
     open(l, "bob", "c2", 0).await;
     fresh(l, "c1", debit("t1", "alice", 300)).await;
     let failed = l
-        .release(&tid("t1"), ReleaseReason::NoSwitchAvailable, render)
+        .release(&r(l, "t1").await, ReleaseReason::NoSwitchAvailable, render)
         .await
         .unwrap();
     assert_eq!(failed.status, TxStatus::Failed);
@@ -531,19 +546,16 @@ async fn release_returns_held_money(l: &Ledger) {
     assert_eq!(failed.response, Some(render(&without_response(&failed))));
     assert_eq!(balance(l, "alice").await, 1000);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
-    assert_eq!(
-        l.transaction(&tid("t1")).await.unwrap(),
-        Some(failed.clone())
-    );
+    assert_eq!(row(l, "t1").await.unwrap(), Some(failed.clone()));
     // Same final state again: the stored row, money not returned twice.
     let again = l
-        .release(&tid("t1"), ReleaseReason::NoSwitchAvailable, render)
+        .release(&r(l, "t1").await, ReleaseReason::NoSwitchAvailable, render)
         .await
         .unwrap();
     assert_eq!(again, failed);
     assert_eq!(balance(l, "alice").await, 1000);
     let other = l
-        .release(&tid("t1"), ReleaseReason::DeclinedBySwitch, render)
+        .release(&r(l, "t1").await, ReleaseReason::DeclinedBySwitch, render)
         .await;
     assert!(
         matches!(other, Err(LedgerError::InvalidState(_))),
@@ -552,7 +564,7 @@ async fn release_returns_held_money(l: &Ledger) {
 
     fresh(l, "c1", transfer("t2", "alice", "bob", 400)).await;
     let declined = l
-        .release(&tid("t2"), ReleaseReason::DeclinedBySwitch, render)
+        .release(&r(l, "t2").await, ReleaseReason::DeclinedBySwitch, render)
         .await
         .unwrap();
     assert_eq!(declined.status, TxStatus::Declined);
@@ -562,7 +574,7 @@ async fn release_returns_held_money(l: &Ledger) {
     );
 
     fresh(l, "c1", credit("t3", "alice", 50)).await;
-    l.release(&tid("t3"), ReleaseReason::DeclinedBySwitch, render)
+    l.release(&r(l, "t3").await, ReleaseReason::DeclinedBySwitch, render)
         .await
         .unwrap();
     assert_eq!(balance(l, "alice").await, 1000);
@@ -571,7 +583,11 @@ async fn release_returns_held_money(l: &Ledger) {
     // A release to `committed` is not expressible: its status comes from the
     // ReleaseReason.
     let missing = l
-        .release(&tid("nope"), ReleaseReason::NoSwitchAvailable, render)
+        .release(
+            &r(l, "nope").await,
+            ReleaseReason::NoSwitchAvailable,
+            render,
+        )
         .await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
@@ -583,11 +599,11 @@ async fn commit_is_idempotent_and_final_states_stay_final(l: &Ledger) {
     open(l, "alice", "c1", 1000).await;
     fresh(l, "c1", debit("t1", "alice", 300)).await;
     let first = l
-        .commit(&tid("t1"), &sw("sw-a"), "ref-1", render)
+        .commit(&r(l, "t1").await, &sw("sw-a"), "ref-1", render)
         .await
         .unwrap();
     let second = l
-        .commit(&tid("t1"), &sw("sw-b"), "ref-2", render)
+        .commit(&r(l, "t1").await, &sw("sw-b"), "ref-2", render)
         .await
         .unwrap();
     assert_eq!(second, first);
@@ -599,7 +615,7 @@ async fn commit_is_idempotent_and_final_states_stay_final(l: &Ledger) {
         None
     );
     let release = l
-        .release(&tid("t1"), ReleaseReason::NoSwitchAvailable, render)
+        .release(&r(l, "t1").await, ReleaseReason::NoSwitchAvailable, render)
         .await;
     assert!(
         matches!(release, Err(LedgerError::InvalidState(_))),
@@ -607,17 +623,21 @@ async fn commit_is_idempotent_and_final_states_stay_final(l: &Ledger) {
     );
 
     fresh(l, "c1", debit("t2", "alice", 100)).await;
-    l.release(&tid("t2"), ReleaseReason::DeclinedBySwitch, render)
+    l.release(&r(l, "t2").await, ReleaseReason::DeclinedBySwitch, render)
         .await
         .unwrap();
-    let commit = l.commit(&tid("t2"), &sw("sw-a"), "ref-3", render).await;
+    let commit = l
+        .commit(&r(l, "t2").await, &sw("sw-a"), "ref-3", render)
+        .await;
     assert!(
         matches!(commit, Err(LedgerError::InvalidState(_))),
         "{commit:?}"
     );
     assert_eq!(balance(l, "alice").await, 700);
     assert_eq!(l.balance_sum(&eur()).await.unwrap(), 0);
-    let missing = l.commit(&tid("nope"), &sw("sw-a"), "r", render).await;
+    let missing = l
+        .commit(&r(l, "nope").await, &sw("sw-a"), "r", render)
+        .await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
@@ -627,21 +647,31 @@ async fn commit_is_idempotent_and_final_states_stay_final(l: &Ledger) {
 async fn attempts_are_recorded_in_order(l: &Ledger) {
     open(l, "alice", "c1", 1000).await;
     fresh(l, "c1", debit("t1", "alice", 10)).await;
-    assert_eq!(l.attempts(&tid("t1")).await.unwrap(), vec![]);
-    assert_eq!(l.record_attempt(&tid("t1"), &sw("sw-a")).await.unwrap(), 1);
+    assert_eq!(l.attempts(&r(l, "t1").await).await.unwrap(), vec![]);
+    assert_eq!(
+        l.record_attempt(&r(l, "t1").await, &sw("sw-a"))
+            .await
+            .unwrap(),
+        1
+    );
     l.finish_attempt(
-        &tid("t1"),
+        &r(l, "t1").await,
         1,
         AttemptOutcome::NotProcessed,
         Some("connection refused"),
     )
     .await
     .unwrap();
-    assert_eq!(l.record_attempt(&tid("t1"), &sw("sw-b")).await.unwrap(), 2);
-    let row = l.transaction(&tid("t1")).await.unwrap().unwrap();
+    assert_eq!(
+        l.record_attempt(&r(l, "t1").await, &sw("sw-b"))
+            .await
+            .unwrap(),
+        2
+    );
+    let row = row(l, "t1").await.unwrap().unwrap();
     assert_eq!((row.attempts, row.switch), (2, Some(sw("sw-b"))));
 
-    let attempts = l.attempts(&tid("t1")).await.unwrap();
+    let attempts = l.attempts(&r(l, "t1").await).await.unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!(
         (attempts[0].attempt_no, attempts[0].switch.as_str()),
@@ -660,46 +690,51 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
     assert!(attempts[0].started_at_ms <= attempts[1].started_at_ms);
 
     // The reconciler may resolve an unknown outcome later.
-    l.finish_attempt(&tid("t1"), 2, AttemptOutcome::Unknown, Some("timeout"))
+    l.finish_attempt(
+        &r(l, "t1").await,
+        2,
+        AttemptOutcome::Unknown,
+        Some("timeout"),
+    )
+    .await
+    .unwrap();
+    l.finish_attempt(&r(l, "t1").await, 2, AttemptOutcome::Approved, None)
         .await
         .unwrap();
-    l.finish_attempt(&tid("t1"), 2, AttemptOutcome::Approved, None)
-        .await
-        .unwrap();
-    let attempts = l.attempts(&tid("t1")).await.unwrap();
+    let attempts = l.attempts(&r(l, "t1").await).await.unwrap();
     assert_eq!(attempts[1].outcome, Some(AttemptOutcome::Approved));
 
     let missing = l
-        .finish_attempt(&tid("t1"), 3, AttemptOutcome::Approved, None)
+        .finish_attempt(&r(l, "t1").await, 3, AttemptOutcome::Approved, None)
         .await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
     );
-    let missing = l.record_attempt(&tid("nope"), &sw("sw-a")).await;
+    let missing = l.record_attempt(&r(l, "nope").await, &sw("sw-a")).await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
     );
 
     let committed = l
-        .commit(&tid("t1"), &sw("sw-b"), "ref", render)
+        .commit(&r(l, "t1").await, &sw("sw-b"), "ref", render)
         .await
         .unwrap();
     assert_eq!(committed.attempts, 2);
-    let late = l.record_attempt(&tid("t1"), &sw("sw-c")).await;
+    let late = l.record_attempt(&r(l, "t1").await, &sw("sw-c")).await;
     assert!(
         matches!(late, Err(LedgerError::InvalidState(_))),
         "{late:?}"
     );
-    assert_eq!(l.attempts(&tid("t1")).await.unwrap().len(), 2);
+    assert_eq!(l.attempts(&r(l, "t1").await).await.unwrap().len(), 2);
 }
 
 async fn pending_and_requeries_keep_money_held(l: &Ledger) {
     open(l, "alice", "c1", 1000).await;
     fresh(l, "c1", debit("t1", "alice", 300)).await;
     let pending = l
-        .mark_pending(&tid("t1"), "timeout after send")
+        .mark_pending(&r(l, "t1").await, "timeout after send")
         .await
         .unwrap();
     assert_eq!(pending.status, TxStatus::Pending);
@@ -707,30 +742,39 @@ async fn pending_and_requeries_keep_money_held(l: &Ledger) {
     assert_eq!(pending.response, None);
     assert_eq!(balance(l, "alice").await, 700);
     assert_eq!(
-        l.mark_pending(&tid("t1"), "again").await.unwrap().status,
+        l.mark_pending(&r(l, "t1").await, "again")
+            .await
+            .unwrap()
+            .status,
         TxStatus::Pending
     );
 
     let requeried = l
-        .note_requery(&tid("t1"), "switch unreachable")
+        .note_requery(&r(l, "t1").await, "switch unreachable")
         .await
         .unwrap();
     assert_eq!(requeried.requeries, 1);
     assert_eq!(requeried.status, TxStatus::Pending);
     assert_eq!(requeried.last_error.as_deref(), Some("switch unreachable"));
-    assert_eq!(l.note_requery(&tid("t1"), "x").await.unwrap().requeries, 2);
+    assert_eq!(
+        l.note_requery(&r(l, "t1").await, "x")
+            .await
+            .unwrap()
+            .requeries,
+        2
+    );
 
     // reserved → pending through a requery too.
     fresh(l, "c1", debit("t2", "alice", 1)).await;
     assert_eq!(
-        l.note_requery(&tid("t2"), "x").await.unwrap().status,
+        l.note_requery(&r(l, "t2").await, "x").await.unwrap().status,
         TxStatus::Pending
     );
 
     assert_eq!(l.count_unfinished().await.unwrap(), 2);
 
     let committed = l
-        .commit(&tid("t1"), &sw("sw-a"), "ref", render)
+        .commit(&r(l, "t1").await, &sw("sw-a"), "ref", render)
         .await
         .unwrap();
     assert_eq!(l.count_unfinished().await.unwrap(), 1);
@@ -739,17 +783,17 @@ async fn pending_and_requeries_keep_money_held(l: &Ledger) {
         (TxStatus::Committed, 2)
     );
     assert_eq!(balance(l, "settlement:sw-a:EUR").await, 300);
-    let late = l.mark_pending(&tid("t1"), "x").await;
+    let late = l.mark_pending(&r(l, "t1").await, "x").await;
     assert!(
         matches!(late, Err(LedgerError::InvalidState(_))),
         "{late:?}"
     );
-    let late = l.note_requery(&tid("t1"), "x").await;
+    let late = l.note_requery(&r(l, "t1").await, "x").await;
     assert!(
         matches!(late, Err(LedgerError::InvalidState(_))),
         "{late:?}"
     );
-    let missing = l.mark_pending(&tid("nope"), "x").await;
+    let missing = l.mark_pending(&r(l, "nope").await, "x").await;
     assert!(
         matches!(missing, Err(LedgerError::TransactionNotFound)),
         "{missing:?}"
@@ -802,7 +846,9 @@ async fn opposite_transfers_do_not_deadlock(l: &Ledger) {
                     ("cb", transfer(&format!("ba{i}"), "acct-b", "acct-a", 1))
                 };
                 match l.reserve(&cid(client), &req, render).await? {
-                    Reserved::Fresh(row) => l.commit(&row.id, &sw("sw-a"), "ref", render).await,
+                    Reserved::Fresh(row) => {
+                        l.commit(&row.gateway_ref, &sw("sw-a"), "ref", render).await
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
             })
@@ -824,7 +870,7 @@ async fn claimed_rows_are_leased_until_expiry(l: &Ledger) {
     }
     // Settled rows are never claimed.
     fresh(l, "c1", debit("done", "alice", 1)).await;
-    l.commit(&tid("done"), &sw("sw-a"), "r", render)
+    l.commit(&r(l, "done").await, &sw("sw-a"), "r", render)
         .await
         .unwrap();
 
@@ -860,7 +906,9 @@ async fn claimed_rows_are_leased_until_expiry(l: &Ledger) {
     );
 
     // A requery ends the lease: the row is claimable again.
-    l.note_requery(&first[0].id, "unknown").await.unwrap();
+    l.note_requery(&first[0].gateway_ref, "unknown")
+        .await
+        .unwrap();
     let again = l
         .claim_stale(0, 60_000, 100, &LeaseToken::new())
         .await
@@ -907,9 +955,11 @@ async fn a_lease_claimed_again_fences_its_first_holder(l: &Ledger) {
     let release = Decision::Release {
         reason: ReleaseReason::NoSwitchAvailable,
     };
-    let late = l.finish_leased(&tid("slow"), release, &first, render).await;
+    let late = l
+        .finish_leased(&r(l, "slow").await, release, &first, render)
+        .await;
     assert!(matches!(late, Err(LedgerError::LeaseLost)), "{late:?}");
-    let row = l.transaction(&tid("slow")).await.unwrap().unwrap();
+    let row = row(l, "slow").await.unwrap().unwrap();
     assert_eq!(
         row.status,
         TxStatus::Reserved,
@@ -922,13 +972,15 @@ async fn a_lease_claimed_again_fences_its_first_holder(l: &Ledger) {
         reference: "ref-b".into(),
     };
     let done = l
-        .finish_leased(&tid("slow"), commit.clone(), &second, render)
+        .finish_leased(&r(l, "slow").await, commit.clone(), &second, render)
         .await
         .unwrap();
     assert_eq!(done.status, TxStatus::Committed);
     assert_eq!(balance(l, "settlement:sw-a:EUR").await, 100);
     // The first holder's commit too is refused, even of the same outcome.
-    let late = l.finish_leased(&tid("slow"), commit, &first, render).await;
+    let late = l
+        .finish_leased(&r(l, "slow").await, commit, &first, render)
+        .await;
     assert!(matches!(late, Err(LedgerError::LeaseLost)), "{late:?}");
     assert_eq!(
         balance(l, "settlement:sw-a:EUR").await,
@@ -1086,5 +1138,22 @@ async fn fresh(l: &Ledger, client: &str, req: TransactionRequest) -> Transaction
     match l.reserve(&cid(client), &req, render).await {
         Ok(Reserved::Fresh(row)) => row,
         other => panic!("expected Fresh for {}, got {other:?}", req.id),
+    }
+}
+
+/// The stored transaction `id`, whichever client sent it (ids are unique
+/// across the clients of each test here, except where a test says so).
+async fn row(l: &Ledger, id: &str) -> Result<Option<TransactionRecord>, LedgerError> {
+    let mut rows = l.transactions_with_id(&tid(id), 2).await?;
+    assert!(rows.len() < 2, "{id} is stored for several clients");
+    Ok(rows.pop())
+}
+
+/// The reference of the stored transaction `id`; a reference nothing has
+/// when none is stored.
+async fn r(l: &Ledger, id: &str) -> GatewayRef {
+    match row(l, id).await.unwrap() {
+        Some(record) => record.gateway_ref,
+        None => GatewayRef::of(&cid("nobody"), &tid(id)),
     }
 }

@@ -442,9 +442,10 @@ async fn postgres_stopped_mid_load_and_restarted_loses_nothing_and_runs_nothing_
     let mut committed = BTreeSet::new();
     for s in &sent {
         let row = ledger
-            .transaction(&TransactionId::parse(&s.id).unwrap())
+            .transactions_with_id(&TransactionId::parse(&s.id).unwrap(), 1)
             .await
-            .unwrap();
+            .unwrap()
+            .pop();
         match (&s.answer, &row) {
             (Ok((201, _)), Some(r)) => assert_eq!(r.status, TxStatus::Committed, "{}", s.id),
             (Ok((201, _)), None) => panic!("{} answered 201 but is not in the ledger", s.id),
@@ -456,7 +457,11 @@ async fn postgres_stopped_mid_load_and_restarted_loses_nothing_and_runs_nothing_
             ),
             _ => {}
         }
-        let at = approved_at(&sims, &s.id);
+        let key = row
+            .as_ref()
+            .map(|r| r.gateway_ref.as_str())
+            .unwrap_or_default();
+        let at = approved_at(&sims, key);
         assert!(at.len() <= 1, "{} approved by {} switches", s.id, at.len());
         match row {
             Some(r) if r.status == TxStatus::Committed => {
@@ -527,11 +532,12 @@ async fn postgres_stopped_mid_load_and_restarted_loses_nothing_and_runs_nothing_
     );
 }
 
-/// (sim, reference) of each sim that approved `id`.
-fn approved_at(sims: &[SimHandle], id: &str) -> Vec<(String, String)> {
+/// (sim, reference) of each sim that approved the transaction it knows as
+/// `key` (its gateway reference).
+fn approved_at(sims: &[SimHandle], key: &str) -> Vec<(String, String)> {
     sims.iter()
         .filter_map(|s| {
-            let o = s.outcome(id)?;
+            let o = s.outcome(key)?;
             (o.status == "approved").then(|| (s.name.clone(), o.reference.unwrap_or_default()))
         })
         .collect()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchboard::devtools::sim::{self, Mode, SimHandle, SimOptions};
-use switchboard::domain::{Currency, SwitchName, TransactionId, TxStatus};
+use switchboard::domain::{ClientId, Currency, GatewayRef, SwitchName, TransactionId, TxStatus};
 use switchboard::ledger::Ledger;
 use tokio::sync::Semaphore;
 
@@ -112,37 +112,46 @@ pub(crate) async fn received(sims: &[SimHandle]) -> u64 {
 pub(crate) async fn assert_ledger_matches_sims(
     ledger: &Ledger,
     sims: &[SimHandle],
+    client: &str,
     ids: &[String],
 ) {
     let mut committed = 0;
+    let client = ClientId::parse(client).unwrap();
     for id in ids {
-        let tid = TransactionId::parse(id).unwrap();
-        let at: Vec<&SimHandle> = sims.iter().filter(|s| s.outcome(id).is_some()).collect();
+        let id = TransactionId::parse(id).unwrap();
+        // Switches know a transaction by the gateway's reference: derived
+        // from client and id, so known even for one the ledger lacks.
+        let key = GatewayRef::of(&client, &id);
+        let key = key.as_str();
+        let row = ledger.transaction(&client, &id).await.unwrap();
+        let at: Vec<&SimHandle> = sims.iter().filter(|s| s.outcome(key).is_some()).collect();
         assert!(at.len() <= 1, "{id} reached {} switches", at.len());
-        match ledger.transaction(&tid).await.unwrap() {
-            None => assert!(at.is_empty(), "{id} is at a switch but not in the ledger"),
-            Some(r) => match r.status {
-                TxStatus::Committed => {
-                    committed += 1;
-                    assert_eq!(at.len(), 1, "{id} committed but at no switch");
-                    assert_eq!(
-                        r.switch.as_ref().map(SwitchName::as_str),
-                        Some(at[0].name.as_str()),
-                        "{id}"
-                    );
-                    let outcome = at[0].outcome(id).unwrap();
-                    assert_eq!(outcome.status, "approved");
-                    assert_eq!(r.switch_reference, outcome.reference);
-                }
-                TxStatus::Failed | TxStatus::Declined => {
-                    assert!(
-                        at.iter()
-                            .all(|s| s.outcome(id).unwrap().status == "declined"),
-                        "{id} released but approved at a switch"
-                    );
-                }
-                other => panic!("{id} is still {other:?}"),
-            },
+        let Some(r) = row else {
+            assert!(at.is_empty(), "{id} is at a switch but not in the ledger");
+            continue;
+        };
+        assert_eq!(r.gateway_ref.as_str(), key, "{id}");
+        match r.status {
+            TxStatus::Committed => {
+                committed += 1;
+                assert_eq!(at.len(), 1, "{id} ({key}) committed but at no switch");
+                assert_eq!(
+                    r.switch.as_ref().map(SwitchName::as_str),
+                    Some(at[0].name.as_str()),
+                    "{id}"
+                );
+                let outcome = at[0].outcome(key).unwrap();
+                assert_eq!(outcome.status, "approved");
+                assert_eq!(r.switch_reference, outcome.reference);
+            }
+            TxStatus::Failed | TxStatus::Declined => {
+                assert!(
+                    at.iter()
+                        .all(|s| s.outcome(key).unwrap().status == "declined"),
+                    "{id} released but approved at a switch"
+                );
+            }
+            other => panic!("{id} is still {other:?}"),
         }
     }
     for s in sims {
@@ -217,7 +226,7 @@ async fn a_sim_killed_mid_load_loses_nothing_and_runs_nothing_twice() {
     let state = dir.path().join("sim-1.jsonl");
     sims[0] = spawn_sim("sim-1", killed_addr, Some(&state)).await;
     wait_until_all_final(&gw.state.ledger, Duration::from_secs(60)).await;
-    assert_ledger_matches_sims(&gw.state.ledger, &sims, &ids).await;
+    assert_ledger_matches_sims(&gw.state.ledger, &sims, "kim", &ids).await;
 }
 
 #[tokio::test]
@@ -400,14 +409,15 @@ async fn the_gateway_killed_mid_load_recovers_every_transaction_after_restart() 
     let _gw = GatewayProcess::restart(dir.path(), &gw).await;
     let ledger = harness::ledger_at(&url).await;
     wait_until_all_final(&ledger, Duration::from_secs(60)).await;
-    assert_ledger_matches_sims(&ledger, &sims, &ids).await;
+    assert_ledger_matches_sims(&ledger, &sims, "gus", &ids).await;
     // Every transaction a client was told committed is committed.
     for (id, status) in &replies {
         if *status == 201 {
             let r = ledger
-                .transaction(&TransactionId::parse(id).unwrap())
+                .transactions_with_id(&TransactionId::parse(id).unwrap(), 1)
                 .await
                 .unwrap()
+                .pop()
                 .unwrap();
             assert_eq!(r.status, TxStatus::Committed, "{id}");
         }
@@ -465,7 +475,7 @@ async fn two_gateways_on_one_postgres_never_duplicate_and_never_double_resolve()
 
     let mut all_ids = ids.clone();
     all_ids.extend((0..40).map(|i| format!("hung-{i}")));
-    assert_ledger_matches_sims(&ledger, &sims, &all_ids).await;
+    assert_ledger_matches_sims(&ledger, &sims, "pat", &all_ids).await;
     let committed = |m: &str| {
         metric(
             m,

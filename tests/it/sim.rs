@@ -105,19 +105,30 @@ async fn approves_and_a_repeat_returns_the_first_outcome() {
     s.shutdown().await;
 }
 
+/// The gateway sends its own reference as `Idempotency-Key` and the
+/// client's id in the body: the header is the key (two clients may use one
+/// id); the body's `transactionId` only stands in for a missing header.
 #[tokio::test]
-async fn falls_back_to_the_idempotency_key_header() {
+async fn the_idempotency_key_header_is_the_key() {
     let s = start("alpha", Mode::Healthy).await;
     let c = client();
+    for (key, reference) in [("key-7", "alpha-1"), ("key-8", "alpha-2")] {
+        let req = c
+            .post(format!("{}/transactions", s.url()))
+            .header("Idempotency-Key", key)
+            .json(&json!({"transactionId": "order-1", "amountMinor": 5}));
+        assert_eq!(
+            send(req).await,
+            (200, json!({"status": "approved", "reference": reference}))
+        );
+    }
+    assert!(s.outcome("key-7").is_some());
+    assert!(s.outcome("key-8").is_some());
+    assert_eq!(s.outcome("order-1"), None);
     let req = c
         .post(format!("{}/transactions", s.url()))
-        .header("Idempotency-Key", "key-7")
         .json(&json!({"amountMinor": 5}));
-    assert_eq!(
-        send(req).await,
-        (200, json!({"status": "approved", "reference": "alpha-1"}))
-    );
-    assert!(s.outcome("key-7").is_some());
+    assert_eq!(send(req).await.0, 400, "neither header nor body id");
     s.shutdown().await;
 }
 
@@ -529,13 +540,13 @@ async fn unknown_paths_methods_and_bad_faults() {
         get(&c, &s, "/transactions/never-sent").await,
         (
             404,
-            json!({"status": "not_found", "transactionId": "never-sent"})
+            json!({"status": "not_found", "idempotencyKey": "never-sent"})
         )
     );
     // The id looked up, decoded, is the one named.
     assert_eq!(
         get(&c, &s, "/transactions/a%3Ab").await,
-        (404, json!({"status": "not_found", "transactionId": "a:b"}))
+        (404, json!({"status": "not_found", "idempotencyKey": "a:b"}))
     );
 
     let resp = c

@@ -121,7 +121,10 @@ async fn ten_thousand_concurrent_withdrawals_of_2_from_10000_succeed_exactly_500
             .iter()
             .find(|s| s.name == t.json["switch"].as_str().unwrap())
             .expect("a known switch");
-        let outcome = sim.outcome(&id).expect("the switch recorded it");
+        // The switch knows it by the gateway's reference, not the client's id.
+        let key = t.json["gatewayRef"].as_str().expect("a gatewayRef");
+        assert_ne!(key, id);
+        let outcome = sim.outcome(key).expect("the switch recorded it");
         assert_eq!(
             Some(t.json["switchReference"].as_str().unwrap()),
             outcome.reference.as_deref()
@@ -291,20 +294,17 @@ async fn an_in_flight_duplicate_gets_409_with_retry_after() {
 }
 
 #[tokio::test]
-async fn a_reused_id_with_another_payload_or_client_is_refused() {
+async fn a_reused_id_with_another_payload_is_refused() {
     let sims = harness::spawn_sims(1).await;
     let gw = gateway(Db::Postgres, &sims).await;
     gw.account("u1", "uma", "EUR", 100).await;
-    gw.account("v1", "vic", "EUR", 100).await;
     let uma = gw.token("uma", &["transact"]);
-    let vic = gw.token("vic", &["transact"]);
     assert_eq!(
         gw.post("/v1/transactions", &uma, &debit("re-1", "u1", 10))
             .await
             .status,
         201
     );
-
     let other_amount = gw
         .post("/v1/transactions", &uma, &debit("re-1", "u1", 11))
         .await;
@@ -312,19 +312,84 @@ async fn a_reused_id_with_another_payload_or_client_is_refused() {
         (other_amount.status, other_amount.code()),
         (422, "transaction_id_reused")
     );
-
-    // Same payload shape from another client, on their own account: still "reused",
-    // and the answer shows nothing of uma's transaction.
-    let other_client = gw
-        .post("/v1/transactions", &vic, &debit("re-1", "v1", 10))
-        .await;
-    assert_eq!(
-        (other_client.status, other_client.code()),
-        (422, "transaction_id_reused")
-    );
-    assert!(!other_client.json.to_string().contains("u1"));
     assert_eq!(gw.balance("u1").await, 90);
-    assert_eq!(gw.balance("v1").await, 100);
+}
+
+/// Idempotency keys are per client (issue 11): another client's use of an
+/// id neither blocks nor reveals anything; each client sees, replays and
+/// reads only its own; the switch sees two transactions under two
+/// references of the gateway, never one key twice.
+#[tokio::test]
+async fn the_same_id_from_two_clients_is_two_transactions() {
+    let sims = harness::spawn_sims(1).await;
+    let gw = gateway(Db::Postgres, &sims).await;
+    gw.account("u1", "uma", "EUR", 100).await;
+    gw.account("v1", "vic", "EUR", 100).await;
+    let uma = gw.token("uma", &["transact"]);
+    let vic = gw.token("vic", &["transact"]);
+    let auditor = gw.token("audrey", &["auditor"]);
+
+    // vic takes the id first: uma's transaction goes through all the same.
+    let theirs = gw
+        .post("/v1/transactions", &vic, &debit("sq-1", "v1", 30))
+        .await;
+    assert_eq!(theirs.status, 201, "{:?}", theirs.json);
+    let ours = gw
+        .post("/v1/transactions", &uma, &debit("sq-1", "u1", 10))
+        .await;
+    assert_eq!(ours.status, 201, "{:?}", ours.json);
+    assert_eq!(ours.json["clientId"], "uma");
+    assert_eq!(ours.json["accountId"], "u1");
+    assert!(!ours.json.to_string().contains("v1"), "{:?}", ours.json);
+    let (our_ref, their_ref) = (
+        ours.json["gatewayRef"].as_str().unwrap().to_owned(),
+        theirs.json["gatewayRef"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(our_ref, their_ref);
+    assert_eq!(gw.balance("u1").await, 90);
+    assert_eq!(gw.balance("v1").await, 70);
+
+    // Each replay is the client's own answer.
+    for (token, account, amount, reference) in
+        [(&uma, "u1", 10, &our_ref), (&vic, "v1", 30, &their_ref)]
+    {
+        let replay = gw
+            .post("/v1/transactions", token, &debit("sq-1", account, amount))
+            .await;
+        assert_eq!(replay.status, 201);
+        assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+        assert_eq!(replay.json["gatewayRef"], reference.as_str());
+        let read = gw.get("/v1/transactions/sq-1", token).await;
+        assert_eq!(read.status, 200);
+        assert_eq!(read.json["accountId"], account);
+    }
+    // Naming another client finds nothing for a transact caller.
+    let peek = gw.get("/v1/transactions/sq-1?clientId=vic", &uma).await;
+    assert_eq!(peek.status, 404);
+
+    // An auditor names the client when several used the id.
+    let ambiguous = gw.get("/v1/transactions/sq-1", &auditor).await;
+    assert_eq!(
+        (ambiguous.status, ambiguous.code()),
+        (400, "invalid_request")
+    );
+    assert!(ambiguous.json.to_string().contains("clientId"));
+    let named = gw.get("/v1/transactions/sq-1?clientId=vic", &auditor).await;
+    assert_eq!(named.status, 200);
+    assert_eq!(named.json["gatewayRef"], their_ref.as_str());
+    let bad = gw.get("/v1/transactions/sq-1?client=vic", &auditor).await;
+    assert_eq!((bad.status, bad.code()), (400, "invalid_request"));
+
+    // The switch saw two transactions, each under the gateway's reference.
+    let stats = sum_stats(&sims).await;
+    assert_eq!((stats.received, stats.duplicates), (2, 0));
+    for reference in [&our_ref, &their_ref] {
+        assert_eq!(
+            sims[0].outcome(reference).map(|o| o.status).as_deref(),
+            Some("approved")
+        );
+    }
+    assert_eq!(sims[0].outcome("sq-1"), None);
 }
 
 #[tokio::test]

@@ -11,13 +11,13 @@
 //!
 //! **How a batch is applied.** Reads first, then a plan computed in memory by
 //! the same rules a one-at-a-time ledger follows, then writes:
-//! - *reserve*: lock the accounts involved (ascending id), read which ids
-//!   already exist, then walk the operations in arrival order with a running
+//! - *reserve*: lock the accounts involved (ascending id), read which of
+//!   the clients' ids already exist, then walk the operations in arrival order with a running
 //!   balance per account, so exactly the prefix that fits is admitted and the
 //!   rest is stored `declined / insufficient_funds`; take the admitted amounts
 //!   off (one guarded update per account), insert every new row and the first
 //!   attempts.
-//! - *finish*: lock the transaction rows (ascending id), then the accounts
+//! - *finish*: lock the transaction rows (ascending reference), then the accounts
 //!   (ascending id); store the final rows with their responses, add the
 //!   credits per account (one update per account per batch, so settlement
 //!   accounts stop being hot rows), insert the postings and the attempts'
@@ -55,8 +55,8 @@ use super::sql::{
 use super::{AttemptOutcome, LedgerError, Render, Reserved, StoredResponse, TransactionRecord};
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    AccountId, ClientId, Currency, Movement, ReleaseReason, SwitchName, TransactionRequest, TxKind,
-    TxStatus,
+    AccountId, ClientId, Currency, GatewayRef, Movement, ReleaseReason, SwitchName, TransactionId,
+    TransactionRequest, TxKind, TxStatus,
 };
 
 /// The bounds of group commit, from `[ledger]`.
@@ -139,7 +139,7 @@ pub(super) struct ReserveOp {
 }
 
 pub(super) struct FinishOp {
-    id: crate::domain::TransactionId,
+    gateway_ref: GatewayRef,
     decision: Decision,
     attempt: Option<AttemptEnd>,
     /// A reconciler's lease token the row must still carry.
@@ -332,7 +332,7 @@ impl Group {
 
     pub(super) async fn finish(
         &self,
-        id: &crate::domain::TransactionId,
+        gateway_ref: &GatewayRef,
         decision: Decision,
         attempt: Option<AttemptEnd>,
         fence: Option<super::LeaseToken>,
@@ -340,7 +340,7 @@ impl Group {
     ) -> Result<TransactionRecord, LedgerError> {
         let (reply, answer) = oneshot::channel();
         let op = FinishOp {
-            id: id.clone(),
+            gateway_ref: gateway_ref.clone(),
             decision,
             attempt,
             fence,
@@ -515,8 +515,46 @@ impl Writer {
     }
 }
 
-/// A transaction's row as a batch sees it: the id's text and the record.
+/// The transaction rows a finish batch locked, by reference.
 type Rows = HashMap<String, TransactionRecord>;
+
+/// The stored transactions a reserve batch found under its clients' ids.
+#[derive(Default)]
+struct Existing {
+    /// By the client's id, then one row per client that used it.
+    by_id: HashMap<String, Vec<TransactionRecord>>,
+    len: usize,
+}
+
+impl Existing {
+    fn get(&self, client: &ClientId, id: &TransactionId) -> Option<&TransactionRecord> {
+        self.by_id
+            .get(id.as_str())?
+            .iter()
+            .find(|r| r.client == *client)
+    }
+
+    fn insert(&mut self, record: TransactionRecord) {
+        self.len += 1;
+        self.by_id
+            .entry(record.id.as_str().to_owned())
+            .or_default()
+            .push(record);
+    }
+
+    /// How many rows were found.
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// A client's key for one transaction: `(id, client)`, the order of the
+/// unique index.
+type ClientKey<'a> = (&'a str, &'a str);
+
+fn client_key<'a>(client: &'a ClientId, id: &'a TransactionId) -> ClientKey<'a> {
+    (id.as_str(), client.as_str())
+}
 /// Accounts by id, as locked for the batch.
 type Accounts = HashMap<String, AccountRow>;
 
@@ -526,7 +564,7 @@ struct ReservePlan {
     answers: Vec<Result<Reserved, LedgerError>>,
     /// New rows: `reserved` (admitted) or `declined` with their response.
     inserts: Vec<TransactionRecord>,
-    /// Admitted rows whose first attempt is recorded now.
+    /// Admitted rows whose first attempt is recorded now: (reference, switch).
     first_attempts: Vec<(String, String)>,
     /// Money held per source account, ascending id.
     taken: BTreeMap<String, i64>,
@@ -547,23 +585,29 @@ fn reserve_accounts(ops: &[ReserveOp]) -> Vec<String> {
 }
 
 /// The rules of one `reserve`, applied to each operation in arrival order as
-/// if alone: an existing id answers with its row (also a twin earlier in the
-/// same batch); account checks refuse with nothing stored; a debit or
-/// transfer is admitted while its source's running balance covers it.
-fn plan_reserves(ops: &[ReserveOp], existing: &Rows, accounts: &Accounts, now: i64) -> ReservePlan {
+/// if alone: an id the client already used answers with its row (also a
+/// twin earlier in the same batch); account checks refuse with nothing
+/// stored; a debit or transfer is admitted while its source's running
+/// balance covers it.
+fn plan_reserves(
+    ops: &[ReserveOp],
+    existing: &Existing,
+    accounts: &Accounts,
+    now: i64,
+) -> ReservePlan {
     let mut plan = ReservePlan::default();
     let mut balances: HashMap<&str, i64> = accounts
         .iter()
         .map(|(id, row)| (id.as_str(), row.balance()))
         .collect();
-    let mut new_rows: HashMap<&str, usize> = HashMap::new();
+    let mut new_rows: HashMap<ClientKey<'_>, usize> = HashMap::new();
     for op in ops {
-        let id = op.req.id.as_str();
-        if let Some(row) = existing.get(id) {
+        let key = client_key(&op.client, &op.req.id);
+        if let Some(row) = existing.get(&op.client, &op.req.id) {
             plan.answers.push(Ok(Reserved::Existing(row.clone())));
             continue;
         }
-        if let Some(&i) = new_rows.get(id) {
+        if let Some(&i) = new_rows.get(&key) {
             plan.answers
                 .push(Ok(Reserved::Existing(plan.inserts[i].clone())));
             continue;
@@ -589,8 +633,10 @@ fn plan_reserves(ops: &[ReserveOp], existing: &Rows, accounts: &Accounts, now: i
             if let Some(switch) = &op.first_attempt {
                 row.attempts = 1;
                 row.switch = Some(switch.clone());
-                plan.first_attempts
-                    .push((id.to_owned(), switch.as_str().to_owned()));
+                plan.first_attempts.push((
+                    row.gateway_ref.as_str().to_owned(),
+                    switch.as_str().to_owned(),
+                ));
             }
             row
         } else {
@@ -599,7 +645,7 @@ fn plan_reserves(ops: &[ReserveOp], existing: &Rows, accounts: &Accounts, now: i
             row.response = Some((op.render)(&row));
             row
         };
-        new_rows.insert(id, plan.inserts.len());
+        new_rows.insert(key, plan.inserts.len());
         plan.answers.push(Ok(if admitted {
             Reserved::Fresh(record.clone())
         } else {
@@ -632,9 +678,9 @@ struct FinishPlan {
     finals: Vec<TransactionRecord>,
     /// Balance changes per account, ascending id.
     deltas: BTreeMap<String, i64>,
-    /// `(transaction, account, amount)`: two per commit, summing to zero.
+    /// `(reference, account, amount)`: two per commit, summing to zero.
     postings: Vec<(String, String, i64)>,
-    /// `(transaction, attempt, outcome, error)`.
+    /// `(reference, attempt, outcome, error)`.
     attempt_ends: Vec<(String, i64, &'static str, Option<String>)>,
 }
 
@@ -644,7 +690,10 @@ fn finish_accounts(ops: &[FinishOp], rows: &Rows) -> BTreeMap<String, Option<Cur
     let mut ids = BTreeMap::new();
     for op in ops {
         // Only a row still in flight changes anything.
-        let Some(row) = rows.get(op.id.as_str()).filter(|r| !r.status.is_final()) else {
+        let Some(row) = rows
+            .get(op.gateway_ref.as_str())
+            .filter(|r| !r.status.is_final())
+        else {
             continue;
         };
         match &op.decision {
@@ -668,20 +717,20 @@ fn finish_accounts(ops: &[FinishOp], rows: &Rows) -> BTreeMap<String, Option<Cur
 }
 
 /// The rules of one `commit` or `release`, applied to each operation in
-/// arrival order as if alone (a second operation on the same id sees the
-/// first's result).
+/// arrival order as if alone (a second operation on the same transaction
+/// sees the first's result).
 fn plan_finishes(ops: &[FinishOp], mut rows: Rows, accounts: &Accounts, now: i64) -> FinishPlan {
     let mut plan = FinishPlan::default();
     for op in ops {
         if let Some(end) = &op.attempt {
             plan.attempt_ends.push((
-                op.id.as_str().to_owned(),
+                op.gateway_ref.as_str().to_owned(),
                 i64::from(end.attempt_no),
                 end.outcome.as_str(),
                 end.error.clone(),
             ));
         }
-        let answer = match rows.get_mut(op.id.as_str()) {
+        let answer = match rows.get_mut(op.gateway_ref.as_str()) {
             None => Err(LedgerError::TransactionNotFound),
             Some(row) => plan_finish(op, op.decision.target(), row, accounts, now, &mut plan),
         };
@@ -748,10 +797,10 @@ fn plan_finish(
     }
     if let Decision::Commit { switch, .. } = &op.decision {
         let (from, to) = posting_ends(row, switch)?;
-        let id = row.id.as_str();
+        let key = row.gateway_ref.as_str();
         let amount = row.amount.minor_units();
-        plan.postings.push((id.to_owned(), from, -amount));
-        plan.postings.push((id.to_owned(), to, amount));
+        plan.postings.push((key.to_owned(), from, -amount));
+        plan.postings.push((key.to_owned(), to, amount));
     }
     *row = done.clone();
     plan.finals.push(done.clone());
@@ -832,9 +881,9 @@ fn missing(row: &TransactionRecord, what: &str) -> LedgerError {
 
 /// The response stored with a final row (always set by the plan).
 fn response_of(row: &TransactionRecord) -> Result<&StoredResponse, LedgerError> {
-    row.response
-        .as_ref()
-        .ok_or_else(|| LedgerError::InvalidState(format!("final row {} has no response", row.id)))
+    row.response.as_ref().ok_or_else(|| {
+        LedgerError::InvalidState(format!("final row {} has no response", row.gateway_ref))
+    })
 }
 
 impl Store {
@@ -854,7 +903,6 @@ impl Store {
     ) -> Result<Vec<Result<Reserved, LedgerError>>, Fail> {
         let now = now_ms();
         let account_ids = reserve_accounts(ops);
-        let ids: Vec<String> = ops.iter().map(|op| op.req.id.as_str().to_owned()).collect();
         match self {
             Store::Postgres(l) => {
                 let mut slot = held.lock().await;
@@ -867,13 +915,12 @@ impl Store {
                         let mut tx = conn.begin().await?;
                         let accounts = postgres::lock_accounts(&mut tx, &account_ids).await?;
                         let existing = if read_existing {
-                            postgres::transactions(&mut tx, &ids, false).await?
+                            postgres::stored(&mut tx, ops).await?
                         } else {
-                            Rows::new()
+                            Existing::default()
                         };
                         let plan = plan_reserves(ops, &existing, &accounts, now);
-                        match postgres::write_reserves(&mut tx, &ids, &existing, &plan, now).await?
-                        {
+                        match postgres::write_reserves(&mut tx, ops, &existing, &plan, now).await? {
                             postgres::ReserveWrite::Done => {
                                 tx.commit().await?;
                                 return Ok(plan.answers);
@@ -881,7 +928,9 @@ impl Store {
                             postgres::ReserveWrite::Existed => tx.rollback().await?,
                         }
                     }
-                    Err(Fail::Conflict("a transaction id was inserted concurrently"))
+                    Err(Fail::Conflict(
+                        "a client's transaction id was inserted concurrently",
+                    ))
                 }
                 .await;
                 if applied.is_err() {
@@ -892,7 +941,7 @@ impl Store {
             Store::Sqlite(l) => {
                 let mut tx = l.begin_write().await?;
                 let accounts = sqlite::accounts(tx.conn(), &account_ids).await?;
-                let existing = sqlite::transactions(tx.conn(), &ids).await?;
+                let existing = sqlite::stored(tx.conn(), ops).await?;
                 let plan = plan_reserves(ops, &existing, &accounts, now);
                 sqlite::take(tx.conn(), &plan.taken).await?;
                 sqlite::insert_transactions(tx.conn(), &plan.inserts).await?;
@@ -910,8 +959,8 @@ impl Store {
         ops: &[FinishOp],
     ) -> Result<Vec<Result<TransactionRecord, LedgerError>>, Fail> {
         let now = now_ms();
-        let ids: Vec<String> = {
-            let set: BTreeSet<&str> = ops.iter().map(|op| op.id.as_str()).collect();
+        let refs: Vec<String> = {
+            let set: BTreeSet<&str> = ops.iter().map(|op| op.gateway_ref.as_str()).collect();
             set.into_iter().map(str::to_owned).collect()
         };
         match self {
@@ -920,7 +969,7 @@ impl Store {
                 let applied = async {
                     let conn = held_conn(l, &mut slot).await?;
                     let mut tx = conn.begin().await?;
-                    let rows = postgres::transactions(&mut tx, &ids, true).await?;
+                    let rows = postgres::locked_transactions(&mut tx, &refs).await?;
                     let wanted = finish_accounts(ops, &rows);
                     let account_ids: Vec<String> = wanted.keys().cloned().collect();
                     let mut accounts = postgres::lock_accounts(&mut tx, &account_ids).await?;
@@ -940,7 +989,7 @@ impl Store {
             }
             Store::Sqlite(l) => {
                 let mut tx = l.begin_write().await?;
-                let rows = sqlite::transactions(tx.conn(), &ids).await?;
+                let rows = sqlite::transactions(tx.conn(), &refs).await?;
                 let wanted = finish_accounts(ops, &rows);
                 sqlite::create_settlements(tx.conn(), &wanted, now).await?;
                 let ids: Vec<String> = wanted.into_keys().collect();

@@ -4,8 +4,9 @@
 //! reads, the write, `COMMIT`. The write returns how many rows each of its
 //! parts touched, and the batch checks each against its plan.
 //!
-//! Locks are taken by `SELECT … ORDER BY id FOR NO KEY UPDATE`, which locks
-//! rows in the order it returns them: ascending id, the ledger's one order.
+//! Locks are taken by `SELECT … ORDER BY key FOR NO KEY UPDATE`, which locks
+//! rows in the order it returns them: transactions by ascending reference,
+//! then accounts by ascending id, the ledger's one order.
 //! The writes only touch rows already locked, or new rows.
 //!
 //! Every join of an array with a table also says `key = ANY(array)`, so
@@ -16,11 +17,14 @@
 //! otherwise scanned the whole table for every batch, and each batch cost
 //! more as the table grew.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sqlx::postgres::PgConnection;
 
-use super::{Accounts, FinishPlan, ReservePlan, Rows, check_rows, response_of};
+use super::{
+    Accounts, ClientKey, Existing, FinishPlan, ReserveOp, ReservePlan, Rows, check_rows,
+    client_key, response_of,
+};
 use crate::domain::{Currency, ReleaseReason, SwitchName};
 use crate::ledger::TransactionRecord;
 use crate::ledger::sql::{AccountRow, Fail, TxRow, account_columns, tx_columns};
@@ -44,31 +48,50 @@ pub(super) async fn lock_accounts(
     Ok(rows.into_iter().map(|r| (r.id().to_owned(), r)).collect())
 }
 
-/// The transactions among `ids` that exist; locked (ascending id) when about
-/// to be changed.
-pub(super) async fn transactions(
+/// The transactions with these references, locked (ascending reference).
+pub(super) async fn locked_transactions(
     conn: &mut PgConnection,
-    ids: &[String],
-    lock: bool,
+    refs: &[String],
 ) -> Result<Rows, Fail> {
-    let sql = if lock {
-        concat!(
-            "SELECT ",
-            tx_columns!(),
-            " FROM transactions WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
-        )
-    } else {
-        concat!(
-            "SELECT ",
-            tx_columns!(),
-            " FROM transactions WHERE id = ANY($1)"
-        )
-    };
-    let rows: Vec<TxRow> = sqlx::query_as(sql).bind(ids).fetch_all(&mut *conn).await?;
+    let rows: Vec<TxRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        tx_columns!(),
+        " FROM transactions WHERE gateway_ref = ANY($1) ORDER BY gateway_ref FOR NO KEY UPDATE"
+    ))
+    .bind(refs)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut out = Rows::with_capacity(rows.len());
     for row in rows {
         let record = row.into_record()?;
-        out.insert(record.id.as_str().to_owned(), record);
+        out.insert(record.gateway_ref.as_str().to_owned(), record);
+    }
+    Ok(out)
+}
+
+/// The transactions the clients of a reserve batch already stored under
+/// the ids they send now (not locked: a stored row is only read).
+pub(super) async fn stored(conn: &mut PgConnection, ops: &[ReserveOp]) -> Result<Existing, Fail> {
+    let wanted: HashSet<ClientKey<'_>> = ops
+        .iter()
+        .map(|op| client_key(&op.client, &op.req.id))
+        .collect();
+    let ids: Vec<&str> = wanted.iter().map(|(id, _)| *id).collect();
+    let rows: Vec<TxRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        tx_columns!(),
+        " FROM transactions WHERE id = ANY($1)"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Existing::default();
+    for row in rows {
+        let record = row.into_record()?;
+        // Another client's transaction under the same id is not this one's.
+        if wanted.contains(&client_key(&record.client, &record.id)) {
+            out.insert(record);
+        }
     }
     Ok(out)
 }
@@ -77,43 +100,49 @@ pub(super) async fn transactions(
 pub(super) enum ReserveWrite {
     /// Every row the plan calls new was inserted.
     Done,
-    /// Some id of the batch already existed (a replay, or a twin another
-    /// writer committed meanwhile): the plan, made without reading existing
+    /// Some client's id of the batch already existed (a replay, or a twin
+    /// another writer committed meanwhile): the plan, made without reading existing
     /// rows, is wrong for it. The caller rolls back and replans after reading.
     Existed,
 }
 
 /// The whole write of a reserve batch, in one statement: take the held
 /// amounts off their source accounts (one guarded update per account), insert
-/// the new rows (in id order, like every lock: two batches inserting the same
-/// new ids wait for each other instead of deadlocking) and the first attempts
-/// of the rows actually inserted.
+/// the new rows (in `(id, client)` order, the unique index's, like every lock:
+/// two batches inserting the same new keys wait for each other instead of
+/// deadlocking) and the first attempts of the rows actually inserted.
 ///
-/// The plan is wrong when an id it does not know to exist does: among the
-/// ids it inserts, the insert says so (`ON CONFLICT DO NOTHING` inserts
-/// fewer rows); the others (`ids` of the batch the plan answers without an
-/// insert: rows it read, `existing`, and requests the account checks refused)
-/// are counted, and any more of them than `existing` make the plan wrong (the
-/// statement's snapshot does not see its own inserts, so the count is of
-/// rows that existed before it). In the common batch every id is inserted
-/// and nothing is looked up for the count.
+/// The plan is wrong when a client's id it does not know to exist does:
+/// among the keys it inserts, the insert says so (`ON CONFLICT DO NOTHING`
+/// inserts fewer rows); the others (keys of the batch the plan answers
+/// without an insert: rows it read, `existing`, and requests the account
+/// checks refused) are counted, and any more of them than `existing` make
+/// the plan wrong (the statement's snapshot does not see its own inserts, so
+/// the count is of rows that existed before it). In the common batch every
+/// key is inserted and nothing is looked up for the count.
 pub(super) async fn write_reserves(
     conn: &mut PgConnection,
-    ids: &[String],
-    existing: &Rows,
+    ops: &[ReserveOp],
+    existing: &Existing,
     plan: &ReservePlan,
     now: i64,
 ) -> Result<ReserveWrite, Fail> {
-    let inserting: HashSet<&str> = plan.inserts.iter().map(|r| r.id.as_str()).collect();
-    let others: Vec<&str> = ids
+    let inserting: HashSet<ClientKey<'_>> = plan
+        .inserts
         .iter()
-        .map(String::as_str)
-        .filter(|id| !inserting.contains(id))
+        .map(|r| client_key(&r.client, &r.id))
         .collect();
+    let (other_ids, other_clients): (Vec<&str>, Vec<&str>) = ops
+        .iter()
+        .map(|op| client_key(&op.client, &op.req.id))
+        .filter(|key| !inserting.contains(key))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .unzip();
     let (taken_ids, taken): (Vec<&str>, Vec<i64>) =
         plan.taken.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
     let mut sorted: Vec<&TransactionRecord> = plan.inserts.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    sorted.sort_by(|a, b| client_key(&a.client, &a.id).cmp(&client_key(&b.client, &b.id)));
     let mut c = Columns::with_capacity(sorted.len());
     for r in sorted {
         c.push(r)?;
@@ -131,26 +160,30 @@ pub(super) async fn write_reserves(
                  AND a.balance >= d.amount \
              RETURNING 1), \
          ins AS ( \
-             INSERT INTO transactions (id, client, kind, source, destination, amount, currency, \
-                 metadata, fingerprint, status, reason, switch, attempts, requeries, \
-                 response_status, response_body, created_at_ms, updated_at_ms) \
-             SELECT id, client, kind, source, destination, amount, currency, metadata, \
-                 fingerprint, status, reason, switch, attempts, 0, response_status, \
+             INSERT INTO transactions (gateway_ref, id, client, kind, source, destination, \
+                 amount, currency, metadata, fingerprint, status, reason, switch, attempts, \
+                 requeries, response_status, response_body, created_at_ms, updated_at_ms) \
+             SELECT gateway_ref, id, client, kind, source, destination, amount, currency, \
+                 metadata, fingerprint, status, reason, switch, attempts, 0, response_status, \
                  response_body, created, created \
              FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
                  $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-                 $14::text[], $15::bigint[], $16::bigint[], $17::text[], $18::bigint[]) \
+                 $14::text[], $15::bigint[], $16::bigint[], $17::text[], $18::bigint[], \
+                 $24::text[]) \
                  AS r(id, client, kind, source, destination, amount, currency, metadata, \
                       fingerprint, status, reason, switch, attempts, response_status, \
-                      response_body, created) \
-             ON CONFLICT (id) DO NOTHING \
-             RETURNING id), \
+                      response_body, created, gateway_ref) \
+             ON CONFLICT (id, client) DO NOTHING \
+             RETURNING gateway_ref), \
          att AS ( \
-             INSERT INTO attempts (transaction_id, attempt_no, switch, started_at_ms) \
+             INSERT INTO attempts (gateway_ref, attempt_no, switch, started_at_ms) \
              SELECT d.t, 1, d.s, $21 FROM UNNEST($19::text[], $20::text[]) AS d(t, s) \
-             JOIN ins ON ins.id = d.t \
+             JOIN ins ON ins.gateway_ref = d.t \
              RETURNING 1) \
-         SELECT (SELECT count(*) FROM transactions WHERE id = ANY($22)), \
+         SELECT (SELECT count(*) FROM transactions AS t \
+                 JOIN UNNEST($22::text[], $23::text[]) AS o(id, client) \
+                 ON t.id = o.id AND t.client = o.client \
+                 WHERE t.id = ANY($22)), \
              (SELECT count(*) FROM take), (SELECT count(*) FROM ins), \
              (SELECT count(*) FROM att)",
     )
@@ -175,7 +208,9 @@ pub(super) async fn write_reserves(
     .bind(&attempt_ids)
     .bind(&attempt_switches)
     .bind(now)
-    .bind(&others)
+    .bind(&other_ids)
+    .bind(&other_clients)
+    .bind(&c.gateway_ref)
     .fetch_one(&mut *conn)
     .await?;
     if existed as usize != existing.len() || inserted as usize != c.id.len() {
@@ -188,6 +223,7 @@ pub(super) async fn write_reserves(
 
 /// The columns of new transaction rows, as arrays.
 struct Columns {
+    gateway_ref: Vec<String>,
     id: Vec<String>,
     client: Vec<String>,
     kind: Vec<&'static str>,
@@ -209,6 +245,7 @@ struct Columns {
 impl Columns {
     fn with_capacity(n: usize) -> Self {
         Self {
+            gateway_ref: Vec::with_capacity(n),
             id: Vec::with_capacity(n),
             client: Vec::with_capacity(n),
             kind: Vec::with_capacity(n),
@@ -229,6 +266,7 @@ impl Columns {
     }
 
     fn push(&mut self, r: &TransactionRecord) -> Result<(), Fail> {
+        self.gateway_ref.push(r.gateway_ref.as_str().to_owned());
         self.id.push(r.id.as_str().to_owned());
         self.client.push(r.client.as_str().to_owned());
         self.kind.push(r.kind.as_str());
@@ -345,11 +383,11 @@ pub(super) async fn write_finishes(
                  $8::bigint[], $9::text[], $10::bigint[]) \
                  AS d(id, status, reason, switch, reference, response_status, response_body, \
                       updated) \
-             WHERE t.id = ANY($3) AND t.id = d.id \
+             WHERE t.gateway_ref = ANY($3) AND t.gateway_ref = d.id \
                  AND t.status NOT IN ('committed', 'declined', 'failed') \
              RETURNING 1), \
          posted AS ( \
-             INSERT INTO postings (transaction_id, account_id, amount, created_at_ms) \
+             INSERT INTO postings (gateway_ref, account_id, amount, created_at_ms) \
              SELECT t, a, x, $14 FROM UNNEST($11::text[], $12::text[], $13::bigint[]) \
                  AS d(t, a, x) \
              RETURNING 1), \
@@ -358,7 +396,7 @@ pub(super) async fn write_finishes(
                  error = d.error \
              FROM UNNEST($15::text[], $16::bigint[], $17::text[], $18::text[]) \
                  AS d(t, n, outcome, error) \
-             WHERE a.transaction_id = ANY($15) AND a.transaction_id = d.t \
+             WHERE a.gateway_ref = ANY($15) AND a.gateway_ref = d.t \
                  AND a.attempt_no = d.n \
              RETURNING 1) \
          SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM finals), \
@@ -389,7 +427,7 @@ pub(super) async fn write_finishes(
     check_rows("postings", posting_tx.len(), posted as u64)
 }
 
-/// The final rows of a finish batch, as arrays.
+/// The final rows of a finish batch, as arrays (`id`: the reference).
 struct Finals<'a> {
     id: Vec<&'a str>,
     status: Vec<&'static str>,
@@ -416,7 +454,7 @@ impl<'a> Finals<'a> {
         };
         for r in rows {
             let response = response_of(r)?;
-            f.id.push(r.id.as_str());
+            f.id.push(r.gateway_ref.as_str());
             f.status.push(r.status.as_str());
             f.reason.push(r.reason.map(ReleaseReason::as_str));
             f.switch.push(r.switch.as_ref().map(SwitchName::as_str));

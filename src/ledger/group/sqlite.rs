@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use sqlx::sqlite::SqliteConnection;
 
-use super::{Accounts, Rows, check_rows, response_of};
+use super::{Accounts, Existing, ReserveOp, Rows, check_rows, response_of};
 use crate::domain::{Currency, ReleaseReason, SwitchName};
 use crate::ledger::TransactionRecord;
 use crate::ledger::sql::{AccountRow, Fail, TxRow, account_columns, tx_columns};
@@ -34,22 +34,50 @@ pub(super) async fn accounts(
     Ok(out)
 }
 
+/// The transactions with these references.
 pub(super) async fn transactions(
     conn: &mut SqliteConnection,
-    ids: &[String],
+    refs: &[String],
 ) -> Result<Rows, Fail> {
     let mut out = Rows::new();
-    for id in ids {
+    for gateway_ref in refs {
         let row: Option<TxRow> = sqlx::query_as(concat!(
             "SELECT ",
             tx_columns!(),
-            " FROM transactions WHERE id = $1"
+            " FROM transactions WHERE gateway_ref = $1"
         ))
-        .bind(id)
+        .bind(gateway_ref)
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(row) = row {
-            out.insert(id.clone(), row.into_record()?);
+            out.insert(gateway_ref.clone(), row.into_record()?);
+        }
+    }
+    Ok(out)
+}
+
+/// The transactions the clients of a reserve batch already stored under
+/// the ids they send now.
+pub(super) async fn stored(
+    conn: &mut SqliteConnection,
+    ops: &[ReserveOp],
+) -> Result<Existing, Fail> {
+    let mut out = Existing::default();
+    for op in ops {
+        if out.get(&op.client, &op.req.id).is_some() {
+            continue;
+        }
+        let row: Option<TxRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            tx_columns!(),
+            " FROM transactions WHERE id = $1 AND client = $2"
+        ))
+        .bind(op.req.id.as_str())
+        .bind(op.client.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            out.insert(row.into_record()?);
         }
     }
     Ok(out)
@@ -103,9 +131,10 @@ pub(super) async fn insert_transactions(
         let inserted = sqlx::query(
             "INSERT INTO transactions (id, client, kind, source, destination, amount, currency, \
                  metadata, fingerprint, status, reason, switch, attempts, requeries, \
-                 response_status, response_body, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $15, $16, $16) \
-             ON CONFLICT (id) DO NOTHING",
+                 response_status, response_body, created_at_ms, updated_at_ms, gateway_ref) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $15, $16, $16, \
+                 $17) \
+             ON CONFLICT (id, client) DO NOTHING",
         )
         .bind(r.id.as_str())
         .bind(r.client.as_str())
@@ -123,11 +152,14 @@ pub(super) async fn insert_transactions(
         .bind(response.map(|s| i64::from(s.status)))
         .bind(response.map(|s| s.body.to_string()))
         .bind(r.created_at_ms)
+        .bind(r.gateway_ref.as_str())
         .execute(&mut *conn)
         .await?
         .rows_affected();
         if inserted != 1 {
-            return Err(Fail::Conflict("a transaction id was inserted concurrently"));
+            return Err(Fail::Conflict(
+                "a client's transaction id was inserted concurrently",
+            ));
         }
     }
     Ok(())
@@ -138,12 +170,12 @@ pub(super) async fn insert_first_attempts(
     attempts: &[(String, String)],
     now: i64,
 ) -> Result<(), Fail> {
-    for (id, switch) in attempts {
+    for (gateway_ref, switch) in attempts {
         sqlx::query(
-            "INSERT INTO attempts (transaction_id, attempt_no, switch, started_at_ms) \
+            "INSERT INTO attempts (gateway_ref, attempt_no, switch, started_at_ms) \
              VALUES ($1, 1, $2, $3)",
         )
-        .bind(id)
+        .bind(gateway_ref)
         .bind(switch)
         .bind(now)
         .execute(&mut *conn)
@@ -182,9 +214,9 @@ pub(super) async fn store_finals(
             "UPDATE transactions SET status = $2, reason = $3, switch = $4, \
                  switch_reference = $5, lease_until_ms = NULL, response_status = $6, \
                  response_body = $7, updated_at_ms = $8 \
-             WHERE id = $1 AND status IN ('reserved', 'pending')",
+             WHERE gateway_ref = $1 AND status IN ('reserved', 'pending')",
         )
-        .bind(r.id.as_str())
+        .bind(r.gateway_ref.as_str())
         .bind(r.status.as_str())
         .bind(r.reason.map(ReleaseReason::as_str))
         .bind(r.switch.as_ref().map(SwitchName::as_str))
@@ -207,7 +239,7 @@ pub(super) async fn insert_postings(
 ) -> Result<(), Fail> {
     for (tx, account, amount) in postings {
         sqlx::query(
-            "INSERT INTO postings (transaction_id, account_id, amount, created_at_ms) \
+            "INSERT INTO postings (gateway_ref, account_id, amount, created_at_ms) \
              VALUES ($1, $2, $3, $4)",
         )
         .bind(tx)
@@ -228,7 +260,7 @@ pub(super) async fn end_attempts(
     for (tx, no, outcome, error) in ends {
         sqlx::query(
             "UPDATE attempts SET finished_at_ms = $3, outcome = $4, error = $5 \
-             WHERE transaction_id = $1 AND attempt_no = $2",
+             WHERE gateway_ref = $1 AND attempt_no = $2",
         )
         .bind(tx)
         .bind(no)
