@@ -529,6 +529,8 @@ mod tests {
             ),
         ] {
             let schemas = vec![(name.to_owned(), schema)];
+            let mut fields = fields.to_vec();
+            fields.sort_unstable();
             assert_eq!(properties(name, &schemas), fields, "{name} vs FIELDS");
         }
     }
