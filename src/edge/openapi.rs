@@ -111,6 +111,7 @@ pub fn document() -> OpenApi {
 fn document_value() -> Value {
     let mut doc = serde_json::to_value(document()).unwrap_or_default();
     require_always_sent_headers(&mut doc);
+    unwrap_doc_comments(&mut doc);
     doc
 }
 
@@ -850,6 +851,26 @@ fn require_always_sent_headers(v: &mut Value) {
             map.values_mut().for_each(require_always_sent_headers);
         }
         Value::Array(items) => items.iter_mut().for_each(require_always_sent_headers),
+        _ => {}
+    }
+}
+
+/// A description from a doc comment keeps the comment's line breaks; in
+/// Markdown a single break is a space, so it is one here too (paragraph
+/// breaks stay).
+fn unwrap_doc_comments(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::String(d)) = map.get_mut("description") {
+                *d = d
+                    .split("\n\n")
+                    .map(|paragraph| paragraph.replace('\n', " "))
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+            }
+            map.values_mut().for_each(unwrap_doc_comments);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_doc_comments),
         _ => {}
     }
 }

@@ -88,7 +88,7 @@ pub struct HealthView {
     /// At least one probe has finished.
     pub probed: bool,
     /// RFC 3339; null before the first probe.
-    #[schema(format = DateTime)]
+    #[schema(format = DateTime, required = true)]
     pub last_probe_at: Option<String>,
     pub last_probe_ok: bool,
     #[schema(minimum = 0)]

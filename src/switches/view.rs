@@ -39,7 +39,7 @@ pub struct BalanceView {
     pub score: f64,
     /// Decided (approved or declined) share of the last outlier window with
     /// enough attempts, 0 to 1; `None` before one.
-    #[schema(minimum = 0, maximum = 1)]
+    #[schema(minimum = 0, maximum = 1, required = true)]
     pub success_rate: Option<f64>,
     /// Share of its full traffic it may take now (slow start), 0.1 to 1.
     #[schema(minimum = 0.1, maximum = 1)]
