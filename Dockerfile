@@ -22,7 +22,8 @@ WORKDIR /src
 # Dependencies first, against placeholder sources, so that a source change
 # rebuilds only this crate.
 COPY Cargo.toml Cargo.lock build.rs ./
-# The patched sqlx-core (see Cargo.toml's [patch.crates-io]).
+# The patched sqlx-core (see Cargo.toml's [patch.crates-io]) and the
+# Swagger UI files of the API reference page (include_str!).
 COPY vendor ./vendor
 RUN mkdir -p src/devtools/load \
     && echo 'fn main() {}' > src/main.rs \
@@ -31,12 +32,11 @@ RUN mkdir -p src/devtools/load \
     && cargo build --release --locked \
     && rm -rf src
 
-# What the crate compiles in: config/default.toml and docs/openapi.json
-# (include_str!), migrations/ (sqlx::migrate!), then the sources. The touch
-# makes the sources newer than the placeholder build whatever their copied
-# modification times.
+# What the crate compiles in: config/default.toml (include_str!),
+# migrations/ (sqlx::migrate!), then the sources (the OpenAPI document is
+# generated from them). The touch makes the sources newer than the
+# placeholder build whatever their copied modification times.
 COPY config ./config
-COPY docs ./docs
 COPY migrations ./migrations
 COPY src ./src
 RUN touch src/main.rs src/lib.rs src/devtools/load/main.rs \

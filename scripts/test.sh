@@ -371,7 +371,7 @@ if [[ -z ${SWITCHBOARD_TEST_CMD:-} ]]; then
     have docker-compose || { tools_missing+=(docker-compose); tools_pkgs+=(docker-compose)
         tools_why+=("tests/it/compose.rs runs 'docker-compose config' on both compose files (no Docker engine)"); }
     have chromium || { tools_missing+=(chromium); tools_pkgs+=(chromium)
-        tools_why+=("tests/it/status_page.rs renders the status page in headless Chromium"); }
+        tools_why+=("tests/it/status_page.rs and tests/it/openapi.rs render the status page and the API reference page in headless Chromium"); }
     have promtool || { tools_missing+=(promtool); tools_pkgs+=(prometheus)
         tools_why+=("for promtool: tests/it/ops_docs.rs checks and unit-tests ops/alerts.yml (the daemon is stopped again)"); }
     if ! have schemathesis && ! { have python3 && python3 -m pip --version >/dev/null 2>&1; }; then

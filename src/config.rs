@@ -569,7 +569,7 @@ pub struct ForwardingConfig {
 }
 
 /// `forwarding.balancing`: how a fresh attempt's switch is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Balancing {
     /// Smooth weighted round-robin, in weight proportion.

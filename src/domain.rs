@@ -359,7 +359,9 @@ impl Movement {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What the transaction does: `debit`, `credit` or `transfer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = TransactionType)]
 #[serde(rename_all = "lowercase")]
 pub enum TxKind {
     Debit,
@@ -438,7 +440,8 @@ impl TransactionRequest {
 
 /// Where a transaction is in its life. `reserved` and `pending` are in flight;
 /// the other three are final and never change again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = TransactionStatus)]
 #[serde(rename_all = "lowercase")]
 pub enum TxStatus {
     Reserved,
@@ -481,7 +484,11 @@ impl TxStatus {
 /// Why a transaction was released, stored as its `reason`: the three
 /// values docs/design.md lists. The ledger stores it as text
 /// ([`ReleaseReason::as_str`]); [`ReleaseReason::parse`] reads it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(
+    as = Reason,
+    description = "Why it was declined or failed: `insufficient_funds` (never forwarded), `declined_by_switch`, `no_switch_available` (nothing ran)."
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
     /// The source balance was too low at reservation; never forwarded.
@@ -560,6 +567,120 @@ pub fn rfc3339_ms(ms: i64) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
+
+// --- schemas (the OpenAPI document, `edge::openapi`) -------------------------
+//
+// The rules the parsers above apply, stated for clients. Limits that come
+// from the configuration (`ledger.amount_max`, `ledger.spenders_max`) are
+// stated at their defaults; tests/it/openapi.rs checks them against
+// config/default.toml.
+
+/// A string schema: the id and code rules above.
+fn string_schema(
+    min: usize,
+    max: usize,
+    pattern: &str,
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(min))
+        .max_length(Some(max))
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .examples([example])
+        .into()
+}
+
+/// What [`parse_id`] accepts.
+const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,64}$";
+
+impl utoipa::PartialSchema for TransactionId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            1,
+            ID_LEN_MAX,
+            ID_PATTERN,
+            "The client's key for one transaction (idempotency key): 1 to 64 of `[A-Za-z0-9._:-]`. Never reusable.",
+            "tx-2024-0001",
+        )
+    }
+}
+impl utoipa::ToSchema for TransactionId {}
+
+impl utoipa::PartialSchema for AccountId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            1,
+            ID_LEN_MAX,
+            ID_PATTERN,
+            "A ledger account id: 1 to 64 of `[A-Za-z0-9._:-]`.",
+            "alice-eur",
+        )
+    }
+}
+impl utoipa::ToSchema for AccountId {}
+
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            3,
+            3,
+            "^[A-Z]{3}$",
+            "ISO 4217 code: three uppercase ASCII letters.",
+            "EUR",
+        )
+    }
+}
+impl utoipa::ToSchema for Currency {}
+
+impl Amount {
+    /// The default `ledger.amount_max`, as the document states it.
+    pub const DOCUMENTED_MAX: i64 = 100_000_000_000;
+}
+
+impl utoipa::PartialSchema for Amount {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1))
+            .maximum(Some(Self::DOCUMENTED_MAX))
+            .description(Some(
+                "Positive integer of minor units (cents), at most `ledger.amount_max` (default 100000000000). Not a string, not a fraction, not in exponent notation.",
+            ))
+            .examples([2500])
+            .into()
+    }
+}
+impl utoipa::ToSchema for Amount {}
+
+impl Spenders {
+    /// The default `ledger.spenders_max`, as the document states it.
+    pub const DOCUMENTED_MAX: usize = 100;
+}
+
+impl utoipa::PartialSchema for Spenders {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(ClientId::LEN_MAX)),
+            )
+            .max_items(Some(Self::DOCUMENTED_MAX))
+            .description(Some(
+                "Clients besides the owner that may debit the account (or transfer from it); `[\"*\"]` alone: any client with the `transact` role; `[]`: the owner alone. At most `ledger.spenders_max` entries.",
+            ))
+            .into()
+    }
+}
+impl utoipa::ToSchema for Spenders {}
 
 #[cfg(test)]
 mod tests {

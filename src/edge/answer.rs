@@ -11,7 +11,7 @@ use crate::domain::{ReleaseReason, TransactionId, TxStatus};
 use crate::edge::error::{ApiError, Body, json_response};
 use crate::ledger::{Render, StoredResponse, TransactionRecord};
 use crate::metrics::{Metrics, TxOutcome};
-use crate::transactions::{Outcome, transaction_json};
+use crate::transactions::{Outcome, Pending, PendingView, TransactionView, transaction_json};
 
 /// Answers a submitted transaction and counts it (`transactions_total`).
 /// Failures of the gateway itself (ledger, deadline, a crashed task) are
@@ -73,11 +73,16 @@ fn response(stored: &StoredResponse) -> Response<Body> {
 
 /// 202 with `Location`: the outcome is not known yet.
 fn pending_response(id: &TransactionId, record: Option<&TransactionRecord>) -> Response<Body> {
-    let body = match record {
-        Some(r) => transaction_json(r),
-        None => serde_json::json!({ "transactionId": id, "status": "pending" }),
+    let mut resp = match record {
+        Some(r) => json_response(StatusCode::ACCEPTED, &TransactionView::from(r)),
+        None => json_response(
+            StatusCode::ACCEPTED,
+            &PendingView {
+                transaction_id: id.clone(),
+                status: Pending::Pending,
+            },
+        ),
     };
-    let mut resp = json_response(StatusCode::ACCEPTED, &body);
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/transactions/{id}")) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -91,7 +96,7 @@ pub const RENDER: Render = render;
 fn render(record: &TransactionRecord) -> StoredResponse {
     let error = |e: ApiError| StoredResponse {
         status: e.status().as_u16(),
-        body: e.body(),
+        body: serde_json::to_value(e.body()).unwrap_or_default(),
     };
     match record.status {
         TxStatus::Committed => StoredResponse {

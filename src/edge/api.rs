@@ -231,12 +231,13 @@ fn authorize<B>(
     }
     if !roles.iter().any(|r| who.has(*r)) {
         deny(state, Some(&who), "missing_role");
-        return Err(ApiError::Forbidden(
-            "the token lacks the role this route needs",
-        ));
+        return Err(ApiError::Forbidden(MISSING_ROLE));
     }
     Ok(who)
 }
+
+/// A 403's message (the OpenAPI document's example too).
+pub(super) const MISSING_ROLE: &str = "the token lacks the role this route needs";
 
 /// The audit trail of a refusal: one log line (inside the request's span,
 /// so with its request id and route) and one count by reason. Never the

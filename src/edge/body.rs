@@ -10,7 +10,17 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::config::ServerConfig;
-use crate::domain::{AccountId, Amount, Currency, Movement, TransactionId, TransactionRequest};
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, Discriminator, ObjectBuilder, OneOfBuilder, Ref, Schema,
+    Type,
+};
+
+use crate::domain::{
+    AccountId, Amount, Currency, Movement, Spenders, TransactionId, TransactionRequest,
+};
 use crate::edge::error::ApiError;
 
 /// How much of a body is read, and by when.
@@ -292,22 +302,151 @@ impl TransactionBody {
     }
 }
 
+/// The schema of [`TransactionBody`] (`TransactionRequest`), by hand: the
+/// struct is flat (every field of every type, as serde reads it), while the
+/// document says which fields go with which `type`, as [`TransactionBody::parse`]
+/// decides. A unit test checks its fields against [`BodyFields::FIELDS`].
+impl utoipa::PartialSchema for TransactionBody {
+    fn schema() -> RefOr<Schema> {
+        let schema = |name: &str| format!("#/components/schemas/{name}");
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("DebitOrCreditRequest"))
+            .item(Ref::from_schema_name("TransferRequest"))
+            .description(Some(
+                "One transaction. Unknown fields are refused (400); `accountId` is for `debit`/`credit`, `from` and `to` for `transfer`.",
+            ))
+            .discriminator(Some(Discriminator::with_mapping(
+                "type",
+                [
+                    ("debit", schema("DebitOrCreditRequest")),
+                    ("credit", schema("DebitOrCreditRequest")),
+                    ("transfer", schema("TransferRequest")),
+                ],
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for TransactionBody {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "TransactionRequest".into()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use utoipa::PartialSchema;
+        let request = |description: &str, kinds: &[&str], accounts: &[&str]| {
+            let mut o = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some(description))
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                .property("transactionId", Ref::from_schema_name("TransactionId"))
+                .required("transactionId")
+                .property(
+                    "type",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(kinds.iter().copied())),
+                )
+                .required("type");
+            for account in accounts {
+                o = o
+                    .property(*account, Ref::from_schema_name("AccountId"))
+                    .required(*account);
+            }
+            o.property("amount", Ref::from_schema_name("Amount"))
+                .required("amount")
+                .property("currency", Ref::from_schema_name("Currency"))
+                .required("currency")
+                .property("metadata", Ref::from_schema_name("Metadata"))
+                .build()
+                .into()
+        };
+        schemas.extend([
+            (
+                "DebitOrCreditRequest".to_owned(),
+                request(
+                    "`debit`: money leaves `accountId` (which the caller must own) for the switch's settlement account. `credit`: money arrives in `accountId` (the caller's) from it.",
+                    &["debit", "credit"],
+                    &["accountId"],
+                ),
+            ),
+            (
+                "TransferRequest".to_owned(),
+                request(
+                    "`transfer`: money moves from `from` (which the caller must own) to `to` (anyone's customer account in the same currency; must differ from `from`).",
+                    &["transfer"],
+                    &["from", "to"],
+                ),
+            ),
+            ("TransactionId".to_owned(), TransactionId::schema()),
+            ("AccountId".to_owned(), AccountId::schema()),
+            ("Amount".to_owned(), Amount::schema()),
+            ("Currency".to_owned(), Currency::schema()),
+            ("Metadata".to_owned(), metadata_schema()),
+        ]);
+    }
+}
+
+/// `metadata`: any JSON object, bounded by [`METADATA_BYTES_MAX`].
+fn metadata_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+        .description(Some(format!(
+            "Free-form client data, at most {METADATA_BYTES_MAX} bytes as JSON; stored, returned and sent to the switch as given. Part of the idempotency fingerprint (key order does not matter)."
+        )))
+        .examples([serde_json::json!({"orderId": "A-1001"})])
+        .into()
+}
+
 /// An account id in a field other than `accountId`, named as such in errors.
 fn parse_field(field: &'static str, raw: &str) -> Result<AccountId, ApiError> {
     AccountId::parse(raw).map_err(|e| ApiError::InvalidRequest(format!("{field}: {}", e.message)))
 }
 
-/// `POST /v1/accounts` as sent.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/accounts` as sent. Its schema (`AccountRequest`) is derived
+/// from these fields; the rules are the parsers' in `handlers::post_account`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = AccountRequest, description = "A new customer account.")]
 pub(super) struct AccountBody {
+    #[schema(schema_with = new_account_id)]
     pub(super) account_id: String,
+    /// The client (token `sub`) that owns it: 1 to 128 bytes of UTF-8, no
+    /// control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$",
+        example = "alice"
+    )]
     pub(super) owner: String,
+    #[schema(value_type = Currency)]
     pub(super) currency: String,
+    /// Minor units, moved in from the currency's equity account; at most
+    /// `ledger.opening_balance_max` (default 1000000000000).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64, default = 0, format = Int64)]
     pub(super) opening_balance: i64,
     #[serde(default)]
+    #[schema(value_type = Spenders)]
     pub(super) spenders: Vec<String>,
+}
+
+/// `accountId` of a new account: an [`AccountId`] outside the reserved
+/// prefixes (utoipa's model has no `not`: it goes in as an extension, which
+/// serializes as the keyword itself).
+fn new_account_id() -> RefOr<Schema> {
+    AllOfBuilder::new()
+        .item(Ref::from_schema_name("AccountId"))
+        .description(Some(
+            "The new account's id; the `settlement:` and `equity:` prefixes are reserved.",
+        ))
+        .extensions(Some(Extensions::from_iter([(
+            "not",
+            serde_json::json!({"type": "string", "pattern": "^(settlement|equity):"}),
+        )])))
+        .into()
 }
 
 impl BodyFields for AccountBody {
@@ -329,9 +468,11 @@ impl BodyFields for AccountBody {
 }
 
 /// `PATCH /v1/accounts/{id}`: who besides the owner may spend from it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = AccountPatch, description = "The account's new spenders.")]
 pub(super) struct AccountPatchBody {
+    #[schema(value_type = Spenders)]
     pub(super) spenders: Vec<String>,
 }
 
@@ -345,6 +486,54 @@ impl BodyFields for AccountPatchBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use utoipa::PartialSchema;
+
+    /// The properties of a schema and, through `oneOf`, of its options.
+    fn properties(name: &str, schemas: &[(String, RefOr<Schema>)]) -> Vec<String> {
+        let (_, schema) = schemas
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no schema {name}"));
+        let json = serde_json::to_value(schema).unwrap();
+        json["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_documented_fields_are_the_fields_read() {
+        let mut schemas = Vec::new();
+        TransactionBody::schemas(&mut schemas);
+        let mut documented: Vec<String> = ["DebitOrCreditRequest", "TransferRequest"]
+            .iter()
+            .flat_map(|n| properties(n, &schemas))
+            .collect();
+        documented.sort();
+        documented.dedup();
+        let mut read: Vec<String> = TransactionBody::FIELDS
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        read.sort();
+        assert_eq!(
+            documented, read,
+            "TransactionRequest vs TransactionBody::FIELDS"
+        );
+        for (name, fields, schema) in [
+            ("AccountRequest", AccountBody::FIELDS, AccountBody::schema()),
+            (
+                "AccountPatch",
+                AccountPatchBody::FIELDS,
+                AccountPatchBody::schema(),
+            ),
+        ] {
+            let schemas = vec![(name.to_owned(), schema)];
+            let mut fields = fields.to_vec();
+            fields.sort_unstable();
+            assert_eq!(properties(name, &schemas), fields, "{name} vs FIELDS");
+        }
+    }
 
     /// Words of the implementation that must never reach a client.
     pub(crate) const RUST_WORDS: &[&str] = include!("rust_words.in");

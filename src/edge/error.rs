@@ -97,33 +97,42 @@ impl ApiError {
 
     /// The stable, machine-readable code of the JSON body.
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::RequestTimeout => "request_timeout",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::InsufficientFunds => "insufficient_funds",
-            ApiError::DeclinedBySwitch => "declined_by_switch",
-            ApiError::TransactionIdReused => "transaction_id_reused",
-            ApiError::CurrencyMismatch { .. } => "currency_mismatch",
-            ApiError::AccountExists => "account_exists",
-            ApiError::TransactionInProgress { .. } => "transaction_in_progress",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Overloaded => "overloaded",
-            ApiError::NoSwitchAvailable => "no_switch_available",
-            ApiError::LedgerUnavailable => "ledger_unavailable",
-            ApiError::DeadlineExceeded => "deadline_exceeded",
-            ApiError::Internal => "internal",
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::RequestTimeout => ErrorCode::RequestTimeout,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            ApiError::InsufficientFunds => ErrorCode::InsufficientFunds,
+            ApiError::DeclinedBySwitch => ErrorCode::DeclinedBySwitch,
+            ApiError::TransactionIdReused => ErrorCode::TransactionIdReused,
+            ApiError::CurrencyMismatch { .. } => ErrorCode::CurrencyMismatch,
+            ApiError::AccountExists => ErrorCode::AccountExists,
+            ApiError::TransactionInProgress { .. } => ErrorCode::TransactionInProgress,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Overloaded => ErrorCode::Overloaded,
+            ApiError::NoSwitchAvailable => ErrorCode::NoSwitchAvailable,
+            ApiError::LedgerUnavailable => ErrorCode::LedgerUnavailable,
+            ApiError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+            ApiError::Internal => ErrorCode::Internal,
         }
     }
 
     /// The JSON error body of docs/design.md ("Errors").
-    pub fn body(&self) -> serde_json::Value {
-        error_body(self.code(), &self.to_string())
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.error_code(),
+                message: self.to_string(),
+            },
+        }
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -292,8 +301,76 @@ impl From<RateLimited> for ApiError {
     }
 }
 
-pub fn error_body(code: &str, message: &str) -> serde_json::Value {
-    serde_json::json!({ "error": { "code": code, "message": message } })
+/// Every error body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error, description = "Every error body. Never a stack trace.")]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    #[schema(inline)]
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    #[schema(inline)]
+    pub code: ErrorCode,
+    /// For people; may change.
+    pub message: String,
+}
+
+/// Stable, machine-readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    TransactionInProgress,
+    AccountExists,
+    InsufficientFunds,
+    TransactionIdReused,
+    DeclinedBySwitch,
+    CurrencyMismatch,
+    RateLimited,
+    Internal,
+    NoSwitchAvailable,
+    LedgerUnavailable,
+    Overloaded,
+    DeadlineExceeded,
+}
+
+impl ErrorCode {
+    /// As serialized (`snake_case`): for metrics, logs and tests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::TransactionInProgress => "transaction_in_progress",
+            ErrorCode::AccountExists => "account_exists",
+            ErrorCode::InsufficientFunds => "insufficient_funds",
+            ErrorCode::TransactionIdReused => "transaction_id_reused",
+            ErrorCode::DeclinedBySwitch => "declined_by_switch",
+            ErrorCode::CurrencyMismatch => "currency_mismatch",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+            ErrorCode::NoSwitchAvailable => "no_switch_available",
+            ErrorCode::LedgerUnavailable => "ledger_unavailable",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+        }
+    }
 }
 
 /// A JSON response. Our bodies are plain values and structs: serialising
@@ -375,6 +452,49 @@ mod tests {
         assert!(say(AuthError::Missing).contains("required"));
         assert!(say(AuthError::BadSignature).contains("invalid"));
         assert_eq!(say(AuthError::BadSignature), say(AuthError::UnknownKid));
+    }
+
+    #[test]
+    fn a_code_reads_as_it_is_serialized() {
+        let errors = [
+            ApiError::Unauthorized(Unauthenticated::Missing),
+            ApiError::Forbidden("x"),
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed {
+                allow: "GET".into(),
+            },
+            ApiError::InvalidRequest("x".into()),
+            ApiError::PayloadTooLarge { limit_bytes: 1 },
+            ApiError::RequestTimeout,
+            ApiError::UnsupportedMediaType,
+            ApiError::InsufficientFunds,
+            ApiError::DeclinedBySwitch,
+            ApiError::TransactionIdReused,
+            ApiError::CurrencyMismatch {
+                account: "a".into(),
+                currency: "EUR".into(),
+            },
+            ApiError::AccountExists,
+            ApiError::TransactionInProgress {
+                retry_after: Duration::from_secs(1),
+            },
+            ApiError::RateLimited {
+                limit: 1,
+                remaining: 0,
+                reset_s: 1,
+                retry_after_s: 1,
+            },
+            ApiError::Overloaded,
+            ApiError::NoSwitchAvailable,
+            ApiError::LedgerUnavailable,
+            ApiError::DeadlineExceeded,
+            ApiError::Internal,
+        ];
+        for e in errors {
+            let body = serde_json::to_value(e.body()).unwrap();
+            assert_eq!(body["error"]["code"], e.code(), "{e:?}");
+            assert_eq!(body["error"]["message"], e.to_string(), "{e:?}");
+        }
     }
 
     #[test]

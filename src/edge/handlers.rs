@@ -7,6 +7,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::config::Balancing;
 use crate::domain::{AccountId, ClientId, Currency, Role, Spenders, TransactionId};
 use crate::edge::answer;
 use crate::edge::auth::Principal;
@@ -14,7 +18,8 @@ use crate::edge::body::{AccountBody, AccountPatchBody, BodyLimits, TransactionBo
 use crate::edge::error::{ApiError, Body, json_response};
 use crate::edge::state::AppState;
 use crate::ledger::{Account, AccountKind, NewAccount};
-use crate::transactions::{Submission, transaction_json};
+use crate::switches::SwitchView;
+use crate::transactions::{Submission, TransactionView};
 
 pub(super) async fn post_transaction(
     state: &AppState,
@@ -75,7 +80,10 @@ pub(super) async fn get_transaction(
         }
     };
     let record = record.ok_or(ApiError::NotFound)?;
-    Ok(json_response(StatusCode::OK, &transaction_json(&record)))
+    Ok(json_response(
+        StatusCode::OK,
+        &TransactionView::from(&record),
+    ))
 }
 
 /// The optional `clientId` query parameter; any other parameter is refused.
@@ -137,7 +145,10 @@ pub(super) async fn post_account(
             spenders,
         })
         .await?;
-    Ok(json_response(StatusCode::CREATED, &account_json(&account)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &AccountView::full(&account),
+    ))
 }
 
 pub(super) async fn get_account(
@@ -152,11 +163,9 @@ pub(super) async fn get_account(
     if !full && !account.spenders.allows(&who.client) {
         return Err(ApiError::NotFound);
     }
-    let mut body = account_json(&account);
+    let mut body = AccountView::full(&account);
     if !full {
-        if let Some(obj) = body.as_object_mut() {
-            obj.remove("spenders");
-        }
+        body.spenders = None;
     }
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -177,28 +186,80 @@ pub(super) async fn patch_account(
         .set_spenders(&id, &spenders)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(json_response(StatusCode::OK, &account_json(&account)))
+    Ok(json_response(StatusCode::OK, &AccountView::full(&account)))
 }
 
-fn account_json(a: &Account) -> serde_json::Value {
-    serde_json::json!({
-        "accountId": a.id,
-        "owner": a.owner,
-        "currency": a.currency,
-        "balance": a.balance,
-        "kind": match a.kind { AccountKind::Customer => "customer", AccountKind::Settlement => "settlement" },
-        "spenders": a.spenders.to_list(),
-    })
+/// An account as the API shows it: the body of `POST /v1/accounts`,
+/// `GET` and `PATCH /v1/accounts/{id}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Account)]
+pub struct AccountView {
+    pub account_id: AccountId,
+    /// The client (token `sub`) that owns it.
+    #[schema(value_type = String)]
+    pub owner: ClientId,
+    pub currency: Currency,
+    /// Minor units. Never below zero for customer accounts; settlement and
+    /// equity accounts may go negative.
+    #[schema(format = Int64)]
+    pub balance: i64,
+    #[schema(inline)]
+    pub kind: AccountKindView,
+    /// Shown to the owner, auditors and operators; absent for a spender
+    /// reading the account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<Spenders>)]
+    pub spenders: Option<Vec<String>>,
+}
+
+/// `settlement` covers the settlement (per switch and currency) and equity
+/// (per currency) accounts, owned by `system`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKindView {
+    Customer,
+    Settlement,
+}
+
+impl AccountView {
+    /// Everything, spenders included.
+    fn full(a: &Account) -> Self {
+        Self {
+            account_id: a.id.clone(),
+            owner: a.owner.clone(),
+            currency: a.currency.clone(),
+            balance: a.balance,
+            kind: match a.kind {
+                AccountKind::Customer => AccountKindView::Customer,
+                AccountKind::Settlement => AccountKindView::Settlement,
+            },
+            spenders: Some(a.spenders.to_list()),
+        }
+    }
+}
+
+/// The body of `GET /v1/switches`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Switches)]
+pub struct SwitchesView {
+    pub switches: Vec<SwitchView>,
+    /// `forwarding.balancing` now.
+    #[schema(inline)]
+    pub balancing: Balancing,
+    /// Fewer switches in rotation than `health.panic_threshold_percent` of
+    /// the list.
+    pub panic: bool,
 }
 
 pub(super) fn get_switches(state: &AppState) -> Response<Body> {
-    let switches = state.switches.views();
     json_response(
         StatusCode::OK,
-        &serde_json::json!({
-            "switches": switches,
-            "balancing": state.switches.balance_settings().mode,
-            "panic": state.switches.in_panic(),
-        }),
+        &SwitchesView {
+            switches: state.switches.views(),
+            balancing: state.switches.balance_settings().mode,
+            panic: state.switches.in_panic(),
+        },
     )
 }

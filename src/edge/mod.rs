@@ -13,6 +13,7 @@ mod client_addr;
 mod error;
 mod handlers;
 mod limits;
+mod openapi;
 mod routes;
 mod server;
 mod state;
@@ -21,7 +22,8 @@ pub mod tls;
 pub use answer::RENDER;
 pub use auth::{AuthError, Authenticator, Principal};
 pub use body::{BodyFields, TransactionBody, parse_json};
-pub use error::{ApiError, Body, Unauthenticated};
+pub use error::{ApiError, Body, ErrorBody, ErrorCode, ErrorDetail, Unauthenticated};
+pub use openapi::{document as openapi_document, document_json as openapi_json};
 pub use routes::{Endpoint, ROUTES, Route};
 pub use state::AppState;
 

@@ -1,7 +1,9 @@
 //! The ops listener (plain HTTP, loopback by default): what operators and
 //! their tools read. `/` the status page, `/healthz`, `/readyz`, `/metrics`
-//! (Prometheus text) and `/openapi.json`.
+//! (Prometheus text), `/openapi.json` (generated: `edge::openapi`) and
+//! `/docs`, the API reference page that renders it.
 
+mod docs;
 mod status;
 mod trends;
 
@@ -16,13 +18,12 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::edge::{ApiError, AppState, Body, ConnInfo, Handler, check_host, json_response};
+use crate::edge::{
+    ApiError, AppState, Body, ConnInfo, Handler, check_host, json_response, openapi_json,
+};
 
-/// The OpenAPI 3 document of the client API (kept in sync with
-/// [`ROUTES`](crate::edge::ROUTES) by a test).
-const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
-
-/// The ops listener: `/` (status page), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+/// The ops listener: `/` (status page), `/healthz`, `/readyz`, `/metrics`,
+/// `/openapi.json`, `/docs`.
 #[derive(Clone)]
 pub(crate) struct Ops {
     pub(crate) state: Arc<AppState>,
@@ -47,13 +48,16 @@ impl Handler for Ops {
             "/healthz" => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             "/readyz" => readyz(state).await,
             "/openapi.json" => text(
-                Bytes::from_static(OPENAPI_JSON.as_bytes()),
+                Bytes::from_static(openapi_json().as_bytes()),
                 "application/json",
             ),
             "/metrics" => text(
                 Bytes::from(state.metrics.render()),
                 "text/plain; version=0.0.4",
             ),
+            path if path.starts_with("/docs") => {
+                docs::response(path).unwrap_or_else(|| ApiError::NotFound.into_response())
+            }
             _ => ApiError::NotFound.into_response(),
         }
     }

@@ -79,18 +79,26 @@ pub(super) struct Health {
 }
 
 /// A switch's health as `GET /v1/switches` and the status page show it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = SwitchHealth)]
 pub struct HealthView {
+    /// In the rotation now.
     pub healthy: bool,
+    /// At least one probe has finished.
     pub probed: bool,
-    /// RFC 3339; `None` before the first probe.
+    /// RFC 3339; null before the first probe.
+    #[schema(format = DateTime, required = true)]
     pub last_probe_at: Option<String>,
     pub last_probe_ok: bool,
+    #[schema(minimum = 0)]
     pub last_probe_latency_ms: f64,
     pub consecutive_forward_failures: u32,
+    /// Taken out by failed forwards (passive ejection) until probes bring it
+    /// back.
     pub ejected: bool,
-    /// Out of rotation by success rate (outlier detection) now.
+    /// Taken out by success rate (outlier detection) until its ejection time
+    /// is up; it then comes back through slow start.
     pub outlier_ejected: bool,
     /// Times ejected by success rate since start.
     pub outlier_ejections: u64,

@@ -1,47 +1,143 @@
 //! A transaction as the client API shows it.
 
-use crate::domain::{ReleaseReason, SwitchName, rfc3339_ms};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::{
+    AccountId, ClientId, Currency, GatewayRef, ReleaseReason, SwitchName, TransactionId, TxKind,
+    TxStatus, rfc3339_ms,
+};
 use crate::ledger::TransactionRecord;
 
-/// A transaction as the API shows it (docs/design.md, "Reading a transaction").
+/// A transaction as the API shows it (docs/design.md, "Reading a
+/// transaction"): the body of `GET /v1/transactions/{id}`, of a committed or
+/// pending `POST`, and what a replay gets. Its schema in the OpenAPI
+/// document is derived from this struct: a field added here is documented.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(
+    as = Transaction,
+    description = "A transaction as the ledger has it. `accountId` for debit and credit, `from` and `to` for transfers."
+)]
+pub struct TransactionView {
+    pub transaction_id: TransactionId,
+    /// The client that sent it (the token's subject). Ids are per client:
+    /// two clients may each have a transaction with the same
+    /// `transactionId`.
+    #[schema(value_type = String)]
+    pub client_id: ClientId,
+    /// The gateway's reference for the transaction, unique across clients:
+    /// what switches know it by (their `Idempotency-Key`). Quote it to a
+    /// switch's operator.
+    #[schema(value_type = String)]
+    pub gateway_ref: GatewayRef,
+    pub status: TxStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reason: Option<ReleaseReason>,
+    #[serde(rename = "type")]
+    pub kind: TxKind,
+    /// Minor units.
+    #[schema(value_type = i64, minimum = 1)]
+    pub amount: i64,
+    pub currency: Currency,
+    /// The account of a debit or credit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub account_id: Option<AccountId>,
+    /// A transfer's source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub from: Option<AccountId>,
+    /// A transfer's destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub to: Option<AccountId>,
+    /// The switch that decided it (or was last tried).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<String>)]
+    pub switch: Option<SwitchName>,
+    /// The switch's reference for an approved transaction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub switch_reference: Option<String>,
+    /// Switches tried.
+    pub attempts: u32,
+    /// Times the switch was asked for an unknown outcome; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1)]
+    pub requeries: Option<u32>,
+    /// The last forwarding error, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub last_error: Option<String>,
+    /// Free-form client data as sent (an object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// RFC 3339, milliseconds, UTC.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// RFC 3339, milliseconds, UTC.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+impl From<&TransactionRecord> for TransactionView {
+    fn from(r: &TransactionRecord) -> Self {
+        let (account_id, from, to) = match (&r.source, &r.destination) {
+            (Some(from), Some(to)) => (None, Some(from.clone()), Some(to.clone())),
+            (Some(account), None) | (None, Some(account)) => (Some(account.clone()), None, None),
+            (None, None) => (None, None, None),
+        };
+        Self {
+            transaction_id: r.id.clone(),
+            client_id: r.client.clone(),
+            gateway_ref: r.gateway_ref.clone(),
+            status: r.status,
+            reason: r.reason,
+            kind: r.kind,
+            amount: r.amount.minor_units(),
+            currency: r.currency.clone(),
+            account_id,
+            from,
+            to,
+            switch: r.switch.clone(),
+            switch_reference: r.switch_reference.clone(),
+            attempts: r.attempts,
+            requeries: (r.requeries > 0).then_some(r.requeries),
+            last_error: r.last_error.clone(),
+            metadata: r.metadata.clone(),
+            created_at: rfc3339_ms(r.created_at_ms),
+            updated_at: rfc3339_ms(r.updated_at_ms),
+        }
+    }
+}
+
+/// The short 202 body when the transaction was still being written at the
+/// deadline: only its id and `pending`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(
+    as = TransactionPending,
+    description = "The short 202 body when the transaction was still being written at the deadline."
+)]
+pub struct PendingView {
+    pub transaction_id: TransactionId,
+    /// Always `pending`.
+    #[schema(inline)]
+    pub status: Pending,
+}
+
+/// The one status of the short 202 body.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    Pending,
+}
+
+/// A transaction as the API shows it, as stored with a finished one.
 pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
-    let mut body = serde_json::json!({
-        "transactionId": r.id,
-        "clientId": r.client,
-        "gatewayRef": r.gateway_ref,
-        "status": r.status,
-        "type": r.kind,
-        "amount": r.amount,
-        "currency": r.currency,
-        "attempts": r.attempts,
-        "createdAt": rfc3339_ms(r.created_at_ms),
-        "updatedAt": rfc3339_ms(r.updated_at_ms),
-    });
-    let obj = body.as_object_mut().expect("a JSON object literal");
-    match (&r.source, &r.destination) {
-        (Some(from), Some(to)) => {
-            obj.insert("from".into(), serde_json::json!(from));
-            obj.insert("to".into(), serde_json::json!(to));
-        }
-        (Some(account), None) | (None, Some(account)) => {
-            obj.insert("accountId".into(), serde_json::json!(account));
-        }
-        (None, None) => {}
-    }
-    let mut optional = |key: &str, value: Option<&str>| {
-        if let Some(v) = value {
-            obj.insert(key.into(), serde_json::json!(v));
-        }
-    };
-    optional("reason", r.reason.map(ReleaseReason::as_str));
-    optional("switch", r.switch.as_ref().map(SwitchName::as_str));
-    optional("switchReference", r.switch_reference.as_deref());
-    optional("lastError", r.last_error.as_deref());
-    if r.requeries > 0 {
-        obj.insert("requeries".into(), serde_json::json!(r.requeries));
-    }
-    if let Some(m) = &r.metadata {
-        obj.insert("metadata".into(), m.clone());
-    }
-    body
+    // A struct of strings, numbers and a JSON value: serializing cannot fail.
+    serde_json::to_value(TransactionView::from(r)).unwrap_or_default()
 }

@@ -1,10 +1,12 @@
-//! `docs/openapi.json` against the code: the same routes, roles and error
-//! statuses as `switchboard::edge`, examples and answers that the live gateway
-//! accepts and gives, the copy served on the ops listener, and schemathesis
-//! fuzzing the live gateway from the document.
+//! The OpenAPI document, generated from the code (`switchboard::edge::openapi_json`),
+//! against the code: the same routes, roles and error statuses as
+//! `switchboard::edge`, examples and answers that the live gateway accepts
+//! and gives, the copy in `docs/openapi.json` and the one served on the ops
+//! listener, the reference page at `/docs` in a real browser, and
+//! schemathesis fuzzing the live gateway from the served document.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -13,16 +15,20 @@ use switchboard::edge::{Endpoint, ROUTES, Route};
 
 use crate::harness::{self, Options, Reply, TestGateway, spawn_gateway_with};
 
-fn doc_path() -> PathBuf {
+/// The checked-in copy, for readers of the repository.
+fn copy_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json")
 }
 
-fn doc_text() -> String {
-    std::fs::read_to_string(doc_path()).expect("read docs/openapi.json")
+/// Set to 1 to (re)write `docs/openapi.json` from the generator.
+const WRITE_ENV: &str = "SWITCHBOARD_WRITE_OPENAPI";
+
+fn doc_text() -> &'static str {
+    switchboard::edge::openapi_json()
 }
 
 fn doc() -> Value {
-    serde_json::from_str(&doc_text()).expect("docs/openapi.json is JSON")
+    serde_json::from_str(doc_text()).expect("the generated document is JSON")
 }
 
 const METHODS: &[&str] = &[
@@ -241,9 +247,23 @@ fn header_names(doc: &Value, resp: &Value) -> BTreeSet<String> {
 }
 
 #[test]
+fn docs_openapi_json_is_the_generated_document() {
+    if std::env::var(WRITE_ENV).as_deref() == Ok("1") {
+        std::fs::write(copy_path(), doc_text()).expect("write docs/openapi.json");
+    }
+    let copy = std::fs::read_to_string(copy_path()).unwrap_or_default();
+    assert!(
+        copy == doc_text(),
+        "docs/openapi.json is not what the code generates (src/edge/openapi.rs and the types \
+         it derives from changed?): run `{WRITE_ENV}=1 cargo test --test it \
+         openapi::docs_openapi_json_is_the_generated_document` and commit the file"
+    );
+}
+
+#[test]
 fn the_document_has_exactly_the_routes_of_the_code() {
     let doc = doc();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
         .expect("paths")
@@ -260,7 +280,36 @@ fn the_document_has_exactly_the_routes_of_the_code() {
         .iter()
         .map(|r| (r.method.as_str().to_owned(), r.path.to_owned()))
         .collect();
-    assert_eq!(documented, code, "docs/openapi.json paths vs api::ROUTES");
+    assert_eq!(documented, code, "the document's paths vs edge::ROUTES");
+
+    // Each route's operation is its own, documented: an id, words, a
+    // success answer with a schema and an example.
+    let mut ids = BTreeSet::new();
+    for route in ROUTES {
+        let label = format!("{} {}", route.method, route.path);
+        let op = operation(&doc, route);
+        let id = op["operationId"].as_str().unwrap_or_default();
+        assert!(
+            ids.insert(id.to_owned()),
+            "{label}: operationId {id:?} twice"
+        );
+        for field in ["summary", "description"] {
+            assert!(
+                op[field].as_str().is_some_and(|s| s.len() > 10),
+                "{label}: no {field}"
+            );
+        }
+        for status in successes_of(route.endpoint) {
+            let resp = response(&doc, op, *status)
+                .unwrap_or_else(|| panic!("{label}: {status} undocumented"));
+            let content = &resp["content"]["application/json"];
+            assert!(content["schema"].is_object(), "{label} {status}: no schema");
+            assert!(
+                content.get("example").is_some() || content.get("examples").is_some(),
+                "{label} {status}: no example"
+            );
+        }
+    }
 }
 
 #[test]
@@ -435,6 +484,7 @@ fn request_schemas_state_the_domain_rules() {
         );
     }
     assert_eq!(schema("Metadata")["type"], "object");
+    assert_eq!(schema("Spenders")["maxItems"], defaults.ledger.spenders_max);
     let kinds: BTreeSet<String> = ["DebitOrCreditRequest", "TransferRequest"]
         .iter()
         .flat_map(|n| {
@@ -457,7 +507,7 @@ fn request_schemas_state_the_domain_rules() {
 
 // --- a small validator for the JSON Schema subset the document uses ----------
 
-/// Checks `v` against `schema` (`$ref`, `type`, `nullable`, `enum`,
+/// Checks `v` against `schema` (`$ref`, `type` (one or a list), `enum`,
 /// `required`, `properties`, `additionalProperties: false`, `items`,
 /// `oneOf`, `anyOf`, `allOf`, `not`, `minimum`/`maximum`,
 /// `minLength`/`maxLength`); `pattern` is checked by the domain's own
@@ -465,21 +515,25 @@ fn request_schemas_state_the_domain_rules() {
 fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Vec<String> {
     let schema = resolve(doc, schema);
     let mut problems = Vec::new();
-    if v.is_null() && schema["nullable"] == true {
-        return problems;
-    }
-    if let Some(t) = schema.get("type").and_then(Value::as_str) {
-        let ok = match t {
+    // OpenAPI 3.1: `type` is a name or a list of names (`["string", "null"]`).
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() {
+        let ok = types.iter().any(|t| match *t {
             "object" => v.is_object(),
             "array" => v.is_array(),
             "string" => v.is_string(),
             "integer" => v.is_i64() || v.is_u64(),
             "number" => v.is_number(),
             "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
             other => panic!("type {other}"),
-        };
+        });
         if !ok {
-            return vec![format!("{at}: expected {t}, got {v}")];
+            return vec![format!("{at}: expected {types:?}, got {v}")];
         }
     }
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
@@ -785,7 +839,144 @@ async fn the_ops_listener_serves_the_document() {
     assert_eq!(
         body,
         doc_text(),
-        "the ops listener must serve docs/openapi.json as it is"
+        "the ops listener must serve the generated document"
+    );
+}
+
+// --- the reference page ----------------------------------------------------------
+
+/// Every request Chromium's net log (`--log-net-log`) records starting:
+/// its URL and its initiator (the origin of the page that asked for it;
+/// `not an origin` for a navigation and for the browser's own requests).
+fn logged_requests(net_log: &str) -> Vec<(String, String)> {
+    let log: Value = serde_json::from_str(net_log).expect("the net log is JSON");
+    let start = &log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"];
+    assert!(
+        start.is_u64(),
+        "no URL_REQUEST_START_JOB in the net log's constants"
+    );
+    log["events"]
+        .as_array()
+        .expect("net log events")
+        .iter()
+        .filter(|e| e["type"] == *start)
+        .map(|e| {
+            let p = &e["params"];
+            let text = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+            (text("url"), text("initiator"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_page_renders_every_operation_from_this_machine_alone() {
+    let gw = spawn_gateway_with(Options::default()).await;
+    let url = format!("http://{}/docs", gw.ops);
+
+    // As served: Swagger UI's files from this listener, locked to it.
+    let resp = reqwest::get(&url).await.expect("GET /docs");
+    assert_eq!(resp.status(), 200);
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    let html = resp.text().await.expect("page");
+    for asset in [
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui.css",
+        "/docs/init.js",
+    ] {
+        assert!(html.contains(asset), "the page loads {asset}");
+        let (status, body) = gw.ops_get(asset).await;
+        assert_eq!(status, 200, "{asset}");
+        assert!(body.len() > 100, "{asset}: {} bytes", body.len());
+    }
+    assert!(
+        !html.contains("https://") && !html.contains("http://"),
+        "{html}"
+    );
+
+    // In a real browser: it fetches the document and draws each operation.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net_log = dir.path().join("net-log.json");
+    let dom = crate::status_page::chromium(
+        &[
+            "--dump-dom",
+            "--virtual-time-budget=20000",
+            &format!("--log-net-log={}", net_log.display()),
+            "--net-log-capture-mode=Default",
+        ],
+        &url,
+    )
+    .await;
+    let doc = doc();
+    for route in ROUTES {
+        let op = operation(&doc, route);
+        let tag = op["tags"][0].as_str().expect("a tag");
+        let id = op["operationId"].as_str().expect("an operationId");
+        let anchor = format!("id=\"operations-{tag}-{id}\"");
+        assert!(
+            dom.contains(&anchor),
+            "{} {}: Swagger UI drew no {anchor}:\n{}",
+            route.method,
+            route.path,
+            &dom[..dom.len().min(4000)]
+        );
+        assert!(
+            dom.contains(&format!("data-path=\"{}\"", route.path)),
+            "{}: path not drawn",
+            route.path
+        );
+    }
+    assert!(dom.contains("Switchboard client API"), "the title is drawn");
+
+    // The page asked this listener for everything it drew, and nothing
+    // else for anything. (Chromium's own background requests, initiated by
+    // no page, went to the proxy that is not there: see `chromium`.)
+    let log = std::fs::read_to_string(&net_log).expect("Chromium wrote its net log");
+    let requests = logged_requests(&log);
+    let origin = format!("http://{}", gw.ops);
+    let by_page: Vec<&str> = requests
+        .iter()
+        .filter(|(_, initiator)| *initiator == origin)
+        .map(|(url, _)| url.as_str())
+        .collect();
+    for needed in [
+        "/docs/swagger-ui-bundle.js",
+        "/docs/init.js",
+        "/openapi.json",
+    ] {
+        assert!(
+            by_page.contains(&format!("{origin}{needed}").as_str()),
+            "the net log shows no request of the page for {needed}: {requests:?}"
+        );
+    }
+    let elsewhere: Vec<&&str> = by_page
+        .iter()
+        .filter(|url| !url.starts_with(&format!("{origin}/")) && !url.starts_with("data:"))
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "the page asked for something not on the ops listener: {elsewhere:?}"
+    );
+
+    let png = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/api-reference.png");
+    let _ = std::fs::remove_file(&png);
+    crate::status_page::chromium(
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1280,1600",
+            "--virtual-time-budget=20000",
+        ],
+        &url,
+    )
+    .await;
+    let bytes = std::fs::read(&png).expect("the screenshot was written");
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        png.display()
     );
 }
 
@@ -838,7 +1029,8 @@ async fn schemathesis_finds_no_server_error() {
 
     let mut cmd = tokio::process::Command::new("schemathesis");
     cmd.arg("run")
-        .arg(doc_path())
+        // The document as the gateway serves it (generated), not the copy.
+        .arg(format!("http://{}/openapi.json", gw.ops))
         .args(["--url", &gw.base])
         .arg("--tls-verify")
         .arg(&ca)

@@ -325,8 +325,10 @@ async fn the_status_page_shows_what_metrics_and_the_switch_list_say() {
     assert_agrees(&gw, &html, "served page").await;
 }
 
-/// Runs headless Chromium with `args` then `url`, killed after 30 s; its stdout.
-async fn chromium(args: &[&str], url: &str) -> String {
+/// Runs headless Chromium with `args` then `url`, killed after 30 s; its
+/// stdout. Every request it would send anywhere but loopback goes to a proxy
+/// that is not there (`127.0.0.1:9`): nothing leaves the machine.
+pub(crate) async fn chromium(args: &[&str], url: &str) -> String {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: scripts/test.sh installs it (apt-get install -y chromium)"
@@ -342,6 +344,7 @@ async fn chromium(args: &[&str], url: &str) -> String {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            "--proxy-server=127.0.0.1:9",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
