@@ -217,7 +217,7 @@ pub fn database_config(url: &str) -> DatabaseConfig {
     .database
 }
 
-async fn connected(url: &str) -> Ledger {
+pub async fn connected(url: &str) -> Ledger {
     let ledger = Ledger::connect(&database_config(url))
         .await
         .unwrap_or_else(|e| panic!("connect to {}: {e}", redacted(url)));

@@ -1157,3 +1157,120 @@ async fn r(l: &Ledger, id: &str) -> GatewayRef {
         None => GatewayRef::of(&cid("nobody"), &tid(id)),
     }
 }
+
+/// Transactions stored before ids were per client (the schema of migrations
+/// 0001–0006) keep their old, then global, id as their reference, which is
+/// what switches recorded them under, and stay readable, replayable and
+/// finishable; another client may now use the same id.
+async fn rows_from_before_per_client_ids_migrate(url: &str, old: sqlx::migrate::Migrator) {
+    let req = debit("old-1", "old-acct", 100);
+    old_schema_with_rows(
+        url,
+        old,
+        &[
+            "INSERT INTO accounts (id, owner, currency, kind, balance, created_at_ms) \
+             VALUES ('old-acct', 'alice', 'EUR', 'customer', 900, 0)"
+                .to_owned(),
+            format!(
+                "INSERT INTO transactions (id, client, kind, source, amount, currency, \
+                 fingerprint, status, switch, attempts, requeries, created_at_ms, updated_at_ms) \
+                 VALUES ('old-1', 'alice', 'debit', 'old-acct', 100, 'EUR', '{}', 'reserved', \
+                 'sw-a', 1, 0, 0, 0)",
+                req.fingerprint()
+            ),
+            "INSERT INTO attempts (transaction_id, attempt_no, switch, started_at_ms) \
+             VALUES ('old-1', 1, 'sw-a', 0)"
+                .to_owned(),
+        ],
+    )
+    .await;
+    let l = db::connected(url).await;
+    let stored = l
+        .transaction(&cid("alice"), &tid("old-1"))
+        .await
+        .unwrap()
+        .expect("the old row, under its client");
+    assert_eq!(
+        stored.gateway_ref.as_str(),
+        "old-1",
+        "its old id is its reference"
+    );
+    assert_eq!(stored.status, TxStatus::Reserved);
+    assert_eq!(l.attempts(&stored.gateway_ref).await.unwrap().len(), 1);
+    match l.reserve(&cid("alice"), &req, render).await {
+        Ok(Reserved::Existing(row)) => assert_eq!(row, stored),
+        other => panic!("expected the old row as a replay, got {other:?}"),
+    }
+    // Another client's same id is a transaction of its own now.
+    open(&l, "bob-acct", "bob", 100).await;
+    let theirs = fresh(&l, "bob", debit("old-1", "bob-acct", 10)).await;
+    assert_ne!(theirs.gateway_ref, stored.gateway_ref);
+    let committed = l
+        .commit(&stored.gateway_ref, &sw("sw-a"), "r-old", render)
+        .await
+        .unwrap();
+    assert_eq!(committed.status, TxStatus::Committed);
+    l.close().await;
+}
+
+/// Applies `old` to the database at `url` and runs `statements` on it.
+async fn old_schema_with_rows(url: &str, old: sqlx::migrate::Migrator, statements: &[String]) {
+    use sqlx::AssertSqlSafe;
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        old.run(&pool).await.unwrap();
+        for sql in statements {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    } else {
+        let options = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        old.run(&pool).await.unwrap();
+        for sql in statements {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+}
+
+/// The migrations of `dir` up to 0006, in a directory of their own.
+fn migrations_before_per_client_ids(dir: &str) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let version: u32 = name[..4].parse().unwrap();
+        if version <= 6 {
+            std::fs::copy(&path, out.path().join(&name)).unwrap();
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_before_per_client_ids_migrate_postgres() {
+    let db = db::fresh_postgres().await;
+    let dir = migrations_before_per_client_ids("migrations/postgres");
+    let old = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    rows_from_before_per_client_ids_migrate(db.url(), old).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_before_per_client_ids_migrate_sqlite() {
+    let file = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", file.path().join("ledger.db").display());
+    let dir = migrations_before_per_client_ids("migrations/sqlite");
+    let old = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    rows_from_before_per_client_ids_migrate(&url, old).await;
+}
