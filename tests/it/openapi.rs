@@ -329,6 +329,12 @@ fn every_operation_declares_bearer_security_roles_and_its_statuses() {
             .filter_map(Value::as_str)
             .collect();
     let all = every_error();
+    // Each body says the code and message the variant has.
+    for e in &all {
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(body["error"]["code"], e.code(), "{e:?}");
+        assert_eq!(body["error"]["message"], e.to_string(), "{e:?}");
+    }
     let code_codes: BTreeSet<&str> = all.iter().map(ApiError::code).collect();
     assert_eq!(documented_codes, code_codes, "Error.code enum vs ApiError");
 
