@@ -1274,3 +1274,48 @@ async fn rows_from_before_per_client_ids_migrate_sqlite() {
     let old = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
     rows_from_before_per_client_ids_migrate(&url, old).await;
 }
+
+/// Two replicas (two ledgers, each with its own batch writers) get the same
+/// client's id at once, with different payloads on different accounts (no
+/// account lock orders them): one reservation wins, the other is answered
+/// with the winner's row, and no batch fails. The reference is derived from
+/// client and id, so the twins also meet on the primary key, which the
+/// insert's `ON CONFLICT (id, client)` does not cover: that collision must
+/// rerun the batch, not fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twins_on_two_replicas_never_fail_a_batch_postgres() {
+    let (a, db) = db::ledger_pg().await;
+    let b = db::connected(db.url()).await;
+    const N: usize = 300;
+    for i in 0..N {
+        open(&a, &format!("ta-{i}"), "twin", 100).await;
+        open(&a, &format!("tb-{i}"), "twin", 100).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        for (l, account) in [
+            (a.clone(), format!("ta-{i}")),
+            (b.clone(), format!("tb-{i}")),
+        ] {
+            tasks.push(tokio::spawn(async move {
+                l.reserve(
+                    &cid("twin"),
+                    &debit(&format!("tw-{i}"), &account, 1),
+                    render,
+                )
+                .await
+            }));
+        }
+    }
+    let mut fresh_n = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Reserved::Fresh(_)) => fresh_n += 1,
+            Ok(Reserved::Existing(_)) => {}
+            other => panic!("a twin's reservation: {other:?}"),
+        }
+    }
+    assert_eq!(fresh_n, N, "one reservation per id");
+    b.close().await;
+    a.close().await;
+}
