@@ -58,6 +58,9 @@ pub enum ApiError {
     },
     #[error("the gateway is at capacity; retry shortly")]
     Overloaded,
+    /// `limits.redis.failure_mode = "closed"` and Redis did not answer.
+    #[error("the rate limiter is unavailable; retry shortly")]
+    RateLimitUnavailable,
     #[error("no switch is available to process the transaction")]
     NoSwitchAvailable,
     #[error("the ledger is unavailable")]
@@ -87,9 +90,10 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoSwitchAvailable | ApiError::LedgerUnavailable | ApiError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NoSwitchAvailable
+            | ApiError::LedgerUnavailable
+            | ApiError::Overloaded
+            | ApiError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,6 +118,7 @@ impl ApiError {
             ApiError::TransactionInProgress { .. } => "transaction_in_progress",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded => "overloaded",
+            ApiError::RateLimitUnavailable => "rate_limit_unavailable",
             ApiError::NoSwitchAvailable => "no_switch_available",
             ApiError::LedgerUnavailable => "ledger_unavailable",
             ApiError::DeadlineExceeded => "deadline_exceeded",
@@ -149,7 +154,7 @@ impl ApiError {
                 headers.insert("ratelimit-remaining", (*remaining).into());
                 headers.insert("ratelimit-reset", (*reset_s).into());
             }
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::RateLimitUnavailable => {
                 headers.insert(header::RETRY_AFTER, 1.into());
             }
             ApiError::Unauthorized(why) => {

@@ -15,6 +15,7 @@ mod handlers;
 mod limits;
 mod routes;
 mod server;
+mod shared_limits;
 mod state;
 pub mod tls;
 
@@ -29,3 +30,4 @@ pub(crate) use api::{Api, check_host};
 pub(crate) use error::json_response;
 pub(crate) use limits::Limiter;
 pub(crate) use server::{ConnInfo, ConnLimits, Handler, Linger, bind, serve_plain, serve_tls};
+pub(crate) use shared_limits::SharedLimits;

@@ -106,6 +106,7 @@ fn every_error() -> Vec<ApiError> {
             retry_after_s: 1,
         },
         ApiError::Overloaded,
+        ApiError::RateLimitUnavailable,
         ApiError::NoSwitchAvailable,
         ApiError::LedgerUnavailable,
         ApiError::DeadlineExceeded,
@@ -129,6 +130,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::TransactionInProgress { .. }
             | ApiError::RateLimited { .. }
             | ApiError::Overloaded
+            | ApiError::RateLimitUnavailable
             | ApiError::NoSwitchAvailable
             | ApiError::LedgerUnavailable
             | ApiError::DeadlineExceeded
@@ -146,7 +148,8 @@ fn error(code: &str) -> ApiError {
 }
 
 /// The errors each operation can answer, read off `src/edge/`:
-/// every route passes the per-IP and per-client limits (429), the `Host`
+/// every route passes the per-IP and per-client limits (429; with the shared
+/// limits in Redis failing closed, 503 `rate_limit_unavailable`), the `Host`
 /// check (400), the token (401), the role (403) and the deadline backstop
 /// (504); then
 /// - bodies (`read_json`): 413, 415, 400, 408;
@@ -162,6 +165,7 @@ fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
         "unauthorized",
         "forbidden",
         "rate_limited",
+        "rate_limit_unavailable",
         "deadline_exceeded",
     ];
     codes.extend(match endpoint {
