@@ -1156,12 +1156,12 @@ impl Config {
             p.push("limits.prune_interval_ms: must be greater than 0".into());
         }
         p.extend(redis_problems(&l.redis, s.request_deadline_ms));
-        if let Some(max) = self.auth.token_lifetime_max_s {
-            if self.auth.token_ttl_s > max {
-                p.push(format!(
-                    "auth.token_ttl_s: must not exceed auth.token_lifetime_max_s ({max}), or `switchboard token` prints tokens the gateway refuses"
-                ));
-            }
+        if let Some(max) = self.auth.token_lifetime_max_s
+            && self.auth.token_ttl_s > max
+        {
+            p.push(format!(
+                "auth.token_ttl_s: must not exceed auth.token_lifetime_max_s ({max}), or `switchboard token` prints tokens the gateway refuses"
+            ));
         }
         let mut kids = std::collections::HashSet::new();
         for (i, k) in self.auth.keys.iter().enumerate() {

@@ -107,10 +107,8 @@ pub(super) async fn get_account(
         return Err(ApiError::NotFound);
     }
     let mut body = account_json(&account);
-    if !full {
-        if let Some(obj) = body.as_object_mut() {
-            obj.remove("spenders");
-        }
+    if !full && let Some(obj) = body.as_object_mut() {
+        obj.remove("spenders");
     }
     Ok(json_response(StatusCode::OK, &body))
 }

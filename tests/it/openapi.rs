@@ -486,10 +486,10 @@ fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Vec<String> {
             return vec![format!("{at}: expected {t}, got {v}")];
         }
     }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(v) {
-            problems.push(format!("{at}: {v} not in {allowed:?}"));
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(v)
+    {
+        problems.push(format!("{at}: {v} not in {allowed:?}"));
     }
     if let Some(n) = v.as_f64() {
         if schema
