@@ -332,6 +332,16 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Known label sets from the start, so alerts on them see a 0 rather
+        // than no series before the first shared check.
+        for result in ["admitted", "refused", "timeout", "error"] {
+            m.redis_checks.with_label_values(&[result]);
+        }
+        for mode in ["open", "closed"] {
+            for reason in ["timeout", "error", "backoff"] {
+                m.rate_limit_fallbacks.with_label_values(&[mode, reason]);
+            }
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
