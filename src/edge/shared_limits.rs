@@ -87,8 +87,32 @@ pub(crate) struct SharedLimits {
     quiet_until_ms: AtomicU64,
     /// A failure was seen and no answer since: the next answer logs the recovery.
     failing: AtomicBool,
-    /// (when the last warning was logged, fallbacks since then).
-    log: Mutex<(Option<Instant>, u64)>,
+    /// When to log the next warning about fallbacks.
+    log: Mutex<LogThrottle>,
+}
+
+/// One warning line per [`LOG_INTERVAL`] at most, saying how many
+/// fallbacks it stands for.
+#[derive(Debug, Default)]
+struct LogThrottle {
+    last: Option<Instant>,
+    /// Fallbacks not logged yet.
+    pending: u64,
+}
+
+impl LogThrottle {
+    /// Counts one fallback at `now`; `Some(n)` when a line is due, for the
+    /// `n` fallbacks since the last one (this one included).
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        match self.last {
+            Some(at) if now.saturating_duration_since(at) < LOG_INTERVAL => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.pending))
+            }
+        }
+    }
 }
 
 impl SharedLimits {
@@ -122,7 +146,7 @@ impl SharedLimits {
             origin: Instant::now(),
             quiet_until_ms: AtomicU64::new(0),
             failing: AtomicBool::new(false),
-            log: Mutex::new((None, 0)),
+            log: Mutex::new(LogThrottle::default()),
         }))
     }
 
@@ -232,18 +256,11 @@ impl SharedLimits {
             .rate_limit_fallbacks
             .with_label_values(&[mode.as_str(), reason])
             .inc();
-        let due = {
-            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-            log.1 += 1;
-            match log.0 {
-                Some(at) if at.elapsed() < LOG_INTERVAL => None,
-                _ => {
-                    let count = std::mem::take(&mut log.1);
-                    log.0 = Some(Instant::now());
-                    Some(count)
-                }
-            }
-        };
+        let due = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(Instant::now());
         if let Some(fallbacks) = due {
             let decided_by = match mode {
                 RedisFailureMode::Open => "the local limits alone (per replica)",
@@ -271,4 +288,40 @@ fn interval_us(q: Quota) -> u64 {
 
 fn ceil_secs_us(us: u64) -> u64 {
     us.div_ceil(1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallbacks_are_logged_once_per_interval_with_their_count() {
+        let mut log = LogThrottle::default();
+        let start = Instant::now();
+        assert_eq!(log.note(start), Some(1), "the first is logged at once");
+        for _ in 0..99 {
+            assert_eq!(log.note(start + Duration::from_secs(5)), None);
+        }
+        assert_eq!(
+            log.note(start + LOG_INTERVAL),
+            Some(100),
+            "the next line counts every fallback since the last"
+        );
+        assert_eq!(
+            log.note(start + LOG_INTERVAL + Duration::from_secs(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn intervals_are_whole_microseconds_and_never_zero() {
+        let q = |per_s| Quota { per_s, burst: 1 };
+        assert_eq!(interval_us(q(1)), 1_000_000);
+        assert_eq!(interval_us(q(3)), 333_333);
+        assert_eq!(interval_us(q(2_000_000)), 1);
+        assert_eq!(interval_us(q(0)), 1_000_000, "sanitized as locally");
+        assert_eq!(ceil_secs_us(1), 1);
+        assert_eq!(ceil_secs_us(1_000_000), 1);
+        assert_eq!(ceil_secs_us(1_000_001), 2);
+    }
 }

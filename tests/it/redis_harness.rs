@@ -58,9 +58,20 @@ impl Keys {
 
     /// The `[limits.redis]` table that points a gateway at these keys.
     pub fn toml(&self, failure_mode: &str, timeout_ms: u64, backoff_ms: u64) -> String {
+        self.toml_at(&self.url, failure_mode, timeout_ms, backoff_ms)
+    }
+
+    /// The same with another URL (a Redis that is not there, say).
+    pub fn toml_at(
+        &self,
+        url: &str,
+        failure_mode: &str,
+        timeout_ms: u64,
+        backoff_ms: u64,
+    ) -> String {
         format!(
-            "[limits.redis]\nurl = \"{}\"\nkey_prefix = \"{}\"\nfailure_mode = \"{failure_mode}\"\ntimeout_ms = {timeout_ms}\nbackoff_ms = {backoff_ms}\n",
-            self.url, self.prefix
+            "[limits.redis]\nurl = \"{url}\"\nkey_prefix = \"{}\"\nfailure_mode = \"{failure_mode}\"\ntimeout_ms = {timeout_ms}\nbackoff_ms = {backoff_ms}\n",
+            self.prefix
         )
     }
 

@@ -314,3 +314,39 @@ async fn redis_frozen_mid_test_fails_closed_with_503_and_recovers() {
     .await;
     assert!(gw.metric(ADMITTED).await >= 2.0);
 }
+
+/// `limits.redis.failure_mode` (and the rest but the connection) reloads
+/// live; `limits.redis.url` keeps its running value until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_mode_reloads_live_and_the_url_only_on_restart() {
+    let dead = format!("redis://127.0.0.1:{}", crate::harness::free_port());
+    let keys = Keys::shared("reload");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("gateway.toml");
+    let write = |url: &str, mode: &str| {
+        std::fs::write(&file, keys.toml_at(url, mode, 200, 0)).expect("write the config file");
+    };
+    write(&dead, "open");
+    let gw = spawn_gateway_with(Options {
+        db: Db::Sqlite,
+        config_file: Some(file.clone()),
+        ..Options::default()
+    })
+    .await;
+    let token = gw.token("rex", &["operator"]);
+    assert_eq!(
+        gw.get("/v1/switches", &token).await.status,
+        200,
+        "fails open"
+    );
+
+    // The live Redis and failing closed: the mode applies, the URL does not.
+    write(&keys.url, "closed");
+    eventually(Duration::from_secs(10), "failing closed", || async {
+        gw.get("/v1/switches", &token).await.status == 503
+    })
+    .await;
+    assert!(gw.metric(&fallbacks("closed", "error")).await >= 1.0);
+    assert_eq!(gw.metric(ADMITTED).await, 0.0, "still the dead URL");
+    assert!(keys.list().is_empty());
+}
