@@ -166,25 +166,27 @@ async fn route_request(
             deny(state, Some(&who), "rate_limited_client");
             ApiError::from(r)
         })?;
-    // Both local cuts passed: the shared buckets (one round trip to Redis,
-    // with `limits.redis.url`) decide. Unauthenticated requests never get
-    // here, so a garbage-token flood costs Redis nothing.
-    let config = state.config.load_full();
-    state
-        .limiter
-        .check_shared(&config.limits.redis, client, &who.client, &who.roles)
-        .await
-        .map_err(|refusal| match refusal {
-            SharedRefusal::Limited(r) => {
-                let reason = match r.scope {
-                    "ip" => "rate_limited_ip",
-                    _ => "rate_limited_client",
-                };
-                deny(state, Some(&who), reason);
-                ApiError::from(r)
-            }
-            SharedRefusal::Unavailable => ApiError::RateLimitUnavailable,
-        })?;
+    // Both local cuts passed: with `limits.redis.url` the shared buckets
+    // decide (one round trip). Unauthenticated requests never get here, so
+    // a garbage-token flood costs Redis nothing.
+    if state.limiter.is_shared() {
+        let config = state.config.load_full();
+        state
+            .limiter
+            .check_shared(&config.limits.redis, client, &who.client, &who.roles)
+            .await
+            .map_err(|refusal| match refusal {
+                SharedRefusal::Limited(r) => {
+                    let reason = match r.scope {
+                        "ip" => "rate_limited_ip",
+                        _ => "rate_limited_client",
+                    };
+                    deny(state, Some(&who), reason);
+                    ApiError::from(r)
+                }
+                SharedRefusal::Unavailable => ApiError::RateLimitUnavailable,
+            })?;
+    }
     match route.endpoint {
         Endpoint::PostTransaction => {
             handlers::post_transaction(state, who, req, request_id, deadline).await

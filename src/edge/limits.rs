@@ -301,6 +301,11 @@ impl Limiter {
         }
     }
 
+    /// Whether `limits.redis.url` was set at start.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// After the local checks admitted a request: its IP's and its client's
     /// shared buckets, in one round trip, with the quotas the local checks
     /// used. Admits at once without `limits.redis.url`.

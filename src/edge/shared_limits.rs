@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
@@ -81,6 +82,8 @@ pub(crate) struct SharedLimits {
     conn: ConnectionManager,
     script: redis::Script,
     metrics: Metrics,
+    /// `rate_limit_redis_checks_total` by result, resolved once.
+    checks: Checks,
     /// Monotonic origin of the `*_ms` fields below.
     origin: Instant,
     /// No check before this (ms since `origin`): the backoff after a failure.
@@ -89,6 +92,13 @@ pub(crate) struct SharedLimits {
     failing: AtomicBool,
     /// When to log the next warning about fallbacks.
     log: Mutex<LogThrottle>,
+}
+
+struct Checks {
+    admitted: IntCounter,
+    refused: IntCounter,
+    timeout: IntCounter,
+    error: IntCounter,
 }
 
 /// One warning line per [`LOG_INTERVAL`] at most, saying how many
@@ -130,8 +140,8 @@ impl SharedLimits {
         let connect = Duration::from_millis(cfg.connect_timeout_ms);
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect))
-            // Our own timeout bounds each check (and is reloadable); this
-            // only frees the connection's slot of a reply that never came.
+            // A backstop: our own `timeout_ms` (reloadable) ends each
+            // check first.
             .set_response_timeout(Some(connect))
             // Reconnects happen on the next check after a failure (and
             // once in the background); our backoff paces them.
@@ -142,6 +152,12 @@ impl SharedLimits {
         Ok(Some(Self {
             conn,
             script: redis::Script::new(SCRIPT),
+            checks: Checks {
+                admitted: metrics.redis_checks.with_label_values(&["admitted"]),
+                refused: metrics.redis_checks.with_label_values(&["refused"]),
+                timeout: metrics.redis_checks.with_label_values(&["timeout"]),
+                error: metrics.redis_checks.with_label_values(&["error"]),
+            },
             metrics: metrics.clone(),
             origin: Instant::now(),
             quiet_until_ms: AtomicU64::new(0),
@@ -184,29 +200,31 @@ impl SharedLimits {
             invocation.invoke_async::<Vec<u64>>(&mut conn),
         )
         .await;
-        let m = &self.metrics;
+        let checks = &self.checks;
         let reply = match answer {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
-                m.redis_checks.with_label_values(&["error"]).inc();
+                checks.error.inc();
                 return self.failed(cfg, "error", &e.to_string());
             }
             Err(_) => {
-                m.redis_checks.with_label_values(&["timeout"]).inc();
+                checks.timeout.inc();
                 return self.failed(cfg, "timeout", "no answer within limits.redis.timeout_ms");
             }
         };
-        m.redis_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .redis_duration
+            .observe(started.elapsed().as_secs_f64());
         if self.failing.swap(false, Ordering::Relaxed) {
             tracing::info!("Redis answers again: rate limits are shared again");
         }
         match reply.as_slice() {
             [0] => {
-                m.redis_checks.with_label_values(&["admitted"]).inc();
+                checks.admitted.inc();
                 Ok(())
             }
             &[bucket @ (1 | 2), wait_us, reset_us] => {
-                m.redis_checks.with_label_values(&["refused"]).inc();
+                checks.refused.inc();
                 let (scope, quota) = if bucket == 1 {
                     ("ip", ip_quota)
                 } else {
@@ -223,7 +241,7 @@ impl SharedLimits {
                 }))
             }
             other => {
-                m.redis_checks.with_label_values(&["error"]).inc();
+                checks.error.inc();
                 self.failed(cfg, "error", &format!("unexpected script answer {other:?}"))
             }
         }
