@@ -48,12 +48,14 @@ RUN touch src/main.rs src/lib.rs src/devtools/load/main.rs \
 # source changes, and the release build is not needed to run the tests.
 FROM rust:1-bookworm AS tests
 # The tools scripts/test.sh installs when missing, baked in: psql (readiness
-# check), pip for schemathesis, docker-compose, chromium, promtool, and
-# python3-venv for kubernetes-validate and checkov (their own environment, as
-# scripts/test.sh makes: checkov pins old versions of common packages).
+# check), redis-server (scripts/test.sh starts a throwaway Redis on a free
+# port, and the shared-limit tests start their own), pip for schemathesis,
+# docker-compose, chromium, promtool, and python3-venv for kubernetes-validate
+# and checkov (their own environment, as scripts/test.sh makes: checkov pins
+# old versions of common packages).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        postgresql-client python3-pip python3-venv docker-compose chromium prometheus \
+        postgresql-client redis-server python3-pip python3-venv docker-compose chromium prometheus \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m pip install --no-cache-dir --break-system-packages 'schemathesis>=4,<5'
 RUN python3 -m venv /opt/python-tools \

@@ -21,10 +21,14 @@
 # process, when the name carries one, is gone. Each test drops its own
 # database when it ends (panics included); this catches runs that were killed.
 #
+# Then it finds, starts or installs a Redis the same way (see "Redis" below)
+# and exports REDIS_URL.
+#
 # Before it installs anything as root it says what and why, one line each.
 #
 # Environment:
 #   DATABASE_URL            overrides `.env.test`.
+#   REDIS_URL               overrides `.env.test`'s REDIS_URL.
 #   SWITCHBOARD_TEST_CMD    if set, run `bash -c "$SWITCHBOARD_TEST_CMD"` (extra
 #                           args as $1...) instead of cargo; for trying this
 #                           script itself, e.g.
@@ -196,6 +200,21 @@ as_owner() {
     fi
 }
 
+REDIS_DIR=""   # temp dir of the throwaway Redis, if started
+REDIS_PID=""   # its process
+
+# shellcheck disable=SC2317  # invoked from cleanup
+stop_throwaway_redis() {
+    if [[ -n $REDIS_PID ]]; then
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+        REDIS_PID=""
+    fi
+    if [[ -n $REDIS_DIR && -d $REDIS_DIR ]]; then
+        rm -rf -- "$REDIS_DIR" || true
+    fi
+}
+
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$?
@@ -205,6 +224,7 @@ cleanup() {
         kill -TERM "$CHILD_PID" 2>/dev/null || true
         wait "$CHILD_PID" 2>/dev/null || true
     fi
+    stop_throwaway_redis
     if [[ -n $PG_DIR && -d $PG_DIR ]]; then
         if [[ $PG_STARTED -eq 1 ]]; then
             as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
@@ -355,6 +375,107 @@ drop_stale_test_databases() {
 if [[ $PG_STARTED -eq 0 ]]; then
     drop_stale_test_databases "$DATABASE_URL"
 fi
+
+# --- Redis (tests/it/shared_limits.rs) ---------------------------------------------
+# The shared-rate-limit tests need a Redis, at REDIS_URL, and the redis-server
+# binary (some tests start one of their own on a free port, to kill it). In
+# order:
+#
+#   1. REDIS_URL from the environment, else from `.env.test`, if it answers PING.
+#   2. Otherwise redis://127.0.0.1:6379 if it answers (SWITCHBOARD_REDIS_DEFAULT_URL
+#      names another, for trying this script).
+#   3. Otherwise a throwaway redis-server (no persistence) on a free 127.0.0.1
+#      port, in a temp dir, stopped and removed on exit whatever the result.
+#
+# Without redis-server, as root with apt-get it first installs Debian's
+# `redis-server` package (saying so; SWITCHBOARD_NO_INSTALL=1 forbids it);
+# otherwise it fails, saying how to get one.
+
+
+# True if the Redis at URL $1 answers PING (redis-cli when there is one, else
+# a bare RESP PING over /dev/tcp, which cannot authenticate).
+redis_answers() {
+    local url=$1 rest host port out
+    if have redis-cli; then
+        out="$(timeout 5 redis-cli -u "$url" ping 2>/dev/null)" || return 1
+        [[ $out == PONG ]]
+        return
+    fi
+    rest=${url#*://}; rest=${rest##*@}; rest=${rest%%/*}
+    host=${rest%%:*}; port=6379
+    [[ $rest == *:* ]] && port=${rest##*:}
+    # shellcheck disable=SC2016  # $1/$2 expand in the inner bash
+    timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "PING\r\n" >&3 && IFS= read -r line <&3 && [[ $line == +PONG* ]]' \
+        _ "${host:-127.0.0.1}" "$port" 2>/dev/null
+}
+
+install_redis() {
+    [[ $EUID -eq 0 ]] || return 1
+    have apt-get || return 1
+    [[ ${SWITCHBOARD_NO_INSTALL:-0} != 1 ]] || return 1
+    say "will install (apt-get, as root): redis-server: tests/it/shared_limits.rs shares rate limits through a real Redis and starts redis-server processes of its own (SWITCHBOARD_NO_INSTALL=1 forbids installing)"
+    if [[ ${APT_UPDATED:-0} != 1 ]]; then
+        apt-get update -qq || die "apt-get update failed (see above)"
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
+        || die "apt-get could not install redis-server (see above)"
+    hash -r
+}
+
+start_throwaway_redis() {
+    local port base
+    port="$(free_port)" || die "no free port on 127.0.0.1"
+    base="${TMPDIR:-/tmp}"
+    REDIS_DIR="$(mktemp -d "$base/switchboard-redis.XXXXXX" 2>/dev/null)" \
+        || REDIS_DIR="$(mktemp -d /tmp/switchboard-redis.XXXXXX)"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$REDIS_DIR" --logfile "$REDIS_DIR/redis.log" &
+    REDIS_PID=$!
+    REDIS_URL="redis://127.0.0.1:$port"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        redis_answers "$REDIS_URL" && break
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! redis_answers "$REDIS_URL"; then
+        tail -n 20 "$REDIS_DIR/redis.log" >&2 || true
+        die "redis-server did not start on 127.0.0.1:$port (log above)"
+    fi
+    say "started throwaway Redis $(redis-server --version | awk '{print $3}') on 127.0.0.1:$port (data in $REDIS_DIR)"
+}
+
+
+if ! have redis-server; then
+    install_redis || die "redis-server not found (tests/it/shared_limits.rs starts its own Redis servers). \
+Install it (Debian/Ubuntu: sudo apt-get install redis-server), or run this script as root to have it installed."
+    have redis-server || die "installed redis-server, but no 'redis-server' command is on PATH"
+fi
+
+REDIS_SOURCE=""
+if [[ -n ${REDIS_URL:-} ]]; then
+    REDIS_SOURCE="from the environment"
+elif REDIS_URL="$(dotenv_get .env.test REDIS_URL)" && [[ -n $REDIS_URL ]]; then
+    REDIS_SOURCE="from .env.test"
+else
+    REDIS_URL=""
+fi
+REDIS_DEFAULT_URL="${SWITCHBOARD_REDIS_DEFAULT_URL:-redis://127.0.0.1:6379}"
+if [[ -n $REDIS_URL ]] && redis_answers "$REDIS_URL"; then
+    say "using Redis at $(redact "$REDIS_URL") ($REDIS_SOURCE)"
+else
+    if [[ -n $REDIS_URL ]]; then
+        say "Redis at $(redact "$REDIS_URL") ($REDIS_SOURCE) does not answer PING"
+    fi
+    if redis_answers "$REDIS_DEFAULT_URL"; then
+        REDIS_URL=$REDIS_DEFAULT_URL
+        say "using Redis at $(redact "$REDIS_URL") (it answers there)"
+    else
+        start_throwaway_redis
+    fi
+fi
+export REDIS_URL
 
 # --- tools other tests drive: docker-compose, chromium, promtool ----------------
 # tests/it/compose.rs runs `docker-compose config` on the compose files, the

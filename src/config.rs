@@ -358,6 +358,61 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
+/// `[limits.redis]`: each wait bounded, the URL one the client speaks.
+fn redis_problems(r: &RedisLimitsConfig, request_deadline_ms: u64) -> Vec<String> {
+    let mut p = Vec::new();
+    if let Some(url) = &r.url {
+        let url = url.expose_secret();
+        if url.starts_with("rediss://") {
+            p.push("limits.redis.url: TLS to Redis (rediss://) is not built yet; use redis:// on a private network".into());
+        } else if !url.starts_with("redis://") {
+            p.push(format!(
+                "limits.redis.url: must start with redis:// (got {})",
+                redact_url(url)
+            ));
+        } else if let Err(e) = redis::Client::open(url) {
+            p.push(format!("limits.redis.url: {e} (got {})", redact_url(url)));
+        }
+    }
+    if r.timeout_ms == 0 || r.timeout_ms > REDIS_TIMEOUT_MS_MAX {
+        p.push(format!(
+            "limits.redis.timeout_ms: must be 1 to {REDIS_TIMEOUT_MS_MAX}"
+        ));
+    } else if request_deadline_ms > 0 && r.timeout_ms >= request_deadline_ms {
+        p.push("limits.redis.timeout_ms: must be less than server.request_deadline_ms".into());
+    }
+    if r.connect_timeout_ms == 0 || r.connect_timeout_ms > REDIS_TIMEOUT_MS_MAX {
+        p.push(format!(
+            "limits.redis.connect_timeout_ms: must be 1 to {REDIS_TIMEOUT_MS_MAX}"
+        ));
+    }
+    if r.backoff_ms > REDIS_BACKOFF_MS_MAX {
+        p.push(format!(
+            "limits.redis.backoff_ms: at most {REDIS_BACKOFF_MS_MAX}"
+        ));
+    }
+    if r.key_prefix.len() > REDIS_KEY_PREFIX_BYTES_MAX
+        || !r.key_prefix.bytes().all(|b| b.is_ascii_graphic())
+    {
+        p.push(format!(
+            "limits.redis.key_prefix: at most {REDIS_KEY_PREFIX_BYTES_MAX} printable ASCII characters, no spaces"
+        ));
+    }
+    if r.pipeline_max == 0 || r.pipeline_max > REDIS_PIPELINE_MAX {
+        p.push(format!(
+            "limits.redis.pipeline_max: must be 1 to {REDIS_PIPELINE_MAX}"
+        ));
+    }
+    p
+}
+
+/// A shared check sits in every admitted request's path: a second is
+/// already far too long.
+const REDIS_TIMEOUT_MS_MAX: u64 = 5_000;
+const REDIS_BACKOFF_MS_MAX: u64 = 60_000;
+const REDIS_KEY_PREFIX_BYTES_MAX: usize = 64;
+const REDIS_PIPELINE_MAX: usize = 65_536;
+
 fn redact_url(url: &str) -> String {
     // scheme://user:password@host → scheme://user:***@host
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -480,6 +535,95 @@ pub struct LimitsConfig {
     pub transactions_in_flight_max: usize,
     /// How often idle keys are pruned from the keyed limiters, ms.
     pub prune_interval_ms: u64,
+    /// The optional shared buckets in Redis, behind the local ones.
+    pub redis: RedisLimitsConfig,
+}
+
+/// `[limits.redis]`: per-IP and per-client buckets shared by every replica,
+/// held in Redis. The local limiters stay in front: a request they refuse
+/// never reaches Redis; one they admit costs one round trip (both buckets in
+/// one script).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisLimitsConfig {
+    /// `redis://[user:password@]host[:port][/db]`; unset: limits are per
+    /// replica. Secret: may hold a password. Restart to change.
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// One check (both buckets, one round trip) must answer within this, ms;
+    /// past it the check counts as failed and `failure_mode` applies.
+    pub timeout_ms: u64,
+    /// Establishing (or re-establishing) the connection times out after
+    /// this, ms. Restart to change.
+    pub connect_timeout_ms: u64,
+    /// What a request gets when Redis cannot answer in time.
+    pub failure_mode: RedisFailureMode,
+    /// After a failed check, Redis is not asked again for this long, ms:
+    /// `failure_mode` applies at once, so an outage costs one timeout per
+    /// backoff rather than one per request (0: ask every time).
+    pub backoff_ms: u64,
+    /// Prefix of every key the gateway writes, so replicas of one gateway
+    /// share buckets and other users of the Redis do not collide with them.
+    pub key_prefix: String,
+    /// Most commands queued on the one multiplexed connection; a check
+    /// that finds it full waits, within `timeout_ms`. Restart to change.
+    pub pipeline_max: usize,
+}
+
+impl fmt::Debug for RedisLimitsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimitsConfig")
+            .field("url", &self.url_redacted())
+            .field("timeout_ms", &self.timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("failure_mode", &self.failure_mode)
+            .field("backoff_ms", &self.backoff_ms)
+            .field("key_prefix", &self.key_prefix)
+            .field("pipeline_max", &self.pipeline_max)
+            .finish()
+    }
+}
+
+impl RedisLimitsConfig {
+    /// The URL with any password replaced, safe for logs.
+    pub fn url_redacted(&self) -> Option<String> {
+        self.url.as_ref().map(|u| redact_url(u.expose_secret()))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn backoff(&self) -> Duration {
+        Duration::from_millis(self.backoff_ms)
+    }
+
+    /// What only a restart changes (the connection), the URL compared in full.
+    pub fn same_connection_as(&self, other: &RedisLimitsConfig) -> bool {
+        self.url.as_ref().map(|u| u.expose_secret().to_owned())
+            == other.url.as_ref().map(|u| u.expose_secret().to_owned())
+            && self.connect_timeout_ms == other.connect_timeout_ms
+            && self.pipeline_max == other.pipeline_max
+    }
+}
+
+/// `limits.redis.failure_mode`: a check Redis did not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailureMode {
+    /// Decide by the local limiters alone (per replica), as without Redis.
+    Open,
+    /// Refuse the request: 503 `rate_limit_unavailable`.
+    Closed,
+}
+
+impl RedisFailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisFailureMode::Open => "open",
+            RedisFailureMode::Closed => "closed",
+        }
+    }
 }
 
 /// `[limits.roles.*]`
@@ -1011,12 +1155,13 @@ impl Config {
         if l.prune_interval_ms == 0 {
             p.push("limits.prune_interval_ms: must be greater than 0".into());
         }
-        if let Some(max) = self.auth.token_lifetime_max_s {
-            if self.auth.token_ttl_s > max {
-                p.push(format!(
-                    "auth.token_ttl_s: must not exceed auth.token_lifetime_max_s ({max}), or `switchboard token` prints tokens the gateway refuses"
-                ));
-            }
+        p.extend(redis_problems(&l.redis, s.request_deadline_ms));
+        if let Some(max) = self.auth.token_lifetime_max_s
+            && self.auth.token_ttl_s > max
+        {
+            p.push(format!(
+                "auth.token_ttl_s: must not exceed auth.token_lifetime_max_s ({max}), or `switchboard token` prints tokens the gateway refuses"
+            ));
         }
         let mut kids = std::collections::HashSet::new();
         for (i, k) in self.auth.keys.iter().enumerate() {
@@ -1252,6 +1397,51 @@ mod tests {
             let err = Config::from_toml(&format!("[server]\n{bad}\n")).unwrap_err();
             assert!(err.problems.join("\n").contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn redis_limits_are_off_by_default_bounded_and_their_password_redacted() {
+        let c = Config::from_toml("").unwrap();
+        let r = &c.limits.redis;
+        assert!(r.url.is_none(), "off unless configured");
+        assert_eq!(r.failure_mode, RedisFailureMode::Open);
+
+        let c = Config::from_toml(
+            "[limits.redis]\nurl = \"redis://:s3cret@cache:6380/2\"\nfailure_mode = \"closed\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.limits.redis.failure_mode, RedisFailureMode::Closed);
+        let text = format!("{c:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("redis://:***@cache:6380/2"), "{text}");
+
+        for (bad, says) in [
+            ("url = \"rediss://cache\"", "limits.redis.url: TLS"),
+            (
+                "url = \"http://cache\"",
+                "limits.redis.url: must start with redis://",
+            ),
+            ("timeout_ms = 0", "limits.redis.timeout_ms"),
+            ("timeout_ms = 5001", "limits.redis.timeout_ms"),
+            ("connect_timeout_ms = 0", "limits.redis.connect_timeout_ms"),
+            ("backoff_ms = 60001", "limits.redis.backoff_ms"),
+            ("key_prefix = \"has space\"", "limits.redis.key_prefix"),
+            ("pipeline_max = 0", "limits.redis.pipeline_max"),
+            ("failure_mode = \"maybe\"", "maybe"),
+        ] {
+            let err = Config::from_toml(&format!("[limits.redis]\n{bad}\n")).unwrap_err();
+            assert!(err.problems.join("\n").contains(says), "{bad}: {err}");
+        }
+        let err = Config::from_toml(
+            "[server]\nrequest_deadline_ms = 40\n[limits.redis]\ntimeout_ms = 40\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .join("\n")
+                .contains("less than server.request_deadline_ms"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,6 +13,11 @@ const LATENCY_BUCKETS_S: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets of a Redis round trip, in seconds, from 100 µs to 100 ms.
+const REDIS_BUCKETS_S: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
 /// What `transactions_total{outcome}` counts, in the order the status page
 /// lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +95,9 @@ pub struct Metrics {
     pub limiter_keys: IntGaugeVec,
     pub auth_cache_entries: IntGauge,
     pub transactions_in_flight: IntGauge,
+    pub redis_checks: IntCounterVec,
+    pub redis_duration: Histogram,
+    pub rate_limit_fallbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -290,6 +298,30 @@ impl Metrics {
                 "Transactions being processed now (capped by limits.transactions_in_flight_max).",
             )
             .expect("valid metric"),
+            redis_checks: IntCounterVec::new(
+                Opts::new(
+                    "rate_limit_redis_checks_total",
+                    "Shared rate-limit checks sent to Redis, by result (admitted, refused, timeout, error).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            redis_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "rate_limit_redis_duration_seconds",
+                    "Round trip of a shared rate-limit check Redis answered.",
+                )
+                .buckets(REDIS_BUCKETS_S.to_vec()),
+            )
+            .expect("valid metric"),
+            rate_limit_fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "rate_limit_fallbacks_total",
+                    "Requests whose shared rate-limit check Redis did not answer, by limits.redis.failure_mode (open: admitted by the local limits; closed: refused) and reason (timeout, error, backoff).",
+                ),
+                &["mode", "reason"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -300,6 +332,16 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Known label sets from the start, so alerts on them see a 0 rather
+        // than no series before the first shared check.
+        for result in ["admitted", "refused", "timeout", "error"] {
+            m.redis_checks.with_label_values(&[result]);
+        }
+        for mode in ["open", "closed"] {
+            for reason in ["timeout", "error", "backoff"] {
+                m.rate_limit_fallbacks.with_label_values(&[mode, reason]);
+            }
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
@@ -329,6 +371,9 @@ impl Metrics {
             Box::new(m.limiter_keys.clone()),
             Box::new(m.auth_cache_entries.clone()),
             Box::new(m.transactions_in_flight.clone()),
+            Box::new(m.redis_checks.clone()),
+            Box::new(m.redis_duration.clone()),
+            Box::new(m.rate_limit_fallbacks.clone()),
             Box::new(build_info),
         ];
         for c in collectors {

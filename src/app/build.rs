@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ForwardingConfig, LedgerConfig, Sources};
 use crate::edge::tls::{self, TlsError};
-use crate::edge::{self, AppState, Authenticator, Limiter, RENDER};
+use crate::edge::{self, AppState, Authenticator, Limiter, RENDER, SharedLimits};
 use crate::ledger::{GroupConfig, Ledger, LedgerError};
 use crate::metrics::Metrics;
 use crate::switches::{BalanceSettings, SwitchClient, Switches};
@@ -31,6 +31,8 @@ pub enum StartError {
     Ledger(#[from] LedgerError),
     #[error("auth keys: {0}")]
     Auth(#[from] crate::edge::AuthError),
+    #[error("limits.redis: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 /// The gateway, built and bound: [`Application::run`] serves it.
@@ -84,11 +86,19 @@ impl Application {
             metrics.clone(),
             RENDER,
         );
+        let shared = SharedLimits::new(&config.limits.redis, &metrics)?;
+        if let Some(url) = config.limits.redis.url_redacted() {
+            tracing::info!(
+                redis = %url,
+                failure_mode = config.limits.redis.failure_mode.as_str(),
+                "rate limits shared through Redis"
+            );
+        }
         let state = AppState {
             auth: Arc::new(ArcSwap::from_pointee(auth)),
             metrics,
             switches,
-            limiter: Arc::new(Limiter::new(&config.limits)),
+            limiter: Arc::new(Limiter::with_shared(&config.limits, shared)),
             ledger,
             config: Arc::new(ArcSwap::from_pointee(config)),
             ready: Default::default(),

@@ -1,4 +1,5 @@
-//! Live configuration: the switch list and the per-request limits reload on
+//! Live configuration: the switch list and the per-request limits (and of
+//! the shared limits in Redis everything but the connection) reload on
 //! a change of a config file or on SIGHUP, without dropping connections or
 //! in-flight transactions.
 //!
@@ -95,7 +96,7 @@ impl Reloader {
         let fixed_changed = fixed_settings_changed(&old, &new);
         if fixed_changed {
             tracing::warn!(
-                "listeners, TLS files, connection limits, client addressing, the database and the ledger's batching change only on restart"
+                "listeners, TLS files, connection limits, client addressing, the database, the ledger's batching and the Redis connection (limits.redis.url, connect_timeout_ms, pipeline_max) change only on restart"
             );
         }
         // Keep what cannot change while running.
@@ -122,6 +123,12 @@ impl Reloader {
         new.ledger.queue_wait_ms = old.ledger.queue_wait_ms;
         new.ledger.writers = old.ledger.writers;
         new.log = old.log.clone();
+        // The shared limits' connection is made at start; the rest of
+        // `[limits.redis]` (timeout, failure mode, backoff, key prefix) is
+        // read per request and applies at once.
+        new.limits.redis.url = old.limits.redis.url.clone();
+        new.limits.redis.connect_timeout_ms = old.limits.redis.connect_timeout_ms;
+        new.limits.redis.pipeline_max = old.limits.redis.pipeline_max;
 
         let (added, removed) = self.switches.replace(
             &new.switches,
@@ -250,6 +257,7 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> bool {
         || n.trusted_proxies != o.trusted_proxies
         || !new.database.same_as(&old.database)
         || super::batching(&new.ledger) != super::batching(&old.ledger)
+        || !new.limits.redis.same_connection_as(&old.limits.redis)
 }
 
 #[cfg(test)]

@@ -880,14 +880,14 @@ impl Shared {
             }
             outcome
         };
-        if let Some(store) = store.as_mut() {
-            if let Err(e) = store.append(id, &outcome).await {
-                warn!(sim = %self.name, path = %store.path.display(), error = %e, "state file write failed");
-                return Submitted::Refused(json(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &json!({"status": "error", "reason": "state file write failed"}),
-                ));
-            }
+        if let Some(store) = store.as_mut()
+            && let Err(e) = store.append(id, &outcome).await
+        {
+            warn!(sim = %self.name, path = %store.path.display(), error = %e, "state file write failed");
+            return Submitted::Refused(json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"status": "error", "reason": "state file write failed"}),
+            ));
         }
         self.book().record(id.to_owned(), outcome.clone());
         Submitted::Recorded(outcome)

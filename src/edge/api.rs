@@ -1,6 +1,7 @@
 //! The HTTPS handler: per request, request id → deadline → per-IP limit →
 //! route (404/405) → authentication → mTLS subject binding → role →
-//! per-client limit → the endpoint's handler. Every refusal is audited in
+//! per-client limit → the shared limits (Redis, when configured) → the
+//! endpoint's handler. Every refusal is audited in
 //! [`deny`], inside the request's span, which names the client's address
 //! ([`client_ip`]).
 
@@ -21,6 +22,7 @@ use crate::edge::error::{ApiError, Body, Unauthenticated};
 use crate::edge::handlers;
 use crate::edge::routes::{Endpoint, find_route, route_label};
 use crate::edge::server::{ConnInfo, Handler};
+use crate::edge::shared_limits::SharedRefusal;
 use crate::edge::state::AppState;
 
 /// Counts a request in flight until dropped, even if hyper drops the
@@ -164,6 +166,27 @@ async fn route_request(
             deny(state, Some(&who), "rate_limited_client");
             ApiError::from(r)
         })?;
+    // Both local cuts passed: with `limits.redis.url` the shared buckets
+    // decide (one round trip). Unauthenticated requests never get here, so
+    // a garbage-token flood costs Redis nothing.
+    if state.limiter.is_shared() {
+        let config = state.config.load_full();
+        state
+            .limiter
+            .check_shared(&config.limits.redis, client, &who.client, &who.roles)
+            .await
+            .map_err(|refusal| match refusal {
+                SharedRefusal::Limited(r) => {
+                    let reason = match r.scope {
+                        "ip" => "rate_limited_ip",
+                        _ => "rate_limited_client",
+                    };
+                    deny(state, Some(&who), reason);
+                    ApiError::from(r)
+                }
+                SharedRefusal::Unavailable => ApiError::RateLimitUnavailable,
+            })?;
+    }
     match route.endpoint {
         Endpoint::PostTransaction => {
             handlers::post_transaction(state, who, req, request_id, deadline).await

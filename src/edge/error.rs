@@ -58,6 +58,9 @@ pub enum ApiError {
     },
     #[error("the gateway is at capacity; retry shortly")]
     Overloaded,
+    /// `limits.redis.failure_mode = "closed"` and Redis did not answer.
+    #[error("the rate limiter is unavailable; retry shortly")]
+    RateLimitUnavailable,
     #[error("no switch is available to process the transaction")]
     NoSwitchAvailable,
     #[error("the ledger is unavailable")]
@@ -87,9 +90,10 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoSwitchAvailable | ApiError::LedgerUnavailable | ApiError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NoSwitchAvailable
+            | ApiError::LedgerUnavailable
+            | ApiError::Overloaded
+            | ApiError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -118,6 +122,7 @@ impl ApiError {
             ApiError::TransactionInProgress { .. } => ErrorCode::TransactionInProgress,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Overloaded => ErrorCode::Overloaded,
+            ApiError::RateLimitUnavailable => ErrorCode::RateLimitUnavailable,
             ApiError::NoSwitchAvailable => ErrorCode::NoSwitchAvailable,
             ApiError::LedgerUnavailable => ErrorCode::LedgerUnavailable,
             ApiError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
@@ -158,7 +163,7 @@ impl ApiError {
                 headers.insert("ratelimit-remaining", (*remaining).into());
                 headers.insert("ratelimit-reset", (*reset_s).into());
             }
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::RateLimitUnavailable => {
                 headers.insert(header::RETRY_AFTER, 1.into());
             }
             ApiError::Unauthorized(why) => {
@@ -342,6 +347,7 @@ pub enum ErrorCode {
     NoSwitchAvailable,
     LedgerUnavailable,
     Overloaded,
+    RateLimitUnavailable,
     DeadlineExceeded,
 }
 
@@ -368,6 +374,7 @@ impl ErrorCode {
             ErrorCode::NoSwitchAvailable => "no_switch_available",
             ErrorCode::LedgerUnavailable => "ledger_unavailable",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::RateLimitUnavailable => "rate_limit_unavailable",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
         }
     }

@@ -13,6 +13,13 @@
 //! acceptable for an operator-driven reload and keeps the hot path lock-free.
 //!
 //! Keys stay until pruned: [`Limiter::prune`] must run periodically.
+//!
+//! With `limits.redis.url`, the same buckets are also kept in Redis and
+//! shared by every replica ([`super::shared_limits`]). The local ones stay
+//! in front as a first cut: what they refuse never reaches Redis, so a flood
+//! from one client or address costs a hash-map lookup per request, not a
+//! round trip; a request they admit is then checked against both shared
+//! buckets at once ([`Limiter::check_shared`]), which decide.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,7 +36,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 
-use crate::config::{LimitsConfig, Quota};
+use super::shared_limits::{SharedLimits, SharedRefusal};
+use crate::config::{LimitsConfig, Quota, RedisLimitsConfig};
 use crate::domain::{ClientId, Role};
 
 /// What a successful check reports, for `RateLimit-*` headers.
@@ -270,17 +278,54 @@ pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
 pub struct Limiter {
     tables: ArcSwap<Tables>,
     in_flight: Arc<InFlight>,
+    /// The shared buckets, when `limits.redis.url` is set (at start).
+    shared: Option<SharedLimits>,
 }
 
 impl Limiter {
+    /// Local limits only.
+    #[cfg(test)]
     pub fn new(cfg: &LimitsConfig) -> Self {
+        Self::with_shared(cfg, None)
+    }
+
+    /// Local limits, and the shared buckets behind them when `shared` is some.
+    pub(crate) fn with_shared(cfg: &LimitsConfig, shared: Option<SharedLimits>) -> Self {
         Self {
             tables: ArcSwap::from_pointee(Tables::build(cfg, None)),
             in_flight: Arc::new(InFlight {
                 now: AtomicUsize::new(0),
                 max: AtomicUsize::new(cfg.transactions_in_flight_max),
             }),
+            shared,
         }
+    }
+
+    /// Whether `limits.redis.url` was set at start.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// After the local checks admitted a request: its IP's and its client's
+    /// shared buckets, in one round trip, with the quotas the local checks
+    /// used. Admits at once without `limits.redis.url`.
+    pub async fn check_shared(
+        &self,
+        cfg: &RedisLimitsConfig,
+        ip: IpAddr,
+        client: &ClientId,
+        roles: &[Role],
+    ) -> Result<(), SharedRefusal> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let (ip_quota, client_quota) = {
+            let tables = self.tables.load();
+            (tables.ip.quota, tables.client_bucket(client, roles).quota)
+        };
+        shared
+            .check(cfg, (ip_key(ip), ip_quota), (client, client_quota))
+            .await
     }
 
     /// Per-IP check, before any token is verified, keyed by [`ip_key`].
@@ -382,6 +427,10 @@ mod tests {
             }],
             transactions_in_flight_max: 2,
             prune_interval_ms: 1000,
+            redis: crate::config::Config::from_toml("")
+                .expect("the defaults")
+                .limits
+                .redis,
         }
     }
 

@@ -16,6 +16,7 @@ mod limits;
 mod openapi;
 mod routes;
 mod server;
+mod shared_limits;
 mod state;
 pub mod tls;
 
@@ -31,3 +32,4 @@ pub(crate) use api::{Api, check_host};
 pub(crate) use error::json_response;
 pub(crate) use limits::Limiter;
 pub(crate) use server::{ConnInfo, ConnLimits, Handler, Linger, bind, serve_plain, serve_tls};
+pub(crate) use shared_limits::SharedLimits;

@@ -377,14 +377,20 @@ fn post_transaction() -> Doc {
                 (
                     503,
                     errors(
-                        "Not processed; nothing moved. `no_switch_available` (no healthy switch, or every switch tried refused it before processing; stored when a reservation was released, and replayed with `Idempotent-Replayed: true`), `ledger_unavailable`, `overloaded` (too many transactions in flight; with `Retry-After`).",
+                        "Not processed; nothing moved. `no_switch_available` (no healthy switch, or every switch tried refused it before processing; stored when a reservation was released, and replayed with `Idempotent-Replayed: true`), `ledger_unavailable`, `overloaded` (too many transactions in flight; with `Retry-After`), `rate_limit_unavailable` (the shared rate limits in Redis did not answer and `limits.redis.failure_mode` is `closed`; with `Retry-After`).",
                         &[
                             ApiError::NoSwitchAvailable,
                             ApiError::LedgerUnavailable,
                             ApiError::Overloaded,
+                            ApiError::RateLimitUnavailable,
                         ],
                         &[
-                            ("Retry-After", retry_after("On `overloaded`: seconds to wait.")),
+                            (
+                                "Retry-After",
+                                retry_after(
+                                    "On `overloaded` and `rate_limit_unavailable`: seconds to wait.",
+                                ),
+                            ),
                             ("Idempotent-Replayed", idempotent_replayed()),
                         ],
                     ),
@@ -425,6 +431,8 @@ fn operation(route: &Route) -> Operation {
         add(403, shared("Forbidden"));
     }
     add(429, shared("RateLimited"));
+    // Every route passes the shared limits (where no other 503 is listed).
+    add(503, shared("RateLimitUnavailable"));
     add(504, shared("DeadlineExceeded"));
     responses.sort_by_key(|(status, _)| *status);
 
@@ -766,9 +774,24 @@ fn shared_responses() -> Vec<(&'static str, Response)> {
         (
             "LedgerUnavailable",
             error_response(
-                "`ledger_unavailable`: the ledger database could not be reached in time (`database.acquire_timeout_ms`).",
-                one(ApiError::LedgerUnavailable),
-                &[],
+                "`ledger_unavailable`: the ledger database could not be reached in time (`database.acquire_timeout_ms`); `rate_limit_unavailable`: the shared rate limits in Redis did not answer and `limits.redis.failure_mode` is `closed` (with `Retry-After`).",
+                [
+                    one(ApiError::LedgerUnavailable),
+                    one(ApiError::RateLimitUnavailable),
+                ]
+                .concat(),
+                &[(
+                    "Retry-After",
+                    retry_after("On `rate_limit_unavailable`: seconds to wait."),
+                )],
+            ),
+        ),
+        (
+            "RateLimitUnavailable",
+            error_response(
+                "`rate_limit_unavailable`: the shared rate limits in Redis did not answer and `limits.redis.failure_mode` is `closed`.",
+                one(ApiError::RateLimitUnavailable),
+                &[("Retry-After", retry_after(ALWAYS_SENT))],
             ),
         ),
         (

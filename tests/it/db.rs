@@ -14,10 +14,10 @@ const TEST_ACQUIRE_TIMEOUT_MS: u64 = 60_000;
 
 /// The admin URL: `DATABASE_URL` from the environment, else from `.env.test`.
 fn admin_url() -> Option<String> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        if !url.is_empty() {
-            return Some(url);
-        }
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.is_empty()
+    {
+        return Some(url);
     }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".env.test");
     let text = std::fs::read_to_string(path).ok()?;

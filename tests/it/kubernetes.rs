@@ -236,10 +236,10 @@ fn drain_ms(layers: &[&str]) -> u64 {
     let mut drain = 0;
     for text in layers {
         for line in text.lines() {
-            if let Some(v) = line.trim().strip_prefix("shutdown_drain_ms") {
-                if let Some(n) = v.trim().strip_prefix('=') {
-                    drain = n.trim().parse().expect("shutdown_drain_ms is a number");
-                }
+            if let Some(v) = line.trim().strip_prefix("shutdown_drain_ms")
+                && let Some(n) = v.trim().strip_prefix('=')
+            {
+                drain = n.trim().parse().expect("shutdown_drain_ms is a number");
             }
         }
     }

@@ -112,6 +112,7 @@ fn every_error() -> Vec<ApiError> {
             retry_after_s: 1,
         },
         ApiError::Overloaded,
+        ApiError::RateLimitUnavailable,
         ApiError::NoSwitchAvailable,
         ApiError::LedgerUnavailable,
         ApiError::DeadlineExceeded,
@@ -135,6 +136,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::TransactionInProgress { .. }
             | ApiError::RateLimited { .. }
             | ApiError::Overloaded
+            | ApiError::RateLimitUnavailable
             | ApiError::NoSwitchAvailable
             | ApiError::LedgerUnavailable
             | ApiError::DeadlineExceeded
@@ -152,7 +154,8 @@ fn error(code: &str) -> ApiError {
 }
 
 /// The errors each operation can answer, read off `src/edge/`:
-/// every route passes the per-IP and per-client limits (429), the `Host`
+/// every route passes the per-IP and per-client limits (429; with the shared
+/// limits in Redis failing closed, 503 `rate_limit_unavailable`), the `Host`
 /// check (400), the token (401), the role (403) and the deadline backstop
 /// (504); then
 /// - bodies (`read_json`): 413, 415, 400, 408;
@@ -168,6 +171,7 @@ fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
         "unauthorized",
         "forbidden",
         "rate_limited",
+        "rate_limit_unavailable",
         "deadline_exceeded",
     ];
     codes.extend(match endpoint {
@@ -542,10 +546,10 @@ fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Vec<String> {
             return vec![format!("{at}: expected {types:?}, got {v}")];
         }
     }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(v) {
-            problems.push(format!("{at}: {v} not in {allowed:?}"));
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(v)
+    {
+        problems.push(format!("{at}: {v} not in {allowed:?}"));
     }
     if let Some(n) = v.as_f64() {
         if schema

@@ -141,6 +141,27 @@ tests:
           - labels: 'ALERTS{alertname="SwitchboardLedgerUnavailable",alertstate="firing",severity="critical",job="sb",instance="gw-1"}'
             value: 1
 
+  # Redis unreachable, failing closed: 503s on reads, which are not the
+  # ledger's; then failing open on another replica.
+  - interval: 15s
+    input_series:
+      - series: 'switchboard_http_requests_total{job="sb",instance="gw-1",route="/v1/accounts/{id}",status="503"}'
+        values: '0+5x20'
+      - series: 'switchboard_rate_limit_fallbacks_total{job="sb",instance="gw-1",mode="closed",reason="backoff"}'
+        values: '0+5x20'
+      - series: 'switchboard_rate_limit_fallbacks_total{job="sb",instance="gw-2",mode="open",reason="timeout"}'
+        values: '0+1x20'
+      - series: 'switchboard_rate_limit_fallbacks_total{job="sb",instance="gw-2",mode="open",reason="error"}'
+        values: '0x20'
+    promql_expr_test:
+      - expr: ALERTS{alertstate="firing"}
+        eval_time: 3m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SwitchboardRateLimiterUnavailable",alertstate="firing",severity="critical",job="sb",instance="gw-1"}'
+            value: 1
+          - labels: 'ALERTS{alertname="SwitchboardRateLimitsNotShared",alertstate="firing",severity="warning",job="sb",instance="gw-2"}'
+            value: 1
+
   # Half the answers are 500s for 7 minutes.
   - interval: 15s
     input_series:

@@ -221,14 +221,14 @@ fn pg_bin() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let (initdb, pg_ctl) = (dir.join("initdb"), dir.join("pg_ctl"));
-            if initdb.is_file() && pg_ctl.is_file() {
-                if let Some(real) = std::fs::canonicalize(&initdb)
+            if initdb.is_file()
+                && pg_ctl.is_file()
+                && let Some(real) = std::fs::canonicalize(&initdb)
                     .ok()
                     .and_then(|p| p.parent().map(Path::to_owned))
                     .filter(|d| complete(d))
-                {
-                    return Some(real);
-                }
+            {
+                return Some(real);
             }
         }
     }

@@ -1,6 +1,7 @@
-//! scripts/test.sh itself, on a Postgres cluster of this test's own (so no
-//! other run's databases are touched): before the tests run it drops the
-//! stale test databases of earlier runs, and only those.
+//! scripts/test.sh itself: on a Postgres cluster of this test's own (so no
+//! other run's databases are touched), before the tests run it drops the
+//! stale test databases of earlier runs, and only those; and it finds or
+//! starts a Redis and exports `REDIS_URL`.
 
 use std::process::Command;
 
@@ -65,4 +66,62 @@ async fn test_sh_drops_stale_test_databases_nobody_uses() {
         "{stderr}"
     );
     let _ = holder.close().await;
+}
+
+/// With no Redis at `REDIS_URL` nor at the default address, scripts/test.sh
+/// starts a throwaway `redis-server` on a free port, hands the tests its
+/// URL, and stops it (and removes its directory) when it exits; a Redis
+/// that answers at `REDIS_URL` is used as it is.
+#[test]
+fn test_sh_finds_or_starts_a_redis_and_exports_redis_url() {
+    let dead = || format!("redis://127.0.0.1:{}", crate::harness::free_port());
+    let run = |redis_url: &str| {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test.sh"))
+            .env("REDIS_URL", redis_url)
+            .env("SWITCHBOARD_REDIS_DEFAULT_URL", dead())
+            .env(
+                "SWITCHBOARD_TEST_CMD",
+                r#"printf 'url=%s ping=%s\n' "$REDIS_URL" "$(redis-cli -u "$REDIS_URL" ping)""#,
+            )
+            .env("SWITCHBOARD_NO_INSTALL", "1")
+            .output()
+            .expect("run scripts/test.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "test.sh failed: {stderr}");
+        (stdout, stderr)
+    };
+
+    let (stdout, stderr) = run(&dead());
+    assert!(
+        stderr.contains("does not answer PING") && stderr.contains("started throwaway Redis"),
+        "{stderr}"
+    );
+    let url = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("url="))
+        .and_then(|l| l.strip_suffix(" ping=PONG"))
+        .unwrap_or_else(|| panic!("the tests saw a Redis that answers: {stdout}\n{stderr}"));
+    let dir = stderr
+        .split("(data in ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("the throwaway's directory");
+    let answers = |url: &str| {
+        redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(std::time::Duration::from_secs(1)))
+            .is_ok()
+    };
+    assert!(!answers(url), "the throwaway Redis at {url} is stopped");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} is removed");
+
+    // One that answers is used as it is.
+    let url = crate::redis_harness::url();
+    let (stdout, stderr) = run(&url);
+    assert!(
+        stderr.contains(&format!("using Redis at {url} (from the environment)")),
+        "{stderr}"
+    );
+    assert!(stdout.contains(&format!("url={url} ping=PONG")), "{stdout}");
 }

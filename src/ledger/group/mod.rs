@@ -749,10 +749,10 @@ fn plan_finish(
 ) -> Result<TransactionRecord, LedgerError> {
     // A reconciler whose lease was claimed again since writes nothing: the
     // row is the new holder's (checked on the row this batch has locked).
-    if let Some(fence) = &op.fence {
-        if row.lease_token.as_ref() != Some(fence) {
-            return Err(LedgerError::LeaseLost);
-        }
+    if let Some(fence) = &op.fence
+        && row.lease_token.as_ref() != Some(fence)
+    {
+        return Err(LedgerError::LeaseLost);
     }
     match row.status {
         s if s == target => return Ok(row.clone()),
