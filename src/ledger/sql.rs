@@ -26,6 +26,9 @@ use sqlx::{
 };
 use tokio::sync::OwnedMutexGuard;
 
+use super::history::{
+    HistoryQuery, Page, PostingCursor, PostingRecord, Scope, StatementQuery, TransactionCursor,
+};
 use super::{
     Account, AccountKind, AttemptOutcome, AttemptRecord, LeaseToken, LedgerError, NewAccount,
     StoredResponse, TransactionRecord,
@@ -322,6 +325,7 @@ pub(super) struct AttemptRow {
     attempt_no: i64,
     switch: String,
     started_at_ms: i64,
+    finished_at_ms: Option<i64>,
     outcome: Option<String>,
     error: Option<String>,
 }
@@ -333,6 +337,7 @@ impl AttemptRow {
             attempt_no: u32::try_from(self.attempt_no).map_err(|e| corrupt(what, e))?,
             switch: SwitchName::parse(&self.switch).map_err(|e| corrupt(what, e))?,
             started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
             outcome: self
                 .outcome
                 .map(|o| AttemptOutcome::parse(&o).ok_or_else(|| corrupt(what, o)))
@@ -340,6 +345,102 @@ impl AttemptRow {
             error: self.error,
         })
     }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct PostingRow {
+    id: i64,
+    transaction_id: Option<String>,
+    account_id: String,
+    amount: i64,
+    created_at_ms: i64,
+}
+
+impl PostingRow {
+    fn into_record(self) -> Result<PostingRecord, LedgerError> {
+        let what = "posting";
+        Ok(PostingRecord {
+            id: self.id,
+            transaction_id: self
+                .transaction_id
+                .map(|t| TransactionId::parse(&t).map_err(|e| corrupt(what, e)))
+                .transpose()?,
+            account: AccountId::parse(&self.account_id).map_err(|e| corrupt(what, e))?,
+            amount: self.amount,
+            created_at_ms: self.created_at_ms,
+        })
+    }
+}
+
+/// A value bound to a statement whose text is built at run time.
+#[derive(Debug, Clone, Copy)]
+enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// The one statement of a transactions page: the conditions the query
+/// names (each a fixed fragment with its `$N`), newest first, one row more
+/// than the page holds (so the page knows whether another follows). With
+/// `Scope::Client` it is a range of `transactions_client_created_at_ms`,
+/// else of `transactions_created_at_ms` (migration 0007); `accountId` and
+/// `status` filter the rows of that range.
+fn history_statement(q: &HistoryQuery) -> (String, Vec<Arg<'_>>) {
+    let mut conditions: Vec<String> = Vec::new();
+    let mut args: Vec<Arg<'_>> = Vec::new();
+    macro_rules! push {
+        ($a:expr) => {{
+            args.push($a);
+            args.len()
+        }};
+    }
+    if let Scope::Client(client) = &q.scope {
+        let n = push!(Arg::Text(client.as_str()));
+        conditions.push(format!("client = ${n}"));
+    }
+    if let Some(account) = &q.account {
+        let n = push!(Arg::Text(account.as_str()));
+        conditions.push(format!("(source = ${n} OR destination = ${n})"));
+    }
+    if let Some(status) = q.status {
+        let n = push!(Arg::Text(status.as_str()));
+        conditions.push(format!("status = ${n}"));
+    }
+    if let Some(from) = q.from_ms {
+        let n = push!(Arg::Int(from));
+        conditions.push(format!("created_at_ms >= ${n}"));
+    }
+    if let Some(to) = q.to_ms {
+        let n = push!(Arg::Int(to));
+        conditions.push(format!("created_at_ms < ${n}"));
+    }
+    if let Some(after) = &q.after {
+        let t = push!(Arg::Int(after.created_at_ms));
+        let i = push!(Arg::Text(after.id.as_str()));
+        conditions.push(format!("(created_at_ms, id) < (${t}, ${i})"));
+    }
+    let limit = push!(Arg::Int(i64::from(q.limit.max(1)) + 1));
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {} FROM transactions{filter} \
+         ORDER BY created_at_ms DESC, id DESC LIMIT ${limit}",
+        tx_columns!()
+    );
+    (sql, args)
+}
+
+/// The page of `rows` read with one row more than `limit`: at most `limit`
+/// rows, and the cursor of the last when more follow.
+fn page_of<T, C>(mut rows: Vec<T>, limit: u32, cursor: impl Fn(&T) -> C) -> Page<T, C> {
+    let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more { rows.last().map(cursor) } else { None };
+    Page { rows, next }
 }
 
 /// Money may leave this account for `client`: it exists, is a customer
@@ -471,6 +572,7 @@ where
     TxRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AccountRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AttemptRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
+    PostingRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
 {
     type Db: Database;
 
@@ -775,7 +877,7 @@ where
             Self::is_conflict,
             move || async move {
                 let rows: Vec<AttemptRow> = sqlx::query_as(
-                    "SELECT attempt_no, switch, started_at_ms, outcome, error \
+                    "SELECT attempt_no, switch, started_at_ms, finished_at_ms, outcome, error \
                  FROM attempts WHERE transaction_id = $1 ORDER BY attempt_no",
                 )
                 .bind(id.as_str())
@@ -785,6 +887,67 @@ where
                     .into_iter()
                     .map(AttemptRow::into_record)
                     .collect::<Result<Vec<_>, _>>()?)
+            },
+        )
+        .await
+    }
+
+    /// One page of transactions, newest first (see [`history_statement`]).
+    async fn transactions_page(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Page<TransactionRecord, TransactionCursor>, LedgerError> {
+        let (sql, args) = history_statement(q);
+        let (sql, args) = (sql.as_str(), args.as_slice());
+        with_retries(
+            "transactions_page",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let mut query = sqlx::query_as::<Self::Db, TxRow>(AssertSqlSafe(sql));
+                for arg in args {
+                    query = match *arg {
+                        Arg::Text(t) => query.bind(t),
+                        Arg::Int(n) => query.bind(n),
+                    };
+                }
+                let rows = query
+                    .fetch_all(self.pool())
+                    .await?
+                    .into_iter()
+                    .map(TxRow::into_record)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(page_of(rows, q.limit, TransactionCursor::of))
+            },
+        )
+        .await
+    }
+
+    /// One page of an account's postings, newest first: a range of
+    /// `postings_account_id_id` (migration 0007).
+    async fn postings_page(
+        &self,
+        q: &StatementQuery,
+    ) -> Result<Page<PostingRecord, PostingCursor>, LedgerError> {
+        with_retries(
+            "postings_page",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let rows: Vec<PostingRow> = sqlx::query_as(
+                    "SELECT id, transaction_id, account_id, amount, created_at_ms FROM postings \
+                     WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                )
+                .bind(q.account.as_str())
+                .bind(q.after.map_or(i64::MAX, |c| c.id))
+                .bind(i64::from(q.limit.max(1)) + 1)
+                .fetch_all(self.pool())
+                .await?;
+                let rows = rows
+                    .into_iter()
+                    .map(PostingRow::into_record)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(page_of(rows, q.limit, PostingCursor::of))
             },
         )
         .await
