@@ -520,6 +520,11 @@ pub struct LedgerConfig {
     pub spenders_max: usize,
     /// `Retry-After` sent with `409 transaction_in_progress`, seconds.
     pub in_progress_retry_after_s: u64,
+    /// Rows on a history page when the request gives no `limit`, rows.
+    pub history_page_rows_default: u32,
+    /// The largest `limit` a history page accepts, rows (at most
+    /// [`HISTORY_PAGE_ROWS_CAP`]).
+    pub history_page_rows_max: u32,
     /// Most ledger operations applied together in one database transaction.
     pub batch_max: usize,
     /// Most ledger operations waiting for their batch, per queue (reserve,
@@ -690,6 +695,10 @@ pub const RECONCILE_CONCURRENCY: u64 = 8;
 /// Largest duration accepted where one is stored as a signed millisecond
 /// count (a week).
 const MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
+/// The most rows `ledger.history_page_rows_max` may allow on one page: a
+/// page is one response body, built in memory.
+pub const HISTORY_PAGE_ROWS_CAP: u32 = 1000;
 
 /// Longest linger after an answer (`server.linger_timeout_ms`): a minute.
 const LINGER_MS_MAX: u64 = 60_000;
@@ -1063,6 +1072,21 @@ impl Config {
         }
         if self.ledger.opening_balance_max < 0 {
             p.push("ledger.opening_balance_max: must not be negative".into());
+        }
+        let (rows_default, rows_max) = (
+            self.ledger.history_page_rows_default,
+            self.ledger.history_page_rows_max,
+        );
+        if !(1..=HISTORY_PAGE_ROWS_CAP).contains(&rows_max) {
+            p.push(format!(
+                "ledger.history_page_rows_max: must be 1 to {HISTORY_PAGE_ROWS_CAP}"
+            ));
+        }
+        if !(1..=rows_max).contains(&rows_default) {
+            p.push(
+                "ledger.history_page_rows_default: must be 1 to ledger.history_page_rows_max"
+                    .into(),
+            );
         }
         if self
             .log

@@ -1,7 +1,9 @@
 //! A transaction as the client API shows it.
 
+use serde::Serialize;
+
 use crate::domain::{ReleaseReason, SwitchName, rfc3339_ms};
-use crate::ledger::TransactionRecord;
+use crate::ledger::{AttemptOutcome, AttemptRecord, TransactionRecord};
 
 /// A transaction as the API shows it (docs/design.md, "Reading a transaction").
 pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
@@ -42,4 +44,48 @@ pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
         obj.insert("metadata".into(), m.clone());
     }
     body
+}
+
+/// A transaction with `attemptLog`, each switch tried, in order: how
+/// `GET /v1/transactions/{id}` shows it.
+pub fn transaction_with_attempts_json(
+    r: &TransactionRecord,
+    attempts: &[AttemptRecord],
+) -> serde_json::Value {
+    let mut body = transaction_json(r);
+    let log: Vec<AttemptView> = attempts.iter().map(AttemptView::new).collect();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("attemptLog".into(), serde_json::json!(log));
+    }
+    body
+}
+
+/// One attempt as the API shows it: which switch, when it started and
+/// finished, and how it ended (`finishedAt`, `outcome` and `error` are
+/// absent while it is in flight; `error` says why a forward failed).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub switch: SwitchName,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AttemptView {
+    pub fn new(a: &AttemptRecord) -> Self {
+        Self {
+            attempt: a.attempt_no,
+            switch: a.switch.clone(),
+            started_at: rfc3339_ms(a.started_at_ms),
+            finished_at: a.finished_at_ms.map(rfc3339_ms),
+            outcome: a.outcome.map(AttemptOutcome::as_str),
+            error: a.error.clone(),
+        }
+    }
 }
