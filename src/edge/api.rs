@@ -175,9 +175,7 @@ async fn route_request(
         Endpoint::PostAccount => handlers::post_account(state, req, deadline).await,
         Endpoint::GetAccount => handlers::get_account(state, &who, id).await,
         Endpoint::PatchAccount => handlers::patch_account(state, req, id, deadline).await,
-        Endpoint::GetPostings => {
-            handlers::get_postings(state, &who, id, req.uri().query()).await
-        }
+        Endpoint::GetPostings => handlers::get_postings(state, &who, id, req.uri().query()).await,
         Endpoint::GetSwitches => Ok(handlers::get_switches(state)),
     }
 }

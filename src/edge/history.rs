@@ -64,7 +64,10 @@ fn limit(raw: Option<&str>, ledger: &LedgerConfig) -> Result<u32, ApiError> {
     };
     match raw.parse::<u32>() {
         Ok(n) if (1..=max).contains(&n) && !raw.starts_with('+') => Ok(n),
-        _ => Err(invalid("limit", format!("must be an integer from 1 to {max}"))),
+        _ => Err(invalid(
+            "limit",
+            format!("must be an integer from 1 to {max}"),
+        )),
     }
 }
 
@@ -247,17 +250,32 @@ mod tests {
         assert_eq!((q.limit, q.after), (3, Some(cursor)));
         let q = history_query(None, Scope::All, &ledger()).unwrap();
         assert_eq!(q.limit, ledger().history_page_rows_default);
-        assert_eq!((q.account, q.status, q.from_ms, q.to_ms), (None, None, None, None));
+        assert_eq!(
+            (q.account, q.status, q.from_ms, q.to_ms),
+            (None, None, None, None)
+        );
     }
 
     #[test]
     fn every_bad_parameter_is_named_in_the_api_words() {
         let max = ledger().history_page_rows_max;
         for (query, message) in [
-            ("limit=0", format!("limit: must be an integer from 1 to {max}")),
-            ("limit=-1", format!("limit: must be an integer from 1 to {max}")),
-            ("limit=+5", format!("limit: must be an integer from 1 to {max}")),
-            ("limit=ten", format!("limit: must be an integer from 1 to {max}")),
+            (
+                "limit=0",
+                format!("limit: must be an integer from 1 to {max}"),
+            ),
+            (
+                "limit=-1",
+                format!("limit: must be an integer from 1 to {max}"),
+            ),
+            (
+                "limit=+5",
+                format!("limit: must be an integer from 1 to {max}"),
+            ),
+            (
+                "limit=ten",
+                format!("limit: must be an integer from 1 to {max}"),
+            ),
             (
                 &format!("limit={}", max + 1),
                 format!("limit: must be an integer from 1 to {max}"),
@@ -273,8 +291,7 @@ mod tests {
             ),
             (
                 "to=2026-01-05T10:00:00",
-                "to: must be an RFC 3339 timestamp with a time zone (2026-01-05T10:00:00Z)"
-                    .into(),
+                "to: must be an RFC 3339 timestamp with a time zone (2026-01-05T10:00:00Z)".into(),
             ),
             (
                 "from=2026-01-05T10:00:00Z&to=2026-01-05T10:00:00Z",

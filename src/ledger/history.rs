@@ -109,7 +109,10 @@ impl TransactionCursor {
     }
 
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{TX_V1}{SEP}{}{SEP}{}", self.created_at_ms, self.id))
+        URL_SAFE_NO_PAD.encode(format!(
+            "{TX_V1}{SEP}{}{SEP}{}",
+            self.created_at_ms, self.id
+        ))
     }
 
     pub fn decode(raw: &str) -> Result<Self, BadCursor> {

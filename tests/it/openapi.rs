@@ -180,9 +180,10 @@ fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
             "overloaded",
             "internal",
         ][..],
-        Endpoint::GetTransaction | Endpoint::GetAccount => {
+        Endpoint::GetTransaction | Endpoint::GetAccount | Endpoint::GetPostings => {
             &["not_found", "ledger_unavailable", "internal"][..]
         }
+        Endpoint::ListTransactions => &["ledger_unavailable", "internal"][..],
         Endpoint::PostAccount => &[
             "payload_too_large",
             "request_timeout",
@@ -210,6 +211,8 @@ fn successes_of(endpoint: Endpoint) -> &'static [u16] {
         Endpoint::PostTransaction => &[201, 202],
         Endpoint::PostAccount => &[201],
         Endpoint::GetTransaction
+        | Endpoint::ListTransactions
+        | Endpoint::GetPostings
         | Endpoint::GetAccount
         | Endpoint::PatchAccount
         | Endpoint::GetSwitches => &[200],
