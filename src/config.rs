@@ -525,6 +525,9 @@ pub struct LedgerConfig {
     /// The largest `limit` a history page accepts, rows (at most
     /// [`HISTORY_PAGE_ROWS_CAP`]).
     pub history_page_rows_max: u32,
+    /// Most rows of its time range a filtered history page reads, rows
+    /// (`history_page_rows_max` to [`HISTORY_SCAN_ROWS_CAP`]).
+    pub history_scan_rows_max: u32,
     /// Most ledger operations applied together in one database transaction.
     pub batch_max: usize,
     /// Most ledger operations waiting for their batch, per queue (reserve,
@@ -699,6 +702,10 @@ const MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 /// The most rows `ledger.history_page_rows_max` may allow on one page: a
 /// page is one response body, built in memory.
 pub const HISTORY_PAGE_ROWS_CAP: u32 = 1000;
+
+/// The most rows `ledger.history_scan_rows_max` may let one filtered page
+/// read.
+pub const HISTORY_SCAN_ROWS_CAP: u32 = 1_000_000;
 
 /// Longest linger after an answer (`server.linger_timeout_ms`): a minute.
 const LINGER_MS_MAX: u64 = 60_000;
@@ -1087,6 +1094,12 @@ impl Config {
                 "ledger.history_page_rows_default: must be 1 to ledger.history_page_rows_max"
                     .into(),
             );
+        }
+        if !(rows_max..=HISTORY_SCAN_ROWS_CAP).contains(&self.ledger.history_scan_rows_max) {
+            p.push(format!(
+                "ledger.history_scan_rows_max: must be ledger.history_page_rows_max to \
+                 {HISTORY_SCAN_ROWS_CAP}"
+            ));
         }
         if self
             .log

@@ -130,6 +130,7 @@ pub(super) fn history_query(
             .map(|c| TransactionCursor::decode(c).map_err(|_| invalid("cursor", BAD_CURSOR)))
             .transpose()?,
         limit: limit(get("limit"), ledger)?,
+        scan_rows_max: ledger.history_scan_rows_max,
     })
 }
 

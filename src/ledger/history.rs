@@ -41,6 +41,10 @@ pub struct HistoryQuery {
     pub after: Option<TransactionCursor>,
     /// Most rows on the page (at least 1; the edge bounds it by config).
     pub limit: u32,
+    /// With `account` or `status` (filters no index serves), most rows of
+    /// the range read for one page: the page may come back short, with a
+    /// cursor to go on from (`ledger.history_scan_rows_max`).
+    pub scan_rows_max: u32,
 }
 
 /// `GET /v1/accounts/{id}/postings`: one page of an account's postings,

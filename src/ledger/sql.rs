@@ -379,58 +379,104 @@ enum Arg<'a> {
     Int(i64),
 }
 
-/// The one statement of a transactions page: the conditions the query
-/// names (each a fixed fragment with its `$N`), newest first, one row more
-/// than the page holds (so the page knows whether another follows). With
-/// `Scope::Client` it is a range of `transactions_client_created_at_ms`,
-/// else of `transactions_created_at_ms` (migration 0007); `accountId` and
-/// `status` filter the rows of that range.
-fn history_statement(q: &HistoryQuery) -> (String, Vec<Arg<'_>>) {
-    let mut conditions: Vec<String> = Vec::new();
-    let mut args: Vec<Arg<'_>> = Vec::new();
-    macro_rules! push {
-        ($a:expr) => {{
-            args.push($a);
+/// The statements of a transactions page, built from fixed fragments (each
+/// with its `$N`) for the conditions the query names.
+///
+/// The *range* is what an index orders: the scope's (`client` leads
+/// `transactions_client_created_at_ms`; `Scope::All` reads
+/// `transactions_created_at_ms`, migration 0007), `from`/`to` and the
+/// cursor, newest first. `accountId` and `status` *filter* the rows of the
+/// range; no index serves them (each index on `transactions` costs every
+/// write), so a filtered page first finds how far `scan_rows_max` rows of
+/// the range reach ([`HistoryStatements::boundary`], an index-only read of
+/// the keys) and reads no further: its work is bounded however rare the
+/// filtered rows are, and a page may come back short, even empty, with a
+/// cursor to go on from (only when the range goes on past the bound).
+struct HistoryStatements<'q> {
+    /// When filtered: the keys of the `scan_rows_max`-th row of the range
+    /// and the next (if the second exists, the page reads down to the first).
+    boundary: Option<(String, Vec<Arg<'q>>)>,
+    /// The rows: one more than the page holds (so the page knows whether
+    /// another follows); with a boundary, `$1`, `$2` are its key.
+    rows: (String, Vec<Arg<'q>>),
+}
+
+impl<'q> HistoryStatements<'q> {
+    fn new(q: &'q HistoryQuery) -> Self {
+        let filtered = q.account.is_some() || q.status.is_some();
+        let boundary = filtered.then(|| {
+            let mut args = Vec::new();
+            let range = Self::range(q, &mut args);
+            args.push(Arg::Int(i64::from(q.scan_rows_max.max(1)) - 1));
+            let sql = format!(
+                "SELECT created_at_ms, id FROM transactions{} \
+                 ORDER BY created_at_ms DESC, id DESC LIMIT 2 OFFSET ${}",
+                Self::clause(&range),
+                args.len()
+            );
+            (sql, args)
+        });
+        // With a boundary, its key is bound first, as `$1` and `$2`.
+        let mut args = Vec::new();
+        let mut conditions = Vec::new();
+        if filtered {
+            args.extend([Arg::Int(0), Arg::Text("")]);
+            conditions.push("(created_at_ms, id) >= ($1, $2)".to_owned());
+        }
+        conditions.extend(Self::range(q, &mut args));
+        if let Some(account) = &q.account {
+            args.push(Arg::Text(account.as_str()));
+            let n = args.len();
+            conditions.push(format!("(source = ${n} OR destination = ${n})"));
+        }
+        if let Some(status) = q.status {
+            args.push(Arg::Text(status.as_str()));
+            conditions.push(format!("status = ${}", args.len()));
+        }
+        args.push(Arg::Int(i64::from(q.limit.max(1)) + 1));
+        let sql = format!(
+            "SELECT {} FROM transactions{} ORDER BY created_at_ms DESC, id DESC LIMIT ${}",
+            tx_columns!(),
+            Self::clause(&conditions),
             args.len()
-        }};
+        );
+        Self {
+            boundary,
+            rows: (sql, args),
+        }
     }
-    if let Scope::Client(client) = &q.scope {
-        let n = push!(Arg::Text(client.as_str()));
-        conditions.push(format!("client = ${n}"));
+
+    /// The conditions of the range, their values pushed onto `args`.
+    fn range(q: &'q HistoryQuery, args: &mut Vec<Arg<'q>>) -> Vec<String> {
+        let mut conditions = Vec::new();
+        if let Scope::Client(client) = &q.scope {
+            args.push(Arg::Text(client.as_str()));
+            conditions.push(format!("client = ${}", args.len()));
+        }
+        if let Some(from) = q.from_ms {
+            args.push(Arg::Int(from));
+            conditions.push(format!("created_at_ms >= ${}", args.len()));
+        }
+        if let Some(to) = q.to_ms {
+            args.push(Arg::Int(to));
+            conditions.push(format!("created_at_ms < ${}", args.len()));
+        }
+        if let Some(after) = &q.after {
+            args.push(Arg::Int(after.created_at_ms));
+            args.push(Arg::Text(after.id.as_str()));
+            let n = args.len();
+            conditions.push(format!("(created_at_ms, id) < (${}, ${n})", n - 1));
+        }
+        conditions
     }
-    if let Some(account) = &q.account {
-        let n = push!(Arg::Text(account.as_str()));
-        conditions.push(format!("(source = ${n} OR destination = ${n})"));
+
+    fn clause(conditions: &[String]) -> String {
+        if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        }
     }
-    if let Some(status) = q.status {
-        let n = push!(Arg::Text(status.as_str()));
-        conditions.push(format!("status = ${n}"));
-    }
-    if let Some(from) = q.from_ms {
-        let n = push!(Arg::Int(from));
-        conditions.push(format!("created_at_ms >= ${n}"));
-    }
-    if let Some(to) = q.to_ms {
-        let n = push!(Arg::Int(to));
-        conditions.push(format!("created_at_ms < ${n}"));
-    }
-    if let Some(after) = &q.after {
-        let t = push!(Arg::Int(after.created_at_ms));
-        let i = push!(Arg::Text(after.id.as_str()));
-        conditions.push(format!("(created_at_ms, id) < (${t}, ${i})"));
-    }
-    let limit = push!(Arg::Int(i64::from(q.limit.max(1)) + 1));
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
-    let sql = format!(
-        "SELECT {} FROM transactions{filter} \
-         ORDER BY created_at_ms DESC, id DESC LIMIT ${limit}",
-        tx_columns!()
-    );
-    (sql, args)
 }
 
 /// The page of `rows` read with one row more than `limit`: at most `limit`
@@ -569,6 +615,7 @@ where
     for<'a> i64: Encode<'a, Self::Db> + Type<Self::Db>,
     (i64,): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     (i64, i64): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
+    (i64, String): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     TxRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AccountRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AttemptRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
@@ -892,19 +939,53 @@ where
         .await
     }
 
-    /// One page of transactions, newest first (see [`history_statement`]).
+    /// One page of transactions, newest first (see [`HistoryStatements`]).
     async fn transactions_page(
         &self,
         q: &HistoryQuery,
     ) -> Result<Page<TransactionRecord, TransactionCursor>, LedgerError> {
-        let (sql, args) = history_statement(q);
-        let (sql, args) = (sql.as_str(), args.as_slice());
+        let statements = HistoryStatements::new(q);
+        let statements = &statements;
         with_retries(
             "transactions_page",
             self.retries_max(),
             Self::is_conflict,
             move || async move {
-                let mut query = sqlx::query_as::<Self::Db, TxRow>(AssertSqlSafe(sql));
+                // How far a filtered page may read: up to the key of the
+                // `scan_rows_max`-th row of the range when more follow it,
+                // else the whole range.
+                let reach: Option<Option<(i64, String)>> = match &statements.boundary {
+                    None => None,
+                    Some((sql, args)) => {
+                        let mut query =
+                            sqlx::query_as::<Self::Db, (i64, String)>(AssertSqlSafe(sql.as_str()));
+                        for arg in args {
+                            query = match *arg {
+                                Arg::Text(t) => query.bind(t),
+                                Arg::Int(n) => query.bind(n),
+                            };
+                        }
+                        // The `scan_rows_max`-th key and the one after it.
+                        let keys = query.fetch_all(self.pool()).await?;
+                        Some(if keys.len() == 2 {
+                            keys.into_iter().next()
+                        } else {
+                            None
+                        })
+                    }
+                };
+                let (sql, args) = &statements.rows;
+                let mut query = sqlx::query_as::<Self::Db, TxRow>(AssertSqlSafe(sql.as_str()));
+                let mut args = args.iter();
+                if let Some(boundary) = &reach {
+                    // `$1`, `$2`: the boundary's key; the whole range is
+                    // above the least key there is.
+                    let (created_at_ms, id) = boundary
+                        .as_ref()
+                        .map_or((i64::MIN, ""), |(t, i)| (*t, i.as_str()));
+                    query = query.bind(created_at_ms).bind(id);
+                    args.nth(1);
+                }
                 for arg in args {
                     query = match *arg {
                         Arg::Text(t) => query.bind(t),
@@ -917,7 +998,16 @@ where
                     .into_iter()
                     .map(TxRow::into_record)
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(page_of(rows, q.limit, TransactionCursor::of))
+                let mut page = page_of(rows, q.limit, TransactionCursor::of);
+                // Short of a full page, but the bound stopped the read before
+                // the range's end: the next page goes on from the boundary.
+                if let (None, Some(Some((created_at_ms, id)))) = (&page.next, reach) {
+                    page.next = Some(TransactionCursor {
+                        created_at_ms,
+                        id: TransactionId::parse(&id).map_err(|e| corrupt("transaction", e))?,
+                    });
+                }
+                Ok(page)
             },
         )
         .await

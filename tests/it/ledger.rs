@@ -99,6 +99,9 @@ conformance! {
     history_pages_stay_stable_under_concurrent_inserts:
         history_pages_stay_stable_under_concurrent_inserts_postgres,
         history_pages_stay_stable_under_concurrent_inserts_sqlite;
+    a_filtered_page_reads_no_further_than_its_scan_bound:
+        a_filtered_page_reads_no_further_than_its_scan_bound_postgres,
+        a_filtered_page_reads_no_further_than_its_scan_bound_sqlite;
     statement_pages_list_an_accounts_postings_newest_first:
         statement_pages_list_an_accounts_postings_newest_first_postgres,
         statement_pages_list_an_accounts_postings_newest_first_sqlite;
@@ -1003,6 +1006,7 @@ fn history(scope: Scope, limit: u32) -> HistoryQuery {
         to_ms: None,
         after: None,
         limit,
+        scan_rows_max: 10_000,
     }
 }
 
@@ -1297,6 +1301,65 @@ async fn history_pages_stay_stable_under_concurrent_inserts(l: &Ledger) {
         .cloned()
         .collect();
     assert_eq!(old, ids(&newest_first(&before)));
+}
+
+async fn a_filtered_page_reads_no_further_than_its_scan_bound(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "rare", "c1", 1000).await;
+    // Two rare rows among 28 others: the oldest, and one in the middle.
+    fresh(l, "c1", debit("r-old", "rare", 1)).await;
+    let mut all = debits(l, "c1", "alice", "a", 14).await;
+    fresh(l, "c1", debit("r-mid", "rare", 1)).await;
+    all.extend(debits(l, "c1", "alice", "b", 14).await);
+    let rare = HistoryQuery {
+        account: Some(aid("rare")),
+        scan_rows_max: 5,
+        limit: 10,
+        ..history(Scope::Client(cid("c1")), 10)
+    };
+    let mut q = rare.clone();
+    let mut sizes = Vec::new();
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        let page = l.transactions_page(&q).await.unwrap();
+        sizes.push(page.rows.len());
+        found.extend(ids(&page.rows));
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    // 30 rows of the range, 5 read per page: six pages, most of them empty,
+    // and the rare rows found once each, newest first.
+    assert_eq!(found, vec![tid("r-mid"), tid("r-old")]);
+    assert_eq!(sizes.len(), 6, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 2);
+    assert_eq!(sizes.iter().filter(|n| **n == 0).count(), 4, "{sizes:?}");
+    assert_eq!(sizes.last(), Some(&1), "the oldest row is on the last page");
+    // A bound past the range reads it whole: one page.
+    let (rows, pages) = every_page(
+        l,
+        HistoryQuery {
+            scan_rows_max: 30,
+            ..rare.clone()
+        },
+    )
+    .await;
+    assert_eq!((ids(&rows), pages), (vec![tid("r-mid"), tid("r-old")], 1));
+    // A filter that matches every row fills pages as the bound allows.
+    let every = HistoryQuery {
+        account: Some(aid("alice")),
+        scan_rows_max: 5,
+        limit: 3,
+        ..history(Scope::All, 3)
+    };
+    let (rows, _) = every_page(l, every).await;
+    let alice: Vec<_> = all
+        .iter()
+        .filter(|r| r.source == Some(aid("alice")))
+        .cloned()
+        .collect();
+    assert_eq!(ids(&rows), ids(&newest_first(&alice)));
 }
 
 async fn statement_pages_list_an_accounts_postings_newest_first(l: &Ledger) {
