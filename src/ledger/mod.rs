@@ -510,6 +510,32 @@ impl Ledger {
         dispatch!(self, l => l.transactions_page(q).await)
     }
 
+    /// The database's plans of [`Ledger::transactions_page`]'s statements
+    /// for `q`, as run (`EXPLAIN ANALYZE`): Postgres only (`None` on
+    /// SQLite). For the tests that hold the history to index range scans,
+    /// and for operators checking a plan.
+    pub async fn explain_transactions_page(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Option<Vec<String>>, LedgerError> {
+        match &self.backend {
+            Backend::Postgres(l) => l.explain_transactions_page(q).await.map(Some),
+            Backend::Sqlite(_) => Ok(None),
+        }
+    }
+
+    /// The database's plan of [`Ledger::postings_page`]'s statement, as
+    /// run: Postgres only (`None` on SQLite).
+    pub async fn explain_postings_page(
+        &self,
+        q: &StatementQuery,
+    ) -> Result<Option<String>, LedgerError> {
+        match &self.backend {
+            Backend::Postgres(l) => l.explain_postings_page(q).await.map(Some),
+            Backend::Sqlite(_) => Ok(None),
+        }
+    }
+
     /// One page of an account's postings (its statement), newest first.
     /// Who may read it is the caller's to check.
     pub async fn postings_page(

@@ -379,6 +379,31 @@ enum Arg<'a> {
     Int(i64),
 }
 
+/// Binds `args`, in order, to a query.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match *arg {
+                Arg::Text(t) => query.bind(t),
+                Arg::Int(n) => query.bind(n),
+            };
+        }
+        query
+    }};
+}
+
+/// How far a transactions page reads (see [`HistoryStatements`]).
+#[derive(Debug)]
+pub(super) enum Reach {
+    /// Not filtered: the page's rows are the range's first.
+    Unfiltered,
+    /// Filtered, and the range holds no more than the bound: all of it.
+    Whole,
+    /// Filtered: down to this key, `(created_at_ms, id)`.
+    UpTo(i64, String),
+}
+
 /// The statements of a transactions page, built from fixed fragments (each
 /// with its `$N`) for the conditions the query names.
 ///
@@ -392,12 +417,13 @@ enum Arg<'a> {
 /// the keys) and reads no further: its work is bounded however rare the
 /// filtered rows are, and a page may come back short, even empty, with a
 /// cursor to go on from (only when the range goes on past the bound).
-struct HistoryStatements<'q> {
+pub(super) struct HistoryStatements<'q> {
     /// When filtered: the keys of the `scan_rows_max`-th row of the range
     /// and the next (if the second exists, the page reads down to the first).
     boundary: Option<(String, Vec<Arg<'q>>)>,
     /// The rows: one more than the page holds (so the page knows whether
-    /// another follows); with a boundary, `$1`, `$2` are its key.
+    /// another follows); with a boundary, `$1`, `$2` are its key
+    /// ([`HistoryStatements::rows_args`] binds it).
     rows: (String, Vec<Arg<'q>>),
 }
 
@@ -416,12 +442,14 @@ impl<'q> HistoryStatements<'q> {
             );
             (sql, args)
         });
-        // With a boundary, its key is bound first, as `$1` and `$2`.
+        // With a boundary, its key comes first, as `$1` and `$2` (the plain
+        // `created_at_ms` bound beside the row comparison is for the
+        // planner, which estimates it well and a row comparison poorly).
         let mut args = Vec::new();
         let mut conditions = Vec::new();
         if filtered {
-            args.extend([Arg::Int(0), Arg::Text("")]);
-            conditions.push("(created_at_ms, id) >= ($1, $2)".to_owned());
+            args.extend([Arg::Int(i64::MIN), Arg::Text("")]);
+            conditions.push("(created_at_ms, id) >= ($1, $2) AND created_at_ms >= $1".to_owned());
         }
         conditions.extend(Self::range(q, &mut args));
         if let Some(account) = &q.account {
@@ -465,9 +493,23 @@ impl<'q> HistoryStatements<'q> {
             args.push(Arg::Int(after.created_at_ms));
             args.push(Arg::Text(after.id.as_str()));
             let n = args.len();
-            conditions.push(format!("(created_at_ms, id) < (${}, ${n})", n - 1));
+            conditions.push(format!(
+                "(created_at_ms, id) < (${t}, ${n}) AND created_at_ms <= ${t}",
+                t = n - 1
+            ));
         }
         conditions
+    }
+
+    /// The values of the rows statement, the boundary's key first when
+    /// filtered (the least key there is, when the page reads the whole range).
+    fn rows_args<'a>(&'a self, reach: &'a Reach) -> Vec<Arg<'a>> {
+        let mut args = self.rows.1.clone();
+        if let (Reach::UpTo(created_at_ms, id), [at, key, ..]) = (reach, args.as_mut_slice()) {
+            *at = Arg::Int(*created_at_ms);
+            *key = Arg::Text(id.as_str());
+        }
+        args
     }
 
     fn clause(conditions: &[String]) -> String {
@@ -477,6 +519,18 @@ impl<'q> HistoryStatements<'q> {
             format!(" WHERE {}", conditions.join(" AND "))
         }
     }
+}
+
+/// A page of an account's postings: a range of `postings_account_id_id`.
+const STATEMENT_PAGE: &str = "SELECT id, transaction_id, account_id, amount, created_at_ms \
+     FROM postings WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
+
+fn statement_args(q: &StatementQuery) -> [Arg<'_>; 3] {
+    [
+        Arg::Text(q.account.as_str()),
+        Arg::Int(q.after.map_or(i64::MAX, |c| c.id)),
+        Arg::Int(i64::from(q.limit.max(1)) + 1),
+    ]
 }
 
 /// The page of `rows` read with one row more than `limit`: at most `limit`
@@ -616,6 +670,7 @@ where
     (i64,): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     (i64, i64): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     (i64, String): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
+    (String,): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     TxRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AccountRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AttemptRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
@@ -951,48 +1006,11 @@ where
             self.retries_max(),
             Self::is_conflict,
             move || async move {
-                // How far a filtered page may read: up to the key of the
-                // `scan_rows_max`-th row of the range when more follow it,
-                // else the whole range.
-                let reach: Option<Option<(i64, String)>> = match &statements.boundary {
-                    None => None,
-                    Some((sql, args)) => {
-                        let mut query =
-                            sqlx::query_as::<Self::Db, (i64, String)>(AssertSqlSafe(sql.as_str()));
-                        for arg in args {
-                            query = match *arg {
-                                Arg::Text(t) => query.bind(t),
-                                Arg::Int(n) => query.bind(n),
-                            };
-                        }
-                        // The `scan_rows_max`-th key and the one after it.
-                        let keys = query.fetch_all(self.pool()).await?;
-                        Some(if keys.len() == 2 {
-                            keys.into_iter().next()
-                        } else {
-                            None
-                        })
-                    }
-                };
-                let (sql, args) = &statements.rows;
-                let mut query = sqlx::query_as::<Self::Db, TxRow>(AssertSqlSafe(sql.as_str()));
-                let mut args = args.iter();
-                if let Some(boundary) = &reach {
-                    // `$1`, `$2`: the boundary's key; the whole range is
-                    // above the least key there is.
-                    let (created_at_ms, id) = boundary
-                        .as_ref()
-                        .map_or((i64::MIN, ""), |(t, i)| (*t, i.as_str()));
-                    query = query.bind(created_at_ms).bind(id);
-                    args.nth(1);
-                }
-                for arg in args {
-                    query = match *arg {
-                        Arg::Text(t) => query.bind(t),
-                        Arg::Int(n) => query.bind(n),
-                    };
-                }
-                let rows = query
+                let reach = self.history_reach(statements).await?;
+                let (sql, _) = &statements.rows;
+                let args = statements.rows_args(&reach);
+                let query = sqlx::query_as::<Self::Db, TxRow>(AssertSqlSafe(sql.as_str()));
+                let rows = bind_args!(query, &args)
                     .fetch_all(self.pool())
                     .await?
                     .into_iter()
@@ -1001,7 +1019,7 @@ where
                 let mut page = page_of(rows, q.limit, TransactionCursor::of);
                 // Short of a full page, but the bound stopped the read before
                 // the range's end: the next page goes on from the boundary.
-                if let (None, Some(Some((created_at_ms, id)))) = (&page.next, reach) {
+                if let (None, Reach::UpTo(created_at_ms, id)) = (&page.next, reach) {
                     page.next = Some(TransactionCursor {
                         created_at_ms,
                         id: TransactionId::parse(&id).map_err(|e| corrupt("transaction", e))?,
@@ -1011,6 +1029,65 @@ where
             },
         )
         .await
+    }
+
+    /// How far a filtered page may read: down to the key of the range's
+    /// `scan_rows_max`-th row when another follows it, else all of it.
+    async fn history_reach(&self, statements: &HistoryStatements<'_>) -> Result<Reach, Fail> {
+        let Some((sql, args)) = &statements.boundary else {
+            return Ok(Reach::Unfiltered);
+        };
+        let query = sqlx::query_as::<Self::Db, (i64, String)>(AssertSqlSafe(sql.as_str()));
+        let keys = bind_args!(query, args).fetch_all(self.pool()).await?;
+        Ok(match <[_; 2]>::try_from(keys) {
+            Ok([(created_at_ms, id), _]) => Reach::UpTo(created_at_ms, id),
+            Err(_) => Reach::Whole,
+        })
+    }
+
+    /// The database's plans of a transactions page's statements, as run
+    /// (`EXPLAIN ANALYZE`, text): Postgres only, for the tests and the docs
+    /// that show them.
+    async fn explain_transactions_page(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Vec<String>, LedgerError> {
+        let statements = HistoryStatements::new(q);
+        let explain = async {
+            let mut plans = Vec::new();
+            let reach = self.history_reach(&statements).await?;
+            let rows_args = statements.rows_args(&reach);
+            let runs = statements
+                .boundary
+                .iter()
+                .map(|(sql, args)| (sql, args.clone()))
+                .chain([(&statements.rows.0, rows_args)]);
+            for (sql, args) in runs {
+                let text = format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}");
+                let query = sqlx::query_scalar::<Self::Db, String>(AssertSqlSafe(text.as_str()));
+                let lines: Vec<String> = bind_args!(query, &args).fetch_all(self.pool()).await?;
+                plans.push(lines.join("\n"));
+            }
+            Ok::<_, Fail>(plans)
+        };
+        match explain.await {
+            Ok(plans) => Ok(plans),
+            Err(Fail::Db(e)) => Err(unavailable("explain_transactions_page", e)),
+            Err(Fail::Ledger(e)) => Err(e),
+            Err(Fail::Conflict(why)) => Err(LedgerError::Unavailable(why.into())),
+        }
+    }
+
+    /// The database's plan of a statement page, as run (see
+    /// [`SqlBackend::explain_transactions_page`]).
+    async fn explain_postings_page(&self, q: &StatementQuery) -> Result<String, LedgerError> {
+        let text = format!("EXPLAIN (ANALYZE, COSTS OFF) {STATEMENT_PAGE}");
+        let query = sqlx::query_scalar::<Self::Db, String>(AssertSqlSafe(text.as_str()));
+        let lines: Vec<String> = bind_args!(query, &statement_args(q))
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| unavailable("explain_postings_page", e))?;
+        Ok(lines.join("\n"))
     }
 
     /// One page of an account's postings, newest first: a range of
@@ -1024,15 +1101,10 @@ where
             self.retries_max(),
             Self::is_conflict,
             move || async move {
-                let rows: Vec<PostingRow> = sqlx::query_as(
-                    "SELECT id, transaction_id, account_id, amount, created_at_ms FROM postings \
-                     WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-                )
-                .bind(q.account.as_str())
-                .bind(q.after.map_or(i64::MAX, |c| c.id))
-                .bind(i64::from(q.limit.max(1)) + 1)
-                .fetch_all(self.pool())
-                .await?;
+                let query = sqlx::query_as::<Self::Db, PostingRow>(STATEMENT_PAGE);
+                let rows = bind_args!(query, &statement_args(q))
+                    .fetch_all(self.pool())
+                    .await?;
                 let rows = rows
                     .into_iter()
                     .map(PostingRow::into_record)
