@@ -1247,6 +1247,44 @@ mod tests {
     }
 
     #[test]
+    fn history_page_bounds_are_checked() {
+        let problems = |toml: &str| Config::from_toml(toml).map_or_else(|e| e.problems, |_| vec![]);
+        assert_eq!(
+            problems("[ledger]\nhistory_page_rows_max = 1000\n"),
+            Vec::<String>::new()
+        );
+        for (toml, key) in [
+            ("history_page_rows_max = 0", "ledger.history_page_rows_max"),
+            (
+                "history_page_rows_max = 1001",
+                "ledger.history_page_rows_max",
+            ),
+            (
+                "history_page_rows_default = 0",
+                "ledger.history_page_rows_default",
+            ),
+            (
+                "history_page_rows_default = 201",
+                "ledger.history_page_rows_default",
+            ),
+            (
+                "history_scan_rows_max = 199",
+                "ledger.history_scan_rows_max",
+            ),
+            (
+                "history_scan_rows_max = 1000001",
+                "ledger.history_scan_rows_max",
+            ),
+        ] {
+            let found = problems(&format!("[ledger]\n{toml}\n"));
+            assert!(
+                found.first().is_some_and(|p| p.starts_with(key)),
+                "{toml}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
     fn client_address_and_trusted_proxies_are_checked() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.server.client_address, ClientAddress::Peer);
