@@ -393,6 +393,11 @@ macro_rules! bind_args {
     }};
 }
 
+/// The column that breaks ties of `created_at_ms` in the history's order
+/// (and in its indexes and cursors): the transactions' primary key, unique
+/// among all the rows a page may range over.
+const TX_KEY: &str = "id";
+
 /// How far a transactions page reads (see [`HistoryStatements`]).
 #[derive(Debug)]
 pub(super) enum Reach {
@@ -409,7 +414,7 @@ pub(super) enum Reach {
 ///
 /// The *range* is what an index orders: the scope's (`client` leads
 /// `transactions_client_created_at_ms`; `Scope::All` reads
-/// `transactions_created_at_ms`, migration 0007), `from`/`to` and the
+/// `transactions_created_at_ms`, migration 0008), `from`/`to` and the
 /// cursor, newest first. `accountId` and `status` *filter* the rows of the
 /// range; no index serves them (each index on `transactions` costs every
 /// write), so a filtered page first finds how far `scan_rows_max` rows of
@@ -435,8 +440,8 @@ impl<'q> HistoryStatements<'q> {
             let range = Self::range(q, &mut args);
             args.push(Arg::Int(i64::from(q.scan_rows_max.max(1)) - 1));
             let sql = format!(
-                "SELECT created_at_ms, id FROM transactions{} \
-                 ORDER BY created_at_ms DESC, id DESC LIMIT 2 OFFSET ${}",
+                "SELECT created_at_ms, {TX_KEY} FROM transactions{} \
+                 ORDER BY created_at_ms DESC, {TX_KEY} DESC LIMIT 2 OFFSET ${}",
                 Self::clause(&range),
                 args.len()
             );
@@ -449,7 +454,9 @@ impl<'q> HistoryStatements<'q> {
         let mut conditions = Vec::new();
         if filtered {
             args.extend([Arg::Int(i64::MIN), Arg::Text("")]);
-            conditions.push("(created_at_ms, id) >= ($1, $2) AND created_at_ms >= $1".to_owned());
+            conditions.push(format!(
+                "(created_at_ms, {TX_KEY}) >= ($1, $2) AND created_at_ms >= $1"
+            ));
         }
         conditions.extend(Self::range(q, &mut args));
         if let Some(account) = &q.account {
@@ -463,7 +470,7 @@ impl<'q> HistoryStatements<'q> {
         }
         args.push(Arg::Int(i64::from(q.limit.max(1)) + 1));
         let sql = format!(
-            "SELECT {} FROM transactions{} ORDER BY created_at_ms DESC, id DESC LIMIT ${}",
+            "SELECT {} FROM transactions{} ORDER BY created_at_ms DESC, {TX_KEY} DESC LIMIT ${}",
             tx_columns!(),
             Self::clause(&conditions),
             args.len()
@@ -494,7 +501,7 @@ impl<'q> HistoryStatements<'q> {
             args.push(Arg::Text(after.id.as_str()));
             let n = args.len();
             conditions.push(format!(
-                "(created_at_ms, id) < (${t}, ${n}) AND created_at_ms <= ${t}",
+                "(created_at_ms, {TX_KEY}) < (${t}, ${n}) AND created_at_ms <= ${t}",
                 t = n - 1
             ));
         }
@@ -1091,7 +1098,7 @@ where
     }
 
     /// One page of an account's postings, newest first: a range of
-    /// `postings_account_id_id` (migration 0007).
+    /// `postings_account_id_id` (migration 0008).
     async fn postings_page(
         &self,
         q: &StatementQuery,

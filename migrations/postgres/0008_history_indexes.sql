@@ -1,4 +1,4 @@
--- History (same as migrations/sqlite/0007_history_indexes.sql): the reads of
+-- History (same as migrations/sqlite/0008_history_indexes.sql): the reads of
 -- GET /v1/transactions and GET /v1/accounts/{id}/postings, newest first with
 -- keyset pagination, each page an index range scan however long the history.
 -- Built with IF NOT EXISTS: on a large table an operator may build them

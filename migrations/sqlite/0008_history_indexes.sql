@@ -1,4 +1,4 @@
--- History (same as migrations/postgres/0007_history_indexes.sql, see the
+-- History (same as migrations/postgres/0008_history_indexes.sql, see the
 -- costs there): the reads of GET /v1/transactions and
 -- GET /v1/accounts/{id}/postings, newest first with keyset pagination, each
 -- page an index range scan.
