@@ -355,17 +355,7 @@ async fn every_bad_parameter_is_a_400_naming_it() {
             message.starts_with(&format!("{field}: ")),
             "{query}: {message}"
         );
-        for word in [
-            "u32",
-            "i64",
-            "ParseIntError",
-            "base64",
-            "Utf8",
-            "`",
-            "BadCursor",
-        ] {
-            assert!(!message.contains(word), "{query}: {message}");
-        }
+        crate::transactions::assert_plain_words(message);
     }
     // The statement's own parameters, the same way.
     for (query, field) in [
@@ -388,6 +378,7 @@ async fn every_bad_parameter_is_a_400_naming_it() {
             message.starts_with(&format!("{field}: ")),
             "{query}: {message}"
         );
+        crate::transactions::assert_plain_words(message);
     }
     // Not a parameter problem: a cursor of a position the reader has no
     // row below is just a last page.
