@@ -511,29 +511,21 @@ impl Ledger {
     }
 
     /// The database's plans of [`Ledger::transactions_page`]'s statements
-    /// for `q`, as run (`EXPLAIN ANALYZE`): Postgres only (`None` on
-    /// SQLite). For the tests that hold the history to index range scans,
-    /// and for operators checking a plan.
+    /// for `q`, one text per statement: on Postgres `EXPLAIN ANALYZE` (the
+    /// statements run), on SQLite `EXPLAIN QUERY PLAN`. For the tests that
+    /// hold the history to index range scans, and for operators checking a
+    /// plan.
     pub async fn explain_transactions_page(
         &self,
         q: &HistoryQuery,
-    ) -> Result<Option<Vec<String>>, LedgerError> {
-        match &self.backend {
-            Backend::Postgres(l) => l.explain_transactions_page(q).await.map(Some),
-            Backend::Sqlite(_) => Ok(None),
-        }
+    ) -> Result<Vec<String>, LedgerError> {
+        dispatch!(self, l => l.explain_transactions_page(q).await)
     }
 
-    /// The database's plan of [`Ledger::postings_page`]'s statement, as
-    /// run: Postgres only (`None` on SQLite).
-    pub async fn explain_postings_page(
-        &self,
-        q: &StatementQuery,
-    ) -> Result<Option<String>, LedgerError> {
-        match &self.backend {
-            Backend::Postgres(l) => l.explain_postings_page(q).await.map(Some),
-            Backend::Sqlite(_) => Ok(None),
-        }
+    /// The database's plan of [`Ledger::postings_page`]'s statement (see
+    /// [`Ledger::explain_transactions_page`]).
+    pub async fn explain_postings_page(&self, q: &StatementQuery) -> Result<String, LedgerError> {
+        dispatch!(self, l => l.explain_postings_page(q).await)
     }
 
     /// One page of an account's postings (its statement), newest first.

@@ -374,7 +374,7 @@ impl PostingRow {
 
 /// A value bound to a statement whose text is built at run time.
 #[derive(Debug, Clone, Copy)]
-enum Arg<'a> {
+pub(super) enum Arg<'a> {
     Text(&'a str),
     Int(i64),
 }
@@ -392,6 +392,7 @@ macro_rules! bind_args {
         query
     }};
 }
+pub(super) use bind_args;
 
 /// The column that breaks ties of `created_at_ms` in the history's order
 /// (and in its indexes and cursors): the transactions' primary key, unique
@@ -705,6 +706,11 @@ where
 
     /// The row count of a statement (not part of sqlx's `Database` trait).
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// The database's plan of `sql` with `args`, as text, one line per node:
+    /// Postgres' `EXPLAIN ANALYZE` (it runs the statement), SQLite's
+    /// `EXPLAIN QUERY PLAN`.
+    async fn explain(&self, sql: &str, args: &[Arg<'_>]) -> Result<String, sqlx::Error>;
 
     // ---- the operations ----
 
@@ -1053,8 +1059,7 @@ where
     }
 
     /// The database's plans of a transactions page's statements, as run
-    /// (`EXPLAIN ANALYZE`, text): Postgres only, for the tests and the docs
-    /// that show them.
+    /// ([`SqlBackend::explain`]), for the tests and the docs that show them.
     async fn explain_transactions_page(
         &self,
         q: &HistoryQuery,
@@ -1070,10 +1075,7 @@ where
                 .map(|(sql, args)| (sql, args.clone()))
                 .chain([(&statements.rows.0, rows_args)]);
             for (sql, args) in runs {
-                let text = format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}");
-                let query = sqlx::query_scalar::<Self::Db, String>(AssertSqlSafe(text.as_str()));
-                let lines: Vec<String> = bind_args!(query, &args).fetch_all(self.pool()).await?;
-                plans.push(lines.join("\n"));
+                plans.push(self.explain(sql, &args).await?);
             }
             Ok::<_, Fail>(plans)
         };
@@ -1088,13 +1090,9 @@ where
     /// The database's plan of a statement page, as run (see
     /// [`SqlBackend::explain_transactions_page`]).
     async fn explain_postings_page(&self, q: &StatementQuery) -> Result<String, LedgerError> {
-        let text = format!("EXPLAIN (ANALYZE, COSTS OFF) {STATEMENT_PAGE}");
-        let query = sqlx::query_scalar::<Self::Db, String>(AssertSqlSafe(text.as_str()));
-        let lines: Vec<String> = bind_args!(query, &statement_args(q))
-            .fetch_all(self.pool())
+        self.explain(STATEMENT_PAGE, &statement_args(q))
             .await
-            .map_err(|e| unavailable("explain_postings_page", e))?;
-        Ok(lines.join("\n"))
+            .map_err(|e| unavailable("explain_postings_page", e))
     }
 
     /// One page of an account's postings, newest first: a range of
