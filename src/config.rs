@@ -664,6 +664,14 @@ pub struct LedgerConfig {
     pub spenders_max: usize,
     /// `Retry-After` sent with `409 transaction_in_progress`, seconds.
     pub in_progress_retry_after_s: u64,
+    /// Rows on a history page when the request gives no `limit`, rows.
+    pub history_page_rows_default: u32,
+    /// The largest `limit` a history page accepts, rows (at most
+    /// [`HISTORY_PAGE_ROWS_CAP`]).
+    pub history_page_rows_max: u32,
+    /// Most rows of its time range a filtered history page reads, rows
+    /// (`history_page_rows_max` to [`HISTORY_SCAN_ROWS_CAP`]).
+    pub history_scan_rows_max: u32,
     /// Most ledger operations applied together in one database transaction.
     pub batch_max: usize,
     /// Most ledger operations waiting for their batch, per queue (reserve,
@@ -834,6 +842,14 @@ pub const RECONCILE_CONCURRENCY: u64 = 8;
 /// Largest duration accepted where one is stored as a signed millisecond
 /// count (a week).
 const MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
+/// The most rows `ledger.history_page_rows_max` may allow on one page: a
+/// page is one response body, built in memory.
+pub const HISTORY_PAGE_ROWS_CAP: u32 = 1000;
+
+/// The most rows `ledger.history_scan_rows_max` may let one filtered page
+/// read.
+pub const HISTORY_SCAN_ROWS_CAP: u32 = 1_000_000;
 
 /// Longest linger after an answer (`server.linger_timeout_ms`): a minute.
 const LINGER_MS_MAX: u64 = 60_000;
@@ -1209,6 +1225,27 @@ impl Config {
         if self.ledger.opening_balance_max < 0 {
             p.push("ledger.opening_balance_max: must not be negative".into());
         }
+        let (rows_default, rows_max) = (
+            self.ledger.history_page_rows_default,
+            self.ledger.history_page_rows_max,
+        );
+        if !(1..=HISTORY_PAGE_ROWS_CAP).contains(&rows_max) {
+            p.push(format!(
+                "ledger.history_page_rows_max: must be 1 to {HISTORY_PAGE_ROWS_CAP}"
+            ));
+        }
+        if !(1..=rows_max).contains(&rows_default) {
+            p.push(
+                "ledger.history_page_rows_default: must be 1 to ledger.history_page_rows_max"
+                    .into(),
+            );
+        }
+        if !(rows_max..=HISTORY_SCAN_ROWS_CAP).contains(&self.ledger.history_scan_rows_max) {
+            p.push(format!(
+                "ledger.history_scan_rows_max: must be ledger.history_page_rows_max to \
+                 {HISTORY_SCAN_ROWS_CAP}"
+            ));
+        }
         if self
             .log
             .level
@@ -1352,6 +1389,44 @@ mod tests {
             "[server]\nlinger_timeout_ms = 0\nlinger_bytes_max = 0\nshutdown_drain_ms = 0\n",
         )
         .expect("valid");
+    }
+
+    #[test]
+    fn history_page_bounds_are_checked() {
+        let problems = |toml: &str| Config::from_toml(toml).map_or_else(|e| e.problems, |_| vec![]);
+        assert_eq!(
+            problems("[ledger]\nhistory_page_rows_max = 1000\n"),
+            Vec::<String>::new()
+        );
+        for (toml, key) in [
+            ("history_page_rows_max = 0", "ledger.history_page_rows_max"),
+            (
+                "history_page_rows_max = 1001",
+                "ledger.history_page_rows_max",
+            ),
+            (
+                "history_page_rows_default = 0",
+                "ledger.history_page_rows_default",
+            ),
+            (
+                "history_page_rows_default = 201",
+                "ledger.history_page_rows_default",
+            ),
+            (
+                "history_scan_rows_max = 199",
+                "ledger.history_scan_rows_max",
+            ),
+            (
+                "history_scan_rows_max = 1000001",
+                "ledger.history_scan_rows_max",
+            ),
+        ] {
+            let found = problems(&format!("[ledger]\n{toml}\n"));
+            assert!(
+                found.first().is_some_and(|p| p.starts_with(key)),
+                "{toml}: {found:?}"
+            );
+        }
     }
 
     #[test]

@@ -144,6 +144,13 @@ impl GatewayRef {
         Self(raw)
     }
 
+    /// A reference as a client may quote it back (in a cursor): the id
+    /// alphabet, which both a fresh reference (hex) and a migrated one (an
+    /// old `transactionId`) are written in.
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        parse_id("gatewayRef", raw).map(Self)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

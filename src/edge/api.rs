@@ -191,12 +191,16 @@ async fn route_request(
         Endpoint::PostTransaction => {
             handlers::post_transaction(state, who, req, request_id, deadline).await
         }
+        Endpoint::ListTransactions => {
+            handlers::list_transactions(state, &who, req.uri().query()).await
+        }
         Endpoint::GetTransaction => {
             handlers::get_transaction(state, &who, id, req.uri().query()).await
         }
         Endpoint::PostAccount => handlers::post_account(state, req, deadline).await,
         Endpoint::GetAccount => handlers::get_account(state, &who, id).await,
         Endpoint::PatchAccount => handlers::patch_account(state, req, id, deadline).await,
+        Endpoint::GetPostings => handlers::get_postings(state, &who, id, req.uri().query()).await,
         Endpoint::GetSwitches => Ok(handlers::get_switches(state)),
     }
 }

@@ -16,8 +16,9 @@ use crate::edge::answer;
 use crate::edge::auth::Principal;
 use crate::edge::body::{AccountBody, AccountPatchBody, BodyLimits, TransactionBody, read_json};
 use crate::edge::error::{ApiError, Body, json_response};
+use crate::edge::history::{PostingPage, TransactionPage, history_query, statement_query};
 use crate::edge::state::AppState;
-use crate::ledger::{Account, AccountKind, NewAccount};
+use crate::ledger::{Account, AccountKind, NewAccount, Scope};
 use crate::switches::SwitchView;
 use crate::transactions::{Submission, TransactionView};
 
@@ -43,6 +44,24 @@ pub(super) async fn post_transaction(
         .await;
     let retry_after = Duration::from_secs(config.ledger.in_progress_retry_after_s);
     answer::transaction(&state.metrics, outcome, retry_after)
+}
+
+/// `GET /v1/transactions`: a page of the caller's transactions (an
+/// auditor's: everyone's), newest first.
+pub(super) async fn list_transactions(
+    state: &AppState,
+    who: &Principal,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.config.load();
+    let scope = if who.has(Role::Auditor) {
+        Scope::All
+    } else {
+        Scope::Client(who.client.clone())
+    };
+    let q = history_query(query, scope, &config.ledger)?;
+    let page = state.ledger.transactions_page(&q).await?;
+    Ok(json_response(StatusCode::OK, &TransactionPage::new(&page)))
 }
 
 /// `GET /v1/transactions/{id}[?clientId=]`. Ids are per client: a
@@ -80,9 +99,10 @@ pub(super) async fn get_transaction(
         }
     };
     let record = record.ok_or(ApiError::NotFound)?;
+    let attempts = state.ledger.attempts(&record.gateway_ref).await?;
     Ok(json_response(
         StatusCode::OK,
-        &TransactionView::from(&record),
+        &TransactionView::with_attempts(&record, &attempts),
     ))
 }
 
@@ -168,6 +188,32 @@ pub(super) async fn get_account(
         body.spenders = None;
     }
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `GET /v1/accounts/{id}/postings`: the account's statement, newest
+/// first. Its owner's and auditors' only: a spender reads the balance, not
+/// the history, and to anyone else the account answers as absent (a system
+/// account too, whatever the caller's name).
+pub(super) async fn get_postings(
+    state: &AppState,
+    who: &Principal,
+    raw_id: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let id = AccountId::parse(raw_id).map_err(|_| ApiError::NotFound)?;
+    let config = state.config.load();
+    let q = statement_query(query, id, &config.ledger)?;
+    let account = state
+        .ledger
+        .account(&q.account)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let owner = account.kind == AccountKind::Customer && account.owner == who.client;
+    if !owner && !who.has(Role::Auditor) {
+        return Err(ApiError::NotFound);
+    }
+    let page = state.ledger.postings_page(&q).await?;
+    Ok(json_response(StatusCode::OK, &PostingPage::new(&page)))
 }
 
 /// `PATCH /v1/accounts/{id}` (`operator`): replaces the account's spenders.

@@ -12,6 +12,7 @@ mod body;
 mod client_addr;
 mod error;
 mod handlers;
+mod history;
 mod limits;
 mod openapi;
 mod routes;

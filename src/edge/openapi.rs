@@ -23,7 +23,9 @@ use utoipa::openapi::path::{
     HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn,
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ComponentsBuilder, ObjectBuilder, Ref, Schema, Type};
+use utoipa::openapi::schema::{
+    ComponentsBuilder, KnownFormat, ObjectBuilder, Ref, Schema, SchemaFormat, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
 use utoipa::openapi::{
@@ -66,6 +68,8 @@ pub fn document() -> OpenApi {
     collect::<TransactionBody>(&mut schemas);
     collect::<TransactionView>(&mut schemas);
     collect::<PendingView>(&mut schemas);
+    collect::<crate::edge::history::TransactionPage>(&mut schemas);
+    collect::<crate::edge::history::PostingPage>(&mut schemas);
     collect::<AccountBody>(&mut schemas);
     collect::<AccountPatchBody>(&mut schemas);
     collect::<AccountView>(&mut schemas);
@@ -161,8 +165,8 @@ struct Doc {
     description: &'static str,
     /// The `{id}` path parameter's description and example, if the path has one.
     path_id: Option<(&'static str, &'static str)>,
-    /// Optional query parameters: name, description, example.
-    query: &'static [(&'static str, &'static str, &'static str)],
+    /// Optional query parameters.
+    query: Vec<Query>,
     request: Option<utoipa::openapi::request_body::RequestBody>,
     responses: Vec<(u16, RefOr<Response>)>,
 }
@@ -174,6 +178,8 @@ struct Doc {
 fn endpoint_doc(endpoint: Endpoint) -> Doc {
     match endpoint {
         Endpoint::PostTransaction => post_transaction(),
+        Endpoint::ListTransactions => list_transactions(),
+        Endpoint::GetPostings => get_postings(),
         Endpoint::GetTransaction => Doc {
             id: "transactions_get",
             tag: "transactions",
@@ -183,10 +189,11 @@ fn endpoint_doc(endpoint: Endpoint) -> Doc {
                 "The `transactionId`. A malformed id answers 404, as a missing one does.",
                 "tx-2024-0001",
             )),
-            query: &[(
+            query: vec![Query::new(
                 "clientId",
                 "Whose transaction: needed by an auditor when several clients used the id.",
-                "alice",
+                string().into(),
+                json!("alice"),
             )],
             request: None,
             responses: vec![
@@ -212,7 +219,7 @@ fn endpoint_doc(endpoint: Endpoint) -> Doc {
             summary: "Create an account",
             description: "Creates a customer account; a positive `openingBalance` is moved in from the currency's equity account, so the currency's balances still sum to zero.",
             path_id: None,
-            query: &[],
+            query: vec![],
             request: Some(request::<AccountBody>(&[(
                     "account",
                     "A customer account with an opening balance",
@@ -243,7 +250,7 @@ fn endpoint_doc(endpoint: Endpoint) -> Doc {
             summary: "Read an account",
             description: "A `transact` caller sees accounts it owns, and the balance of accounts it is a spender of (without their `spenders`); another's answers 404. An `auditor` sees all, settlement accounts included.",
             path_id: Some(ACCOUNT_ID_PATH),
-            query: &[],
+            query: vec![],
             request: None,
             responses: vec![
                 (200, ok::<AccountView>("The account and its balance.", account_example(&[]), &[])),
@@ -258,7 +265,7 @@ fn endpoint_doc(endpoint: Endpoint) -> Doc {
             summary: "Change who may spend from an account",
             description: "Replaces the account's `spenders`: the clients besides its owner that may debit it or transfer from it (`[\"*\"]`: any client with the `transact` role; `[]`: the owner alone). The owner can always debit; a spender reads the account's balance but not its spenders. Debits stay atomic and guarded: a shared stock is never oversold.",
             path_id: Some(ACCOUNT_ID_PATH),
-            query: &[],
+            query: vec![],
             request: Some(request::<AccountPatchBody>(&[(
                 "spenders",
                 "Two clients besides the owner",
@@ -288,13 +295,164 @@ fn endpoint_doc(endpoint: Endpoint) -> Doc {
             summary: "List the switches",
             description: "Each upstream switch: health, last probe, latency, balancing (EWMA latency, score, success rate, slow start, traffic share), in-flight and outcome counts; the balancing mode and whether the table is in panic.",
             path_id: None,
-            query: &[],
+            query: vec![],
             request: None,
             responses: vec![(
                 200,
                 ok::<SwitchesView>("Every configured switch.", switches_example(), &[]),
             )],
         },
+    }
+}
+
+/// An optional query parameter of an operation.
+struct Query {
+    name: &'static str,
+    description: String,
+    schema: RefOr<Schema>,
+    example: Option<Value>,
+}
+
+impl Query {
+    fn new(name: &'static str, description: &str, schema: RefOr<Schema>, example: Value) -> Self {
+        Self {
+            name,
+            description: description.to_owned(),
+            schema,
+            example: Some(example),
+        }
+    }
+}
+
+/// `limit` and `cursor`, which every history listing takes; the bounds
+/// stated are the defaults' (`config/default.toml`).
+fn page_params() -> Vec<Query> {
+    let (rows_default, rows_max) = crate::config::Config::from_toml("")
+        .map(|c| {
+            (
+                c.ledger.history_page_rows_default,
+                c.ledger.history_page_rows_max,
+            )
+        })
+        .unwrap_or((1, crate::config::HISTORY_PAGE_ROWS_CAP));
+    vec![
+        Query::new(
+            "limit",
+            &format!(
+                "Most rows on the page: 1 to `ledger.history_page_rows_max` ({rows_max} by default); absent, `ledger.history_page_rows_default` ({rows_default})."
+            ),
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(rows_max))
+                .into(),
+            json!(rows_default),
+        ),
+        Query {
+            name: "cursor",
+            description: "The `nextCursor` of the previous page, as it came (opaque); absent for the first page. A cursor this API did not give out, or another listing's, answers 400.".to_owned(),
+            schema: string().min_length(Some(1)).max_length(Some(256)).into(),
+            example: None,
+        },
+    ]
+}
+
+/// The 400 of a listing's query parameters.
+fn bad_parameter() -> (u16, RefOr<Response>) {
+    (
+        400,
+        errors(
+            "`invalid_request`: a query parameter is unknown, repeated or malformed (the message names it), `to` is not after `from`, or the cursor is not one this listing gave out.",
+            &[ApiError::InvalidRequest(
+                "limit: must be an integer from 1 to 200".into(),
+            )],
+            &[],
+        ),
+    )
+}
+
+fn list_transactions() -> Doc {
+    let mut query = vec![
+        Query::new(
+            "accountId",
+            "Only transactions with this account as source or destination (`accountId`, `from` or `to`). A filter no index serves: see the operation's description.",
+            schema_ref::<crate::domain::AccountId>(),
+            json!("alice-eur"),
+        ),
+        Query::new(
+            "status",
+            "Only transactions in this status. A filter no index serves: see the operation's description.",
+            schema_ref::<crate::domain::TxStatus>(),
+            json!("committed"),
+        ),
+        Query::new(
+            "from",
+            "Only transactions created at or after this instant (RFC 3339, with a time zone).",
+            string()
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                .into(),
+            json!("2025-01-01T00:00:00Z"),
+        ),
+        Query::new(
+            "to",
+            "Only transactions created before this instant (RFC 3339, with a time zone); later than `from`.",
+            string()
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                .into(),
+            json!("2025-02-01T00:00:00Z"),
+        ),
+    ];
+    query.extend(page_params());
+    Doc {
+        id: "transactions_list",
+        tag: "transactions",
+        summary: "List transactions",
+        description: "A page of transactions, newest first (by creation time, then reference), each as `GET /v1/transactions/{id}` shows it without `attemptLog`. A `transact` caller lists the transactions it submitted (a filter by `accountId` too: never another client's); an `auditor` lists every client's.\n\nKeyset pages: pass `nextCursor` back as `cursor` until it is `null`. A cursor is a position in that order, not an offset, so a transaction created while a client pages never moves a row from one page to another: every row that was there when paging began is served exactly once.\n\n`from`, `to` and the cursor narrow a range the ledger's indexes keep in order. `accountId` and `status` filter the rows of that range; so that a page's work stays bounded however rare they are, a filtered page reads at most `ledger.history_scan_rows_max` rows (10,000 by default) of the range, and may then come back short, even empty, with a `nextCursor` to go on from.",
+        path_id: None,
+        query,
+        request: None,
+        responses: vec![
+            (
+                200,
+                ok::<crate::edge::history::TransactionPage>(
+                    "A page of transactions.",
+                    json!({"data": [committed_example()], "nextCursor": "dHgxfDE3MzU3MzI4MDAxMjN8NWMxZjBlOWE3YjNkNDJjNjhlMGYxYTJiM2M0ZDVlNmY"}),
+                    &[],
+                ),
+            ),
+            bad_parameter(),
+            (500, shared("Internal")),
+            (503, shared("LedgerUnavailable")),
+        ],
+    }
+}
+
+fn get_postings() -> Doc {
+    Doc {
+        id: "accounts_postings",
+        tag: "accounts",
+        summary: "An account's statement",
+        description: "A page of the account's postings, newest first: every completed movement of its money (commits and the opening balance; held money is not posted until it is committed). Its owner's and auditors' only: a spender of the account reads its balance (`GET /v1/accounts/{id}`) but not its history, and to anyone but the owner and auditors the account answers 404, as a missing one does.\n\nKeyset pages: pass `nextCursor` back as `cursor` until it is `null`.",
+        path_id: Some(ACCOUNT_ID_PATH),
+        query: page_params(),
+        request: None,
+        responses: vec![
+            (
+                200,
+                ok::<crate::edge::history::PostingPage>(
+                    "A page of postings.",
+                    json!({"data": [
+                        {"gatewayRef": "5c1f0e9a7b3d42c68e0f1a2b3c4d5e6f", "amount": -2500, "createdAt": "2025-01-01T12:00:00.15Z"},
+                        {"gatewayRef": null, "amount": 10000, "createdAt": "2025-01-01T11:00:00Z"}
+                    ], "nextCursor": null}),
+                    &[],
+                ),
+            ),
+            bad_parameter(),
+            (404, shared("NotFound")),
+            (500, shared("Internal")),
+            (503, shared("LedgerUnavailable")),
+        ],
     }
 }
 
@@ -310,7 +468,7 @@ fn post_transaction() -> Doc {
         summary: "Post a transaction",
         description: "Records the transaction in the ledger keyed by the client and its `transactionId` (ids are per client: another client's use of the same id is another transaction and plays no part here; reserving the amount from the source account), forwards it to a healthy switch, and answers with the outcome. The same `transactionId` with the same payload is idempotent: a finished one answers its stored response again (`Idempotent-Replayed: true`), one in flight answers 409; with another payload, 422 `transaction_id_reused`.",
         path_id: None,
-        query: &[],
+        query: vec![],
         request: Some(request::<TransactionBody>(&[
             (
                 "debit",
@@ -466,15 +624,15 @@ fn operation(route: &Route) -> Operation {
                 .example(Some(json!(example))),
         );
     }
-    for (name, description, example) in doc.query {
+    for q in doc.query {
         op = op.parameter(
             ParameterBuilder::new()
-                .name(*name)
+                .name(q.name)
                 .parameter_in(ParameterIn::Query)
                 .required(Required::False)
-                .description(Some(*description))
-                .schema(Some(string()))
-                .example(Some(json!(example))),
+                .description(Some(q.description))
+                .schema(Some(q.schema))
+                .example(q.example),
         );
     }
     for (status, response) in responses {

@@ -19,10 +19,12 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     PostTransaction,
+    ListTransactions,
     GetTransaction,
     PostAccount,
     GetAccount,
     PatchAccount,
+    GetPostings,
     GetSwitches,
 }
 
@@ -34,6 +36,12 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/transactions",
         roles: &[Role::Transact],
         endpoint: Endpoint::PostTransaction,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/transactions",
+        roles: &[Role::Transact, Role::Auditor],
+        endpoint: Endpoint::ListTransactions,
     },
     Route {
         method: Method::GET,
@@ -58,6 +66,12 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/accounts/{id}",
         roles: &[Role::Operator],
         endpoint: Endpoint::PatchAccount,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/accounts/{id}/postings",
+        roles: &[Role::Transact, Role::Auditor],
+        endpoint: Endpoint::GetPostings,
     },
     Route {
         method: Method::GET,

@@ -30,9 +30,11 @@
 //! through bounded queues and are applied in batches, one database
 //! transaction per batch (see [`group`]). The other operations (later
 //! attempts, requeries, the reconciler's claims, reads) are one database
-//! transaction each.
+//! transaction each; the history reads (pages of transactions and of an
+//! account's postings, see [`history`]) are one statement each.
 
 mod group;
+mod history;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -41,6 +43,10 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use group::{AttemptEnd, Decision, GroupConfig};
+pub use history::{
+    BadCursor, HistoryQuery, Page, PostingCursor, PostingRecord, Scope, StatementQuery,
+    TransactionCursor,
+};
 use sql::SqlBackend as _;
 pub use sql::UNFINISHED_AGE_BOUNDS_MS;
 
@@ -188,6 +194,8 @@ pub struct AttemptRecord {
     pub attempt_no: u32,
     pub switch: SwitchName,
     pub started_at_ms: i64,
+    /// When its outcome was stored (the last time, if it was resolved later).
+    pub finished_at_ms: Option<i64>,
     pub outcome: Option<AttemptOutcome>,
     pub error: Option<String>,
 }
@@ -523,6 +531,42 @@ impl Ledger {
         gateway_ref: &GatewayRef,
     ) -> Result<Vec<AttemptRecord>, LedgerError> {
         dispatch!(self, l => l.attempts(gateway_ref).await)
+    }
+
+    /// One page of transactions, newest first, as `q` asks (keyset
+    /// pagination: see [`HistoryQuery`]).
+    pub async fn transactions_page(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Page<TransactionRecord, TransactionCursor>, LedgerError> {
+        dispatch!(self, l => l.transactions_page(q).await)
+    }
+
+    /// The database's plans of [`Ledger::transactions_page`]'s statements
+    /// for `q`, one text per statement: on Postgres `EXPLAIN ANALYZE` (the
+    /// statements run), on SQLite `EXPLAIN QUERY PLAN`. For the tests that
+    /// hold the history to index range scans, and for operators checking a
+    /// plan.
+    pub async fn explain_transactions_page(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Vec<String>, LedgerError> {
+        dispatch!(self, l => l.explain_transactions_page(q).await)
+    }
+
+    /// The database's plan of [`Ledger::postings_page`]'s statement (see
+    /// [`Ledger::explain_transactions_page`]).
+    pub async fn explain_postings_page(&self, q: &StatementQuery) -> Result<String, LedgerError> {
+        dispatch!(self, l => l.explain_postings_page(q).await)
+    }
+
+    /// One page of an account's postings (its statement), newest first.
+    /// Who may read it is the caller's to check.
+    pub async fn postings_page(
+        &self,
+        q: &StatementQuery,
+    ) -> Result<Page<PostingRecord, PostingCursor>, LedgerError> {
+        dispatch!(self, l => l.postings_page(q).await)
     }
 
     /// Sum of the balances of all accounts in that currency (customer,

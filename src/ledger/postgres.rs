@@ -17,7 +17,7 @@ use sqlx::postgres::{
 };
 
 use super::LedgerError;
-use super::sql::{SqlBackend, WriteTx, unavailable};
+use super::sql::{Arg, SqlBackend, WriteTx, bind_args, unavailable};
 use crate::config::DatabaseConfig;
 
 /// What a pool's connections run, which decides how their statements are
@@ -190,5 +190,12 @@ impl SqlBackend for PgLedger {
 
     fn rows_affected(done: &PgQueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    async fn explain(&self, sql: &str, args: &[Arg<'_>]) -> Result<String, sqlx::Error> {
+        let text = format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}");
+        let query = sqlx::query_scalar::<Postgres, String>(sqlx::AssertSqlSafe(text.as_str()));
+        let lines = bind_args!(query, args).fetch_all(&self.pool).await?;
+        Ok(lines.join("\n"))
     }
 }

@@ -26,6 +26,9 @@ use sqlx::{
 };
 use tokio::sync::OwnedMutexGuard;
 
+use super::history::{
+    HistoryQuery, Page, PostingCursor, PostingRecord, Scope, StatementQuery, TransactionCursor,
+};
 use super::{
     Account, AccountKind, AttemptOutcome, AttemptRecord, LeaseToken, LedgerError, NewAccount,
     StoredResponse, TransactionRecord,
@@ -324,6 +327,7 @@ pub(super) struct AttemptRow {
     attempt_no: i64,
     switch: String,
     started_at_ms: i64,
+    finished_at_ms: Option<i64>,
     outcome: Option<String>,
     error: Option<String>,
 }
@@ -335,6 +339,7 @@ impl AttemptRow {
             attempt_no: u32::try_from(self.attempt_no).map_err(|e| corrupt(what, e))?,
             switch: SwitchName::parse(&self.switch).map_err(|e| corrupt(what, e))?,
             started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
             outcome: self
                 .outcome
                 .map(|o| AttemptOutcome::parse(&o).ok_or_else(|| corrupt(what, o)))
@@ -342,6 +347,208 @@ impl AttemptRow {
             error: self.error,
         })
     }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct PostingRow {
+    id: i64,
+    gateway_ref: Option<String>,
+    account_id: String,
+    amount: i64,
+    created_at_ms: i64,
+}
+
+impl PostingRow {
+    fn into_record(self) -> Result<PostingRecord, LedgerError> {
+        let what = "posting";
+        Ok(PostingRecord {
+            id: self.id,
+            gateway_ref: self.gateway_ref.map(GatewayRef::from_stored),
+            account: AccountId::parse(&self.account_id).map_err(|e| corrupt(what, e))?,
+            amount: self.amount,
+            created_at_ms: self.created_at_ms,
+        })
+    }
+}
+
+/// A value bound to a statement whose text is built at run time.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// Binds `args`, in order, to a query.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match *arg {
+                Arg::Text(t) => query.bind(t),
+                Arg::Int(n) => query.bind(n),
+            };
+        }
+        query
+    }};
+}
+pub(super) use bind_args;
+
+/// The column that breaks ties of `created_at_ms` in the history's order
+/// (and in its indexes and cursors): the transactions' primary key, the
+/// gateway's reference, unique among all the rows a page may range over (a
+/// client's `id` is not, across clients).
+const TX_KEY: &str = "gateway_ref";
+
+/// How far a transactions page reads (see [`HistoryStatements`]).
+#[derive(Debug)]
+pub(super) enum Reach {
+    /// Not filtered: the page's rows are the range's first.
+    Unfiltered,
+    /// Filtered, and the range holds no more than the bound: all of it.
+    Whole,
+    /// Filtered: down to this key, `(created_at_ms, gateway_ref)`.
+    UpTo(i64, String),
+}
+
+/// The statements of a transactions page, built from fixed fragments (each
+/// with its `$N`) for the conditions the query names.
+///
+/// The *range* is what an index orders: the scope's (`client` leads
+/// `transactions_client_created_at_ms`; `Scope::All` reads
+/// `transactions_created_at_ms`, migration 0008), `from`/`to` and the
+/// cursor, newest first. `accountId` and `status` *filter* the rows of the
+/// range; no index serves them (each index on `transactions` costs every
+/// write), so a filtered page first finds how far `scan_rows_max` rows of
+/// the range reach ([`HistoryStatements::boundary`], an index-only read of
+/// the keys) and reads no further: its work is bounded however rare the
+/// filtered rows are, and a page may come back short, even empty, with a
+/// cursor to go on from (only when the range goes on past the bound).
+pub(super) struct HistoryStatements<'q> {
+    /// When filtered: the keys of the `scan_rows_max`-th row of the range
+    /// and the next (if the second exists, the page reads down to the first).
+    boundary: Option<(String, Vec<Arg<'q>>)>,
+    /// The rows: one more than the page holds (so the page knows whether
+    /// another follows); with a boundary, `$1`, `$2` are its key
+    /// ([`HistoryStatements::rows_args`] binds it).
+    rows: (String, Vec<Arg<'q>>),
+}
+
+impl<'q> HistoryStatements<'q> {
+    fn new(q: &'q HistoryQuery) -> Self {
+        let filtered = q.account.is_some() || q.status.is_some();
+        let boundary = filtered.then(|| {
+            let mut args = Vec::new();
+            let range = Self::range(q, &mut args);
+            args.push(Arg::Int(i64::from(q.scan_rows_max.max(1)) - 1));
+            let sql = format!(
+                "SELECT created_at_ms, {TX_KEY} FROM transactions{} \
+                 ORDER BY created_at_ms DESC, {TX_KEY} DESC LIMIT 2 OFFSET ${}",
+                Self::clause(&range),
+                args.len()
+            );
+            (sql, args)
+        });
+        // With a boundary, its key comes first, as `$1` and `$2` (the plain
+        // `created_at_ms` bound beside the row comparison is for the
+        // planner, which estimates it well and a row comparison poorly).
+        let mut args = Vec::new();
+        let mut conditions = Vec::new();
+        if filtered {
+            args.extend([Arg::Int(i64::MIN), Arg::Text("")]);
+            conditions.push(format!(
+                "(created_at_ms, {TX_KEY}) >= ($1, $2) AND created_at_ms >= $1"
+            ));
+        }
+        conditions.extend(Self::range(q, &mut args));
+        if let Some(account) = &q.account {
+            args.push(Arg::Text(account.as_str()));
+            let n = args.len();
+            conditions.push(format!("(source = ${n} OR destination = ${n})"));
+        }
+        if let Some(status) = q.status {
+            args.push(Arg::Text(status.as_str()));
+            conditions.push(format!("status = ${}", args.len()));
+        }
+        args.push(Arg::Int(i64::from(q.limit.max(1)) + 1));
+        let sql = format!(
+            "SELECT {} FROM transactions{} ORDER BY created_at_ms DESC, {TX_KEY} DESC LIMIT ${}",
+            tx_columns!(),
+            Self::clause(&conditions),
+            args.len()
+        );
+        Self {
+            boundary,
+            rows: (sql, args),
+        }
+    }
+
+    /// The conditions of the range, their values pushed onto `args`.
+    fn range(q: &'q HistoryQuery, args: &mut Vec<Arg<'q>>) -> Vec<String> {
+        let mut conditions = Vec::new();
+        if let Scope::Client(client) = &q.scope {
+            args.push(Arg::Text(client.as_str()));
+            conditions.push(format!("client = ${}", args.len()));
+        }
+        if let Some(from) = q.from_ms {
+            args.push(Arg::Int(from));
+            conditions.push(format!("created_at_ms >= ${}", args.len()));
+        }
+        if let Some(to) = q.to_ms {
+            args.push(Arg::Int(to));
+            conditions.push(format!("created_at_ms < ${}", args.len()));
+        }
+        if let Some(after) = &q.after {
+            args.push(Arg::Int(after.created_at_ms));
+            args.push(Arg::Text(after.key.as_str()));
+            let n = args.len();
+            conditions.push(format!(
+                "(created_at_ms, {TX_KEY}) < (${t}, ${n}) AND created_at_ms <= ${t}",
+                t = n - 1
+            ));
+        }
+        conditions
+    }
+
+    /// The values of the rows statement, the boundary's key first when
+    /// filtered (the least key there is, when the page reads the whole range).
+    fn rows_args<'a>(&'a self, reach: &'a Reach) -> Vec<Arg<'a>> {
+        let mut args = self.rows.1.clone();
+        if let (Reach::UpTo(created_at_ms, id), [at, key, ..]) = (reach, args.as_mut_slice()) {
+            *at = Arg::Int(*created_at_ms);
+            *key = Arg::Text(id.as_str());
+        }
+        args
+    }
+
+    fn clause(conditions: &[String]) -> String {
+        if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        }
+    }
+}
+
+/// A page of an account's postings: a range of `postings_account_id_id`.
+const STATEMENT_PAGE: &str = "SELECT id, gateway_ref, account_id, amount, created_at_ms \
+     FROM postings WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
+
+fn statement_args(q: &StatementQuery) -> [Arg<'_>; 3] {
+    [
+        Arg::Text(q.account.as_str()),
+        Arg::Int(q.after.map_or(i64::MAX, |c| c.id)),
+        Arg::Int(i64::from(q.limit.max(1)) + 1),
+    ]
+}
+
+/// The page of `rows` read with one row more than `limit`: at most `limit`
+/// rows, and the cursor of the last when more follow.
+fn page_of<T, C>(mut rows: Vec<T>, limit: u32, cursor: impl Fn(&T) -> C) -> Page<T, C> {
+    let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more { rows.last().map(cursor) } else { None };
+    Page { rows, next }
 }
 
 /// Money may leave this account for `client`: it exists, is a customer
@@ -471,9 +678,12 @@ where
     for<'a> i64: Encode<'a, Self::Db> + Type<Self::Db>,
     (i64,): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     (i64, i64): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
+    (i64, String): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
+    (String,): for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     TxRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AccountRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
     AttemptRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
+    PostingRow: for<'r> FromRow<'r, <Self::Db as Database>::Row>,
 {
     type Db: Database;
 
@@ -497,6 +707,11 @@ where
 
     /// The row count of a statement (not part of sqlx's `Database` trait).
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// The database's plan of `sql` with `args`, as text, one line per node:
+    /// Postgres' `EXPLAIN ANALYZE` (it runs the statement), SQLite's
+    /// `EXPLAIN QUERY PLAN`.
+    async fn explain(&self, sql: &str, args: &[Arg<'_>]) -> Result<String, sqlx::Error>;
 
     // ---- the operations ----
 
@@ -833,7 +1048,7 @@ where
             Self::is_conflict,
             move || async move {
                 let rows: Vec<AttemptRow> = sqlx::query_as(
-                    "SELECT attempt_no, switch, started_at_ms, outcome, error \
+                    "SELECT attempt_no, switch, started_at_ms, finished_at_ms, outcome, error \
                  FROM attempts WHERE gateway_ref = $1 ORDER BY attempt_no",
                 )
                 .bind(gateway_ref.as_str())
@@ -843,6 +1058,119 @@ where
                     .into_iter()
                     .map(AttemptRow::into_record)
                     .collect::<Result<Vec<_>, _>>()?)
+            },
+        )
+        .await
+    }
+
+    /// One page of transactions, newest first (see [`HistoryStatements`]).
+    async fn transactions_page(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Page<TransactionRecord, TransactionCursor>, LedgerError> {
+        let statements = HistoryStatements::new(q);
+        let statements = &statements;
+        with_retries(
+            "transactions_page",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let reach = self.history_reach(statements).await?;
+                let (sql, _) = &statements.rows;
+                let args = statements.rows_args(&reach);
+                let query = sqlx::query_as::<Self::Db, TxRow>(AssertSqlSafe(sql.as_str()));
+                let rows = bind_args!(query, &args)
+                    .fetch_all(self.pool())
+                    .await?
+                    .into_iter()
+                    .map(TxRow::into_record)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut page = page_of(rows, q.limit, TransactionCursor::of);
+                // Short of a full page, but the bound stopped the read before
+                // the range's end: the next page goes on from the boundary.
+                if let (None, Reach::UpTo(created_at_ms, key)) = (&page.next, reach) {
+                    page.next = Some(TransactionCursor {
+                        created_at_ms,
+                        key: GatewayRef::from_stored(key),
+                    });
+                }
+                Ok(page)
+            },
+        )
+        .await
+    }
+
+    /// How far a filtered page may read: down to the key of the range's
+    /// `scan_rows_max`-th row when another follows it, else all of it.
+    async fn history_reach(&self, statements: &HistoryStatements<'_>) -> Result<Reach, Fail> {
+        let Some((sql, args)) = &statements.boundary else {
+            return Ok(Reach::Unfiltered);
+        };
+        let query = sqlx::query_as::<Self::Db, (i64, String)>(AssertSqlSafe(sql.as_str()));
+        let keys = bind_args!(query, args).fetch_all(self.pool()).await?;
+        Ok(match <[_; 2]>::try_from(keys) {
+            Ok([(created_at_ms, id), _]) => Reach::UpTo(created_at_ms, id),
+            Err(_) => Reach::Whole,
+        })
+    }
+
+    /// The database's plans of a transactions page's statements, as run
+    /// ([`SqlBackend::explain`]), for the tests and the docs that show them.
+    async fn explain_transactions_page(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Vec<String>, LedgerError> {
+        let statements = HistoryStatements::new(q);
+        let explain = async {
+            let mut plans = Vec::new();
+            let reach = self.history_reach(&statements).await?;
+            let rows_args = statements.rows_args(&reach);
+            let runs = statements
+                .boundary
+                .iter()
+                .map(|(sql, args)| (sql, args.clone()))
+                .chain([(&statements.rows.0, rows_args)]);
+            for (sql, args) in runs {
+                plans.push(self.explain(sql, &args).await?);
+            }
+            Ok::<_, Fail>(plans)
+        };
+        match explain.await {
+            Ok(plans) => Ok(plans),
+            Err(Fail::Db(e)) => Err(unavailable("explain_transactions_page", e)),
+            Err(Fail::Ledger(e)) => Err(e),
+            Err(Fail::Conflict(why)) => Err(LedgerError::Unavailable(why.into())),
+        }
+    }
+
+    /// The database's plan of a statement page, as run (see
+    /// [`SqlBackend::explain_transactions_page`]).
+    async fn explain_postings_page(&self, q: &StatementQuery) -> Result<String, LedgerError> {
+        self.explain(STATEMENT_PAGE, &statement_args(q))
+            .await
+            .map_err(|e| unavailable("explain_postings_page", e))
+    }
+
+    /// One page of an account's postings, newest first: a range of
+    /// `postings_account_id_id` (migration 0008).
+    async fn postings_page(
+        &self,
+        q: &StatementQuery,
+    ) -> Result<Page<PostingRecord, PostingCursor>, LedgerError> {
+        with_retries(
+            "postings_page",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let query = sqlx::query_as::<Self::Db, PostingRow>(STATEMENT_PAGE);
+                let rows = bind_args!(query, &statement_args(q))
+                    .fetch_all(self.pool())
+                    .await?;
+                let rows = rows
+                    .into_iter()
+                    .map(PostingRow::into_record)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(page_of(rows, q.limit, PostingCursor::of))
             },
         )
         .await

@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 use tokio::sync::Mutex;
 
 use super::LedgerError;
-use super::sql::{SqlBackend, WriteTx, unavailable};
+use super::sql::{Arg, SqlBackend, WriteTx, bind_args, unavailable};
 use crate::config::DatabaseConfig;
 
 #[derive(Clone)]
@@ -124,5 +124,17 @@ impl SqlBackend for SqliteLedger {
 
     fn rows_affected(done: &SqliteQueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    async fn explain(&self, sql: &str, args: &[Arg<'_>]) -> Result<String, sqlx::Error> {
+        let text = format!("EXPLAIN QUERY PLAN {sql}");
+        let query =
+            sqlx::query_as::<Sqlite, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(text.as_str()));
+        let rows = bind_args!(query, args).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect::<Vec<_>>()
+            .join("\n"))
     }
 }

@@ -15,4 +15,4 @@ mod view;
 pub use outcome::Outcome;
 pub use reconciler::{Reconciler, Resolution};
 pub use submit::{Submission, Transactions};
-pub use view::{Pending, PendingView, TransactionView, transaction_json};
+pub use view::{AttemptView, Pending, PendingView, TransactionView, transaction_json};

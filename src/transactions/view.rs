@@ -7,7 +7,7 @@ use crate::domain::{
     AccountId, ClientId, Currency, GatewayRef, ReleaseReason, SwitchName, TransactionId, TxKind,
     TxStatus, rfc3339_ms,
 };
-use crate::ledger::TransactionRecord;
+use crate::ledger::{AttemptOutcome, AttemptRecord, TransactionRecord};
 
 /// A transaction as the API shows it (docs/design.md, "Reading a
 /// transaction"): the body of `GET /v1/transactions/{id}`, of a committed or
@@ -81,6 +81,22 @@ pub struct TransactionView {
     /// RFC 3339, milliseconds, UTC.
     #[schema(format = DateTime)]
     pub updated_at: String,
+    /// Each switch tried, in order: only in `GET /v1/transactions/{id}`
+    /// (not in the stored answers of `POST`, nor in lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub attempt_log: Option<Vec<AttemptView>>,
+}
+
+impl TransactionView {
+    /// The transaction with its `attemptLog`: how `GET
+    /// /v1/transactions/{id}` shows it.
+    pub fn with_attempts(r: &TransactionRecord, attempts: &[AttemptRecord]) -> Self {
+        Self {
+            attempt_log: Some(attempts.iter().map(AttemptView::new).collect()),
+            ..Self::from(r)
+        }
+    }
 }
 
 impl From<&TransactionRecord> for TransactionView {
@@ -110,6 +126,7 @@ impl From<&TransactionRecord> for TransactionView {
             metadata: r.metadata.clone(),
             created_at: rfc3339_ms(r.created_at_ms),
             updated_at: rfc3339_ms(r.updated_at_ms),
+            attempt_log: None,
         }
     }
 }
@@ -140,4 +157,47 @@ pub enum Pending {
 pub fn transaction_json(r: &TransactionRecord) -> serde_json::Value {
     // A struct of strings, numbers and a JSON value: serializing cannot fail.
     serde_json::to_value(TransactionView::from(r)).unwrap_or_default()
+}
+
+/// One attempt as the API shows it: which switch, when it started and
+/// finished, and how it ended (`finishedAt`, `outcome` and `error` are
+/// absent while it is in flight; `error` says why a forward failed).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Attempt)]
+pub struct AttemptView {
+    /// 1-based, in the order the switches were tried.
+    #[schema(minimum = 1)]
+    pub attempt: u32,
+    #[schema(value_type = String)]
+    pub switch: SwitchName,
+    /// RFC 3339, milliseconds, UTC.
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// RFC 3339, milliseconds, UTC; absent while in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = DateTime)]
+    pub finished_at: Option<String>,
+    /// `approved`, `declined`, `not_sent`, `not_processed` or `unknown`;
+    /// absent while in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<String>)]
+    pub outcome: Option<&'static str>,
+    /// Why a forward failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+}
+
+impl AttemptView {
+    pub fn new(a: &AttemptRecord) -> Self {
+        Self {
+            attempt: a.attempt_no,
+            switch: a.switch.clone(),
+            started_at: rfc3339_ms(a.started_at_ms),
+            finished_at: a.finished_at_ms.map(rfc3339_ms),
+            outcome: a.outcome.map(AttemptOutcome::as_str),
+            error: a.error.clone(),
+        }
+    }
 }

@@ -217,7 +217,7 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
     let r = harness::read(resp).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.code(), "method_not_allowed");
-    assert_eq!(r.header("allow"), Some("POST"));
+    assert_eq!(r.header("allow"), Some("POST, GET"));
 }
 
 #[tokio::test]

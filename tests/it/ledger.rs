@@ -11,8 +11,9 @@ use switchboard::domain::{
     TransactionRequest, TxStatus,
 };
 use switchboard::ledger::{
-    Account, AccountKind, AttemptOutcome, Decision, LeaseToken, Ledger, LedgerError, NewAccount,
-    Reserved, StoredResponse, TransactionRecord,
+    Account, AccountKind, AttemptOutcome, Decision, HistoryQuery, LeaseToken, Ledger, LedgerError,
+    NewAccount, PostingCursor, Reserved, Scope, StatementQuery, StoredResponse, TransactionCursor,
+    TransactionRecord,
 };
 
 use crate::db;
@@ -89,6 +90,21 @@ conformance! {
     a_lease_claimed_again_fences_its_first_holder:
         a_lease_claimed_again_fences_its_first_holder_postgres,
         a_lease_claimed_again_fences_its_first_holder_sqlite;
+    history_pages_cover_every_row_once_newest_first:
+        history_pages_cover_every_row_once_newest_first_postgres,
+        history_pages_cover_every_row_once_newest_first_sqlite;
+    history_filters_select_exactly_their_rows:
+        history_filters_select_exactly_their_rows_postgres,
+        history_filters_select_exactly_their_rows_sqlite;
+    history_pages_stay_stable_under_concurrent_inserts:
+        history_pages_stay_stable_under_concurrent_inserts_postgres,
+        history_pages_stay_stable_under_concurrent_inserts_sqlite;
+    a_filtered_page_reads_no_further_than_its_scan_bound:
+        a_filtered_page_reads_no_further_than_its_scan_bound_postgres,
+        a_filtered_page_reads_no_further_than_its_scan_bound_sqlite;
+    statement_pages_list_an_accounts_postings_newest_first:
+        statement_pages_list_an_accounts_postings_newest_first_postgres,
+        statement_pages_list_an_accounts_postings_newest_first_sqlite;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,6 +695,11 @@ async fn attempts_are_recorded_in_order(l: &Ledger) {
     );
     assert_eq!(attempts[0].outcome, Some(AttemptOutcome::NotProcessed));
     assert_eq!(attempts[0].error.as_deref(), Some("connection refused"));
+    let finished = attempts[0]
+        .finished_at_ms
+        .expect("a finished attempt has its time");
+    assert!(finished >= attempts[0].started_at_ms);
+    assert_eq!(attempts[1].finished_at_ms, None, "still in flight");
     assert_eq!(
         (attempts[1].attempt_no, attempts[1].switch.as_str()),
         (2, "sw-b")
@@ -1023,6 +1044,465 @@ async fn concurrent_claimers_never_share_a_row(l: &Ledger) {
         }
     }
     assert_eq!((total, seen.len()), (n as usize, n as usize));
+}
+
+// ---- history ----
+
+/// A history query of `scope` with no filter.
+fn history(scope: Scope, limit: u32) -> HistoryQuery {
+    HistoryQuery {
+        scope,
+        account: None,
+        status: None,
+        from_ms: None,
+        to_ms: None,
+        after: None,
+        limit,
+        scan_rows_max: 10_000,
+    }
+}
+
+/// Every page of `q`, followed from its first: the rows in the order
+/// served, and how many pages that took. Bounded: a cursor that never ends
+/// fails the test.
+async fn every_page(l: &Ledger, mut q: HistoryQuery) -> (Vec<TransactionRecord>, usize) {
+    let mut rows = Vec::new();
+    for pages in 1..=1000 {
+        let page = l.transactions_page(&q).await.unwrap();
+        assert!(page.rows.len() <= q.limit as usize, "a page over its limit");
+        let last = page.rows.last().map(TransactionCursor::of);
+        rows.extend(page.rows);
+        match page.next {
+            Some(next) => {
+                assert_eq!(Some(&next), last.as_ref(), "the cursor is the last row's");
+                q.after = Some(next);
+            }
+            None => return (rows, pages),
+        }
+    }
+    panic!("history pages never ended");
+}
+
+/// Newest first: `(created_at_ms, id)` descending.
+fn newest_first(rows: &[TransactionRecord]) -> Vec<TransactionRecord> {
+    let mut sorted = rows.to_vec();
+    // Ties of a millisecond are broken by reference (unique across clients).
+    sorted.sort_by(|a, b| {
+        (b.created_at_ms, b.gateway_ref.as_str()).cmp(&(a.created_at_ms, a.gateway_ref.as_str()))
+    });
+    sorted
+}
+
+/// `n` debits of 1 by `client` from `account`, ids `{prefix}-{i}`, each
+/// read back as stored.
+async fn debits(
+    l: &Ledger,
+    client: &str,
+    account: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<TransactionRecord> {
+    let mut rows = Vec::new();
+    for i in 0..n {
+        fresh(l, client, debit(&format!("{prefix}-{i:02}"), account, 1)).await;
+        rows.push(
+            l.transaction(&cid(client), &tid(&format!("{prefix}-{i:02}")))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    rows
+}
+
+async fn history_pages_cover_every_row_once_newest_first(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "bob", "c2", 1000).await;
+    // Concurrent reservations share a batch, and so often a millisecond:
+    // ties are broken by reference.
+    let requests: Vec<_> = (0..12)
+        .map(|i| debit(&format!("a-batch-{i:02}"), "alice", 1))
+        .collect();
+    let c1 = cid("c1");
+    let batch = requests.iter().map(|req| l.reserve(&c1, req, render));
+    for r in futures_util::future::join_all(batch).await {
+        assert!(matches!(r, Ok(Reserved::Fresh(_))), "{r:?}");
+    }
+    let mut mine = debits(l, "c1", "alice", "a-one", 7).await;
+    for i in 0..12 {
+        mine.push(
+            l.transaction(&c1, &tid(&format!("a-batch-{i:02}")))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let theirs = debits(l, "c2", "bob", "b", 5).await;
+    let tied = mine
+        .iter()
+        .filter(|r| {
+            mine.iter()
+                .filter(|o| o.created_at_ms == r.created_at_ms)
+                .count()
+                > 1
+        })
+        .count();
+    assert!(tied > 0, "the batch should share a millisecond somewhere");
+
+    for limit in [1, 4, 19, 50] {
+        let (rows, pages) = every_page(l, history(Scope::Client(cid("c1")), limit)).await;
+        assert_eq!(ids(&rows), ids(&newest_first(&mine)), "limit {limit}");
+        assert_eq!(
+            pages,
+            mine.len().div_ceil(limit as usize).max(1),
+            "limit {limit}: pages"
+        );
+        // The auditor's view: everyone's, in one order.
+        let everyone: Vec<_> = mine.iter().chain(&theirs).cloned().collect();
+        let (rows, _) = every_page(l, history(Scope::All, limit)).await;
+        assert_eq!(
+            ids(&rows),
+            ids(&newest_first(&everyone)),
+            "all, limit {limit}"
+        );
+    }
+    // Another client sees only its own; a client without any sees none.
+    let (rows, pages) = every_page(l, history(Scope::Client(cid("c2")), 2)).await;
+    assert_eq!(ids(&rows), ids(&newest_first(&theirs)));
+    assert_eq!(pages, 3);
+    let (rows, pages) = every_page(l, history(Scope::Client(cid("nobody")), 2)).await;
+    assert_eq!((rows.len(), pages), (0, 1));
+    // A page reads the rows as stored.
+    let first = l
+        .transactions_page(&history(Scope::Client(cid("c2")), 1))
+        .await
+        .unwrap();
+    assert_eq!(first.rows, vec![newest_first(&theirs)[0].clone()]);
+}
+
+async fn history_filters_select_exactly_their_rows(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "alice-2", "c1", 1000).await;
+    open(l, "bob", "c2", 1000).await;
+    fresh(l, "c1", debit("d1", "alice", 10)).await;
+    l.commit(&r(l, "d1").await, &sw("sw-a"), "r", render)
+        .await
+        .unwrap();
+    fresh(l, "c1", transfer("x1", "alice", "bob", 10)).await;
+    l.commit(&r(l, "x1").await, &sw("sw-a"), "r", render)
+        .await
+        .unwrap();
+    fresh(l, "c1", credit("c1", "alice-2", 10)).await;
+    fresh(l, "c1", debit("d2", "alice-2", 10)).await;
+    l.release(&r(l, "d2").await, ReleaseReason::DeclinedBySwitch, render)
+        .await
+        .unwrap();
+    fresh(l, "c1", transfer("x2", "alice-2", "alice", 5)).await;
+    l.mark_pending(&r(l, "x2").await, "timeout").await.unwrap();
+    fresh(l, "c2", transfer("y1", "bob", "alice", 3)).await;
+    l.commit(&r(l, "y1").await, &sw("sw-b"), "r", render)
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for id in ["d1", "x1", "c1", "d2", "x2", "y1"] {
+        all.push(row(l, id).await.unwrap().unwrap());
+    }
+    let listed = |q: HistoryQuery| async move { ids(&every_page(l, q).await.0) };
+    let expect = |keep: &dyn Fn(&TransactionRecord) -> bool| {
+        ids(&newest_first(
+            &all.iter().filter(|r| keep(r)).cloned().collect::<Vec<_>>(),
+        ))
+    };
+    let c1 = || history(Scope::Client(cid("c1")), 2);
+
+    // accountId: source or destination, of the caller's own transactions.
+    let q = HistoryQuery {
+        account: Some(aid("alice")),
+        ..c1()
+    };
+    assert_eq!(
+        listed(q).await,
+        expect(&|r| r.client == cid("c1")
+            && (r.source == Some(aid("alice")) || r.destination == Some(aid("alice"))))
+    );
+    assert_eq!(
+        listed(HistoryQuery {
+            account: Some(aid("alice")),
+            ..c1()
+        })
+        .await
+        .len(),
+        3
+    );
+    // bob's account: only c1's transfer to it, not c2's own transaction.
+    let q = HistoryQuery {
+        account: Some(aid("bob")),
+        ..c1()
+    };
+    assert_eq!(listed(q).await, vec![tid("x1")]);
+    let q = HistoryQuery {
+        account: Some(aid("alice")),
+        ..history(Scope::All, 2)
+    };
+    assert_eq!(
+        listed(q).await.len(),
+        4,
+        "the auditor sees c2's transfer too"
+    );
+
+    // status, each.
+    for (status, expected) in [
+        (TxStatus::Committed, vec!["x1", "d1"]),
+        (TxStatus::Reserved, vec!["c1"]),
+        (TxStatus::Pending, vec!["x2"]),
+        (TxStatus::Declined, vec!["d2"]),
+        (TxStatus::Failed, vec![]),
+    ] {
+        let q = HistoryQuery {
+            status: Some(status),
+            ..c1()
+        };
+        assert_eq!(
+            listed(q).await,
+            expect(&|r| r.client == cid("c1") && r.status == status)
+        );
+        let mut names: Vec<_> = listed(HistoryQuery {
+            status: Some(status),
+            ..c1()
+        })
+        .await;
+        names.sort();
+        let mut want: Vec<_> = expected.iter().map(|i| tid(i)).collect();
+        want.sort();
+        assert_eq!(names, want, "{status:?}");
+    }
+
+    // from (at or after) and to (before), on the stored times.
+    let mine: Vec<_> = all
+        .iter()
+        .filter(|r| r.client == cid("c1"))
+        .cloned()
+        .collect();
+    let times: Vec<i64> = mine.iter().map(|r| r.created_at_ms).collect();
+    let (lo, hi) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    for cut in [lo, (lo + hi) / 2, hi, hi + 1] {
+        let q = HistoryQuery {
+            from_ms: Some(cut),
+            ..c1()
+        };
+        assert_eq!(
+            listed(q).await,
+            expect(&|r| r.client == cid("c1") && r.created_at_ms >= cut)
+        );
+        let q = HistoryQuery {
+            to_ms: Some(cut),
+            ..c1()
+        };
+        assert_eq!(
+            listed(q).await,
+            expect(&|r| r.client == cid("c1") && r.created_at_ms < cut)
+        );
+    }
+    let q = HistoryQuery {
+        from_ms: Some(lo),
+        to_ms: Some(hi + 1),
+        ..c1()
+    };
+    assert_eq!(listed(q).await.len(), mine.len());
+    // All together.
+    let q = HistoryQuery {
+        account: Some(aid("alice-2")),
+        status: Some(TxStatus::Pending),
+        from_ms: Some(lo),
+        to_ms: Some(hi + 1),
+        ..c1()
+    };
+    assert_eq!(listed(q).await, vec![tid("x2")]);
+}
+
+async fn history_pages_stay_stable_under_concurrent_inserts(l: &Ledger) {
+    open(l, "alice", "c1", 100_000).await;
+    let before = debits(l, "c1", "alice", "old", 30).await;
+    // Page through while the same client keeps inserting.
+    let writer = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                fresh(&l, "c1", debit(&format!("new-{i:02}"), "alice", 1)).await;
+            }
+        })
+    };
+    let mut q = history(Scope::Client(cid("c1")), 3);
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        let page = l.transactions_page(&q).await.unwrap();
+        seen.extend(ids(&page.rows));
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a row was served twice: {seen:?}");
+    for r in &before {
+        assert!(unique.contains(&r.id), "{} was skipped", r.id);
+    }
+    // What was there when paging began comes in order, after anything newer.
+    let old: Vec<_> = seen
+        .iter()
+        .filter(|i| i.as_str().starts_with("old-"))
+        .cloned()
+        .collect();
+    assert_eq!(old, ids(&newest_first(&before)));
+}
+
+async fn a_filtered_page_reads_no_further_than_its_scan_bound(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "rare", "c1", 1000).await;
+    // Two rare rows among 28 others: the oldest, and one in the middle.
+    fresh(l, "c1", debit("r-old", "rare", 1)).await;
+    let mut all = debits(l, "c1", "alice", "a", 14).await;
+    fresh(l, "c1", debit("r-mid", "rare", 1)).await;
+    all.extend(debits(l, "c1", "alice", "b", 14).await);
+    let rare = HistoryQuery {
+        account: Some(aid("rare")),
+        scan_rows_max: 5,
+        limit: 10,
+        ..history(Scope::Client(cid("c1")), 10)
+    };
+    let mut q = rare.clone();
+    let mut sizes = Vec::new();
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        let page = l.transactions_page(&q).await.unwrap();
+        sizes.push(page.rows.len());
+        found.extend(ids(&page.rows));
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    // 30 rows of the range, 5 read per page: six pages, most of them empty,
+    // and the rare rows found once each, newest first.
+    assert_eq!(found, vec![tid("r-mid"), tid("r-old")]);
+    assert_eq!(sizes.len(), 6, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 2);
+    assert_eq!(sizes.iter().filter(|n| **n == 0).count(), 4, "{sizes:?}");
+    assert_eq!(sizes.last(), Some(&1), "the oldest row is on the last page");
+    // A bound past the range reads it whole: one page.
+    let (rows, pages) = every_page(
+        l,
+        HistoryQuery {
+            scan_rows_max: 30,
+            ..rare.clone()
+        },
+    )
+    .await;
+    assert_eq!((ids(&rows), pages), (vec![tid("r-mid"), tid("r-old")], 1));
+    // A filter that matches every row fills pages as the bound allows.
+    let every = HistoryQuery {
+        account: Some(aid("alice")),
+        scan_rows_max: 5,
+        limit: 3,
+        ..history(Scope::All, 3)
+    };
+    let (rows, _) = every_page(l, every).await;
+    let alice: Vec<_> = all
+        .iter()
+        .filter(|r| r.source == Some(aid("alice")))
+        .cloned()
+        .collect();
+    assert_eq!(ids(&rows), ids(&newest_first(&alice)));
+}
+
+async fn statement_pages_list_an_accounts_postings_newest_first(l: &Ledger) {
+    open(l, "alice", "c1", 1000).await;
+    open(l, "bob", "c2", 0).await;
+    for i in 0..5 {
+        let id = format!("d{i}");
+        fresh(l, "c1", debit(&id, "alice", 10 + i)).await;
+        l.commit(&r(l, &id).await, &sw("sw-a"), "r", render)
+            .await
+            .unwrap();
+    }
+    fresh(l, "c1", transfer("x1", "alice", "bob", 100)).await;
+    l.commit(&r(l, "x1").await, &sw("sw-a"), "r", render)
+        .await
+        .unwrap();
+    // Neither in flight nor released money is posted.
+    fresh(l, "c1", debit("held", "alice", 1)).await;
+    fresh(l, "c1", debit("gone", "alice", 1)).await;
+    l.release(&r(l, "gone").await, ReleaseReason::DeclinedBySwitch, render)
+        .await
+        .unwrap();
+
+    let statement = |account: &str, limit| StatementQuery {
+        account: aid(account),
+        after: None,
+        limit,
+    };
+    let mut q = statement("alice", 2);
+    let mut rows = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 100, "statement pages never ended");
+        let page = l.postings_page(&q).await.unwrap();
+        assert!(page.rows.len() <= 2);
+        let last = page.rows.last().map(PostingCursor::of);
+        rows.extend(page.rows);
+        match page.next {
+            Some(next) => {
+                assert_eq!(Some(next), last);
+                q.after = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 4, "7 postings by 2");
+    let seen: Vec<(Option<GatewayRef>, i64)> = rows
+        .iter()
+        .map(|p| (p.gateway_ref.clone(), p.amount))
+        .collect();
+    let of = |id: &str| Some(GatewayRef::of(&cid("c1"), &tid(id)));
+    assert_eq!(
+        seen,
+        vec![
+            (of("x1"), -100),
+            (of("d4"), -14),
+            (of("d3"), -13),
+            (of("d2"), -12),
+            (of("d1"), -11),
+            (of("d0"), -10),
+            (None, 1000),
+        ]
+    );
+    assert!(rows.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].created_at_ms >= w[1].created_at_ms)
+    );
+    assert!(rows.iter().all(|p| p.account == aid("alice")));
+    // Postings sum to what is not held.
+    let posted: i64 = rows.iter().map(|p| p.amount).sum();
+    assert_eq!(posted - 1, balance(l, "alice").await);
+
+    let bob = l.postings_page(&statement("bob", 10)).await.unwrap();
+    assert_eq!(bob.next, None);
+    assert_eq!(bob.rows.len(), 1);
+    assert_eq!(
+        (bob.rows[0].gateway_ref.clone(), bob.rows[0].amount),
+        (of("x1"), 100)
+    );
+    let settlement = l
+        .postings_page(&statement("settlement:sw-a:EUR", 100))
+        .await
+        .unwrap();
+    assert_eq!(settlement.rows.len(), 5);
+    let none = l.postings_page(&statement("nobody", 10)).await.unwrap();
+    assert_eq!((none.rows.len(), none.next), (0, None));
 }
 
 // ---- helpers ----

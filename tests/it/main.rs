@@ -9,6 +9,7 @@ mod db;
 mod failover;
 mod foundation;
 mod harness;
+mod history;
 mod hostile;
 mod imports;
 mod kubernetes;

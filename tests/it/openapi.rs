@@ -190,9 +190,10 @@ fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
             "overloaded",
             "internal",
         ][..],
-        Endpoint::GetTransaction | Endpoint::GetAccount => {
+        Endpoint::GetTransaction | Endpoint::GetAccount | Endpoint::GetPostings => {
             &["not_found", "ledger_unavailable", "internal"][..]
         }
+        Endpoint::ListTransactions => &["ledger_unavailable", "internal"][..],
         Endpoint::PostAccount => &[
             "payload_too_large",
             "request_timeout",
@@ -220,6 +221,8 @@ fn successes_of(endpoint: Endpoint) -> &'static [u16] {
         Endpoint::PostTransaction => &[201, 202],
         Endpoint::PostAccount => &[201],
         Endpoint::GetTransaction
+        | Endpoint::ListTransactions
+        | Endpoint::GetPostings
         | Endpoint::GetAccount
         | Endpoint::PatchAccount
         | Endpoint::GetSwitches => &[200],
@@ -481,6 +484,17 @@ fn request_schemas_state_the_domain_rules() {
         schema("AccountRequest")["properties"]["openingBalance"]["maximum"],
         defaults.ledger.opening_balance_max
     );
+    let limit = doc["paths"]["/v1/transactions"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .expect("a limit parameter");
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(
+        limit["schema"]["maximum"],
+        defaults.ledger.history_page_rows_max
+    );
     for name in [
         "DebitOrCreditRequest",
         "TransferRequest",
@@ -687,6 +701,10 @@ fn request_examples(doc: &Value, endpoint: Endpoint) -> Vec<(String, Value)> {
 const PATIENT: &str = "[server]\nrequest_deadline_ms = 60000\n[database]\nacquire_timeout_ms = 30000\n\
 [reconciler]\nstale_after_ms = 180000\n";
 
+fn bob_token(gw: &TestGateway) -> String {
+    gw.token("bob", &["transact"])
+}
+
 /// The accounts the document's examples name: `alice-eur` (alice's) and `bob-eur`.
 async fn example_accounts(gw: &TestGateway) {
     gw.account("alice-eur", "alice", "EUR", 10_000).await;
@@ -773,6 +791,65 @@ async fn the_examples_are_accepted_and_the_answers_match_the_document() {
     let r = gw.get("/v1/switches", &operator).await;
     assert_eq!(r.status, 200);
     assert_conforms(&doc, Endpoint::GetSwitches, &r, "switches");
+
+    // History: pages, the statement, and their refusals.
+    for (token, who) in [(&alice, "owner"), (&auditor, "auditor")] {
+        let r = gw.get("/v1/transactions?limit=1", token).await;
+        assert_eq!(r.status, 200, "{who}: {}", r.json);
+        assert!(r.json["nextCursor"].is_string(), "{who}: {}", r.json);
+        assert_conforms(&doc, Endpoint::ListTransactions, &r, who);
+        let next = r.json["nextCursor"].as_str().unwrap_or_default();
+        let r = gw
+            .get(&format!("/v1/transactions?limit=200&cursor={next}"), token)
+            .await;
+        assert_eq!(r.json["nextCursor"], Value::Null, "{who}: {}", r.json);
+        assert_conforms(&doc, Endpoint::ListTransactions, &r, who);
+        let r = gw.get("/v1/accounts/alice-eur/postings", token).await;
+        assert_eq!(r.status, 200, "{who}: {}", r.json);
+        assert_conforms(&doc, Endpoint::GetPostings, &r, who);
+    }
+    for (endpoint, path, token, status) in [
+        (
+            Endpoint::ListTransactions,
+            "/v1/transactions?limit=0",
+            &alice,
+            400,
+        ),
+        (
+            Endpoint::ListTransactions,
+            "/v1/transactions?cursor=x",
+            &alice,
+            400,
+        ),
+        (
+            Endpoint::ListTransactions,
+            "/v1/transactions",
+            &operator,
+            403,
+        ),
+        (
+            Endpoint::GetPostings,
+            "/v1/accounts/alice-eur/postings?sort=1",
+            &alice,
+            400,
+        ),
+        (
+            Endpoint::GetPostings,
+            "/v1/accounts/alice-eur/postings",
+            &bob_token(&gw),
+            404,
+        ),
+        (
+            Endpoint::GetPostings,
+            "/v1/accounts/nope/postings",
+            &auditor,
+            404,
+        ),
+    ] {
+        let r = gw.get(path, token).await;
+        assert_eq!(r.status, status, "{path}: {}", r.json);
+        assert_conforms(&doc, endpoint, &r, path);
+    }
 
     // Refusals: each documented for its operation, with the Error schema.
     let unknown = harness::debit("tx-doc-x", "nobody", 1);

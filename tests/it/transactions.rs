@@ -611,7 +611,7 @@ invalid_field! {
 const RUST_WORDS: &[&str] = include!("../../src/edge/rust_words.in");
 
 /// A message in the API's words: no Rust word, no `?:` path, no backticks.
-fn assert_plain_words(message: &str) {
+pub(crate) fn assert_plain_words(message: &str) {
     let words: Vec<&str> = message
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
         .collect();
