@@ -232,6 +232,15 @@ async fn credit_and_debit_move_money_through_settlement_accounts() {
     assert_eq!(r.status, 201);
     assert_eq!(gw.balance("c1").await, 120);
     assert_eq!(gw.balance("settlement:sim-1:EUR").await, -20);
+    // A system account is the auditors' to read: a token whose subject is
+    // `system` (its nominal owner) gets the absent answer, as anyone does.
+    let system = gw.token("system", &["transact"]);
+    let peek = gw.get("/v1/accounts/settlement:sim-1:EUR", &system).await;
+    assert_eq!((peek.status, peek.code()), (404, "not_found"));
+    let statement = gw
+        .get("/v1/accounts/settlement:sim-1:EUR/postings", &system)
+        .await;
+    assert_eq!(statement.status, 404);
 }
 
 #[tokio::test]
