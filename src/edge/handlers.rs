@@ -183,7 +183,8 @@ pub(super) async fn get_account(
     let customer = account.kind == AccountKind::Customer;
     let full = who.has(Role::Auditor) || (customer && account.owner == who.client);
     // A spender reads the balance it spends from, not who else may.
-    if !full && !(customer && account.spenders.allows(&who.client)) {
+    let spender = customer && account.spenders.allows(&who.client);
+    if !full && !spender {
         return Err(ApiError::NotFound);
     }
     let mut body = AccountView::full(&account);

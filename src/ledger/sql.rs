@@ -970,24 +970,16 @@ where
         client: &ClientId,
         id: &TransactionId,
     ) -> Result<Option<TransactionRecord>, LedgerError> {
-        with_retries(
-            "transaction",
-            self.retries_max(),
-            Self::is_conflict,
-            move || async move {
-                let row: Option<TxRow> = sqlx::query_as(concat!(
-                    "SELECT ",
-                    tx_columns!(),
-                    " FROM transactions WHERE id = $1 AND client = $2"
-                ))
-                .bind(id.as_str())
-                .bind(client.as_str())
-                .fetch_optional(self.pool())
-                .await?;
-                Ok(row.map(TxRow::into_record).transpose()?)
-            },
-        )
-        .await
+        const SQL: &str = concat!(
+            "SELECT ",
+            tx_columns!(),
+            " FROM transactions WHERE id = $1 AND client = $2"
+        );
+        let args = [Arg::Text(id.as_str()), Arg::Text(client.as_str())];
+        Ok(self
+            .read_transactions("transaction", SQL, &args)
+            .await?
+            .pop())
     }
 
     async fn transactions_with_id(
@@ -995,47 +987,52 @@ where
         id: &TransactionId,
         limit: u32,
     ) -> Result<Vec<TransactionRecord>, LedgerError> {
-        with_retries(
-            "transactions_with_id",
-            self.retries_max(),
-            Self::is_conflict,
-            move || async move {
-                let rows: Vec<TxRow> = sqlx::query_as(concat!(
-                    "SELECT ",
-                    tx_columns!(),
-                    " FROM transactions WHERE id = $1 ORDER BY client LIMIT $2"
-                ))
-                .bind(id.as_str())
-                .bind(i64::from(limit))
-                .fetch_all(self.pool())
-                .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(TxRow::into_record)
-                    .collect::<Result<Vec<_>, _>>()?)
-            },
-        )
-        .await
+        const SQL: &str = concat!(
+            "SELECT ",
+            tx_columns!(),
+            " FROM transactions WHERE id = $1 ORDER BY client LIMIT $2"
+        );
+        let args = [Arg::Text(id.as_str()), Arg::Int(i64::from(limit))];
+        self.read_transactions("transactions_with_id", SQL, &args)
+            .await
     }
 
     async fn transaction_by_ref(
         &self,
         gateway_ref: &GatewayRef,
     ) -> Result<Option<TransactionRecord>, LedgerError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            tx_columns!(),
+            " FROM transactions WHERE gateway_ref = $1"
+        );
+        let args = [Arg::Text(gateway_ref.as_str())];
+        Ok(self
+            .read_transactions("transaction_by_ref", SQL, &args)
+            .await?
+            .pop())
+    }
+
+    /// The transaction rows `sql` (a `SELECT` of [`tx_columns`]) finds with
+    /// `args`, read with the retry loop.
+    async fn read_transactions(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<TransactionRecord>, LedgerError> {
         with_retries(
-            "transaction_by_ref",
+            op,
             self.retries_max(),
             Self::is_conflict,
             move || async move {
-                let row: Option<TxRow> = sqlx::query_as(concat!(
-                    "SELECT ",
-                    tx_columns!(),
-                    " FROM transactions WHERE gateway_ref = $1"
-                ))
-                .bind(gateway_ref.as_str())
-                .fetch_optional(self.pool())
-                .await?;
-                Ok(row.map(TxRow::into_record).transpose()?)
+                let query = sqlx::query_as::<Self::Db, TxRow>(sql);
+                Ok(bind_args!(query, args)
+                    .fetch_all(self.pool())
+                    .await?
+                    .into_iter()
+                    .map(TxRow::into_record)
+                    .collect::<Result<Vec<_>, _>>()?)
             },
         )
         .await
