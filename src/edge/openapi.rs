@@ -107,7 +107,8 @@ pub fn document() -> OpenApi {
             .build()]))
         .security(Some([bearer()]))
         .tags(Some(
-            ["transactions", "accounts", "switches", "webhooks"].map(|t| TagBuilder::new().name(t).build()),
+            ["transactions", "accounts", "switches", "webhooks"]
+                .map(|t| TagBuilder::new().name(t).build()),
         ))
         .paths(paths)
         .components(Some(components.build()))

@@ -34,7 +34,8 @@ impl<'de> Deserialize<'de> for WebhookEvent {
     }
 }
 
-const EVENTS: &str = "must be a list of transaction.committed, transaction.declined, transaction.failed";
+const EVENTS: &str =
+    "must be a list of transaction.committed, transaction.declined, transaction.failed";
 
 impl BodyFields for WebhookBody {
     const FIELDS: &'static [&'static str] = &["client", "url", "events"];
@@ -185,13 +186,18 @@ pub(super) async fn post_webhook(
     events.sort_unstable();
     events.dedup();
     if events.is_empty() {
-        return Err(ApiError::InvalidRequest(format!("events: {EVENTS}, not empty")));
+        return Err(ApiError::InvalidRequest(format!(
+            "events: {EVENTS}, not empty"
+        )));
     }
     let hook = state
         .ledger
         .create_webhook(&client, &url, &events, &new_secret())
         .await?;
-    Ok(json_response(StatusCode::CREATED, &WebhookView::of(&hook, true)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &WebhookView::of(&hook, true),
+    ))
 }
 
 pub(super) async fn get_webhooks(state: &AppState) -> Result<Response<Body>, ApiError> {
@@ -220,7 +226,10 @@ pub(super) async fn delete_webhook(state: &AppState, id: &str) -> Result<Respons
     if !state.ledger.delete_webhook(id).await? {
         return Err(ApiError::NotFound);
     }
-    Ok(json_response(StatusCode::OK, &WebhookView::of(&hook, false)))
+    Ok(json_response(
+        StatusCode::OK,
+        &WebhookView::of(&hook, false),
+    ))
 }
 
 pub(super) async fn get_failed(state: &AppState, id: &str) -> Result<Response<Body>, ApiError> {
@@ -238,6 +247,10 @@ pub(super) async fn get_failed(state: &AppState, id: &str) -> Result<Response<Bo
 /// Queues a failed delivery again (due now, its attempts and horizon
 /// counted afresh); 404 unless a failed delivery has that id.
 pub(super) async fn post_redeliver(state: &AppState, id: &str) -> Result<Response<Body>, ApiError> {
-    let d = state.ledger.redeliver(id).await?.ok_or(ApiError::NotFound)?;
+    let d = state
+        .ledger
+        .redeliver(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(json_response(StatusCode::ACCEPTED, &DeliveryView::of(&d)))
 }

@@ -44,8 +44,8 @@ use std::sync::Arc;
 pub use group::{AttemptEnd, Decision, GroupConfig};
 use sql::SqlBackend as _;
 pub use sql::UNFINISHED_AGE_BOUNDS_MS;
-pub use webhooks::{Delivery, DeliveryEnd, DeliveryStatus, Webhook};
 use webhooks::WebhookSql as _;
+pub use webhooks::{Delivery, DeliveryEnd, DeliveryStatus, Webhook};
 
 use crate::config::DatabaseConfig;
 use crate::domain::{

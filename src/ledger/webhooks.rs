@@ -81,9 +81,14 @@ impl Delivery {
 pub enum DeliveryEnd {
     Delivered,
     /// Try again `after_ms` from now (the ledger's clock).
-    Retry { after_ms: i64, error: String },
+    Retry {
+        after_ms: i64,
+        error: String,
+    },
     /// Out of retries (or the webhook is gone): operators see it.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -138,7 +143,8 @@ pub(super) struct DeliveryRow {
 
 impl DeliveryRow {
     fn into_delivery(self) -> Result<Delivery, LedgerError> {
-        let bad = |what: &str| LedgerError::Unavailable(format!("stored delivery {}: {what}", self.id));
+        let bad =
+            |what: &str| LedgerError::Unavailable(format!("stored delivery {}: {what}", self.id));
         let event = WebhookEvent::parse(&self.event_type).ok_or_else(|| bad("event_type"))?;
         let status = match self.status.as_str() {
             "pending" => DeliveryStatus::Pending,
@@ -194,7 +200,11 @@ where
         secret: &str,
     ) -> Result<Webhook, LedgerError> {
         let id = format!("wh_{:024x}", rand::random::<u128>() >> 32);
-        let joined = events.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",");
+        let joined = events
+            .iter()
+            .map(|e| e.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let (id, joined) = (id.as_str(), joined.as_str());
         with_retries(
             "create_webhook",
@@ -248,16 +258,21 @@ where
              ORDER BY created_at_ms, id LIMIT $1"
         );
         let sql = sql.as_str();
-        with_retries("webhooks", self.retries_max(), Self::is_conflict, move || async move {
-            let rows: Vec<WebhookRow> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(i64::from(limit))
-                .fetch_all(self.pool())
-                .await?;
-            Ok(rows
-                .into_iter()
-                .map(WebhookRow::into_webhook)
-                .collect::<Result<Vec<_>, _>>()?)
-        })
+        with_retries(
+            "webhooks",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let rows: Vec<WebhookRow> = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(WebhookRow::into_webhook)
+                    .collect::<Result<Vec<_>, _>>()?)
+            },
+        )
         .await
     }
 
@@ -265,13 +280,18 @@ where
     async fn webhook(&self, id: &str) -> Result<Option<Webhook>, LedgerError> {
         let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1");
         let sql = sql.as_str();
-        with_retries("webhook", self.retries_max(), Self::is_conflict, move || async move {
-            let row: Option<WebhookRow> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?;
-            Ok(row.map(WebhookRow::into_webhook).transpose()?)
-        })
+        with_retries(
+            "webhook",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let row: Option<WebhookRow> = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(self.pool())
+                    .await?;
+                Ok(row.map(WebhookRow::into_webhook).transpose()?)
+            },
+        )
         .await
     }
 
@@ -429,14 +449,19 @@ where
              WHERE id = $1 AND status = 'failed' RETURNING {DELIVERY_COLUMNS}"
         );
         let sql = sql.as_str();
-        with_retries("redeliver", self.retries_max(), Self::is_conflict, move || async move {
-            let row: Option<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(id)
-                .bind(now_ms())
-                .fetch_optional(self.pool())
-                .await?;
-            Ok(row.map(DeliveryRow::into_delivery).transpose()?)
-        })
+        with_retries(
+            "redeliver",
+            self.retries_max(),
+            Self::is_conflict,
+            move || async move {
+                let row: Option<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(now_ms())
+                    .fetch_optional(self.pool())
+                    .await?;
+                Ok(row.map(DeliveryRow::into_delivery).transpose()?)
+            },
+        )
         .await
     }
 

@@ -62,7 +62,8 @@ impl Deliverer {
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.timeout()));
         http.set_nodelay(true);
-        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -145,9 +146,7 @@ impl Deliverer {
                 let after_ms = backoff_ms(cfg, done);
                 let start = d.window_start_ms();
                 let next = self.ledger.now_ms().saturating_add(after_ms as i64);
-                if done >= cfg.attempts_max
-                    || next > start.saturating_add(cfg.horizon_ms as i64)
-                {
+                if done >= cfg.attempts_max || next > start.saturating_add(cfg.horizon_ms as i64) {
                     DeliveryEnd::Failed { error }
                 } else {
                     DeliveryEnd::Retry {

@@ -1375,8 +1375,10 @@ async fn a_final_state_writes_its_outbox_row_with_it(l: &Ledger) {
 
     let mut got = claim().await.unwrap();
     got.sort_by_key(|d| d.event);
-    let seen: Vec<(WebhookEvent, GatewayRef)> =
-        got.iter().map(|d| (d.event, d.gateway_ref.clone())).collect();
+    let seen: Vec<(WebhookEvent, GatewayRef)> = got
+        .iter()
+        .map(|d| (d.event, d.gateway_ref.clone()))
+        .collect();
     assert_eq!(
         seen,
         [
@@ -1395,19 +1397,39 @@ async fn a_final_state_writes_its_outbox_row_with_it(l: &Ledger) {
     }
     // Leased: another claimer gets nothing; the holder's end is fenced.
     let other = LeaseToken::new();
-    assert!(l.claim_deliveries(60_000, 100, &other).await.unwrap().is_empty());
-    assert!(!l.end_delivery(&got[0].id, &other, &DeliveryEnd::Delivered).await.unwrap());
-    assert!(l.end_delivery(&got[0].id, &token, &DeliveryEnd::Delivered).await.unwrap());
     assert!(
-        l.end_delivery(&got[1].id, &token, &DeliveryEnd::Failed { error: "x".into() })
+        l.claim_deliveries(60_000, 100, &other)
             .await
             .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !l.end_delivery(&got[0].id, &other, &DeliveryEnd::Delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        l.end_delivery(&got[0].id, &token, &DeliveryEnd::Delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        l.end_delivery(
+            &got[1].id,
+            &token,
+            &DeliveryEnd::Failed { error: "x".into() }
+        )
+        .await
+        .unwrap()
     );
     assert_eq!(l.delivery_backlog().await.unwrap(), 0);
     let failed = l.failed_deliveries(&hook.id, 10).await.unwrap();
     assert_eq!(failed.len(), 1);
     assert!(l.redeliver(&failed[0].id).await.unwrap().is_some());
-    assert!(l.redeliver(&got[0].id).await.unwrap().is_none(), "delivered stays delivered");
+    assert!(
+        l.redeliver(&got[0].id).await.unwrap().is_none(),
+        "delivered stays delivered"
+    );
     assert_eq!(l.delivery_backlog().await.unwrap(), 1);
 
     // A deleted webhook gets nothing new.

@@ -55,28 +55,29 @@ impl Receiver {
                     return;
                 };
                 let (g, s) = (g.clone(), s.clone());
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (g, s) = (g.clone(), s.clone());
-                    async move {
-                        let signature = req
-                            .headers()
-                            .get("switchboard-signature")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes().to_vec())
-                            .unwrap_or_default();
-                        g.lock().unwrap().push(Received { signature, body });
-                        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-                        *resp.status_mut() =
-                            hyper::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (g, s) = (g.clone(), s.clone());
+                        async move {
+                            let signature = req
+                                .headers()
+                                .get("switchboard-signature")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            g.lock().unwrap().push(Received { signature, body });
+                            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                            *resp.status_mut() =
+                                hyper::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), service),
@@ -177,12 +178,22 @@ async fn committed_and_declined_arrive_signed(db: Db) {
     let (_, secret) = register(&gw, "alice", &rx.url(), ALL).await;
     let alice = gw.token("alice", &["transact"]);
     let bob = gw.token("bob", &["transact"]);
-    let r = gw.post("/v1/transactions", &alice, &debit("ok-1", "alice-eur", 100)).await;
+    let r = gw
+        .post("/v1/transactions", &alice, &debit("ok-1", "alice-eur", 100))
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.json);
-    let r = gw.post("/v1/transactions", &alice, &debit("big-1", "alice-eur", 5000)).await;
+    let r = gw
+        .post(
+            "/v1/transactions",
+            &alice,
+            &debit("big-1", "alice-eur", 5000),
+        )
+        .await;
     assert_eq!(r.status, 422, "{:?}", r.json);
     // Bob has no webhook: nothing for him.
-    let r = gw.post("/v1/transactions", &bob, &debit("ok-1", "bob-eur", 100)).await;
+    let r = gw
+        .post("/v1/transactions", &bob, &debit("ok-1", "bob-eur", 100))
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.json);
     eventually(Duration::from_secs(10), "two events delivered", || async {
         rx.received().len() >= 2
@@ -191,7 +202,10 @@ async fn committed_and_declined_arrive_signed(db: Db) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events = rx.verified(&secret);
     assert_eq!(events.len(), 2, "every event verifies: {:?}", rx.received());
-    assert!(rx.verified("whsec_wrong").is_empty(), "a wrong secret fails");
+    assert!(
+        rx.verified("whsec_wrong").is_empty(),
+        "a wrong secret fails"
+    );
     let mut by_type: Vec<(String, String)> = events
         .iter()
         .map(|e| {
@@ -219,7 +233,11 @@ async fn committed_and_declined_arrive_signed(db: Db) {
         .unwrap();
     let read = gw.get("/v1/transactions/ok-1", &alice).await;
     assert_eq!(committed["data"], read.json);
-    assert!(gw.metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}").await >= 2.0);
+    assert!(
+        gw.metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}")
+            .await
+            >= 2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,16 +257,26 @@ async fn a_receiver_outage_is_retried_until_delivered() {
     gw.account("alice-eur", "alice", "EUR", 1000).await;
     let (_, secret) = register(&gw, "alice", &rx.url(), &["transaction.committed"]).await;
     let alice = gw.token("alice", &["transact"]);
-    let r = gw.post("/v1/transactions", &alice, &debit("t-1", "alice-eur", 100)).await;
+    let r = gw
+        .post("/v1/transactions", &alice, &debit("t-1", "alice-eur", 100))
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.json);
-    eventually(Duration::from_secs(10), "three attempts during the outage", || async {
-        rx.received().len() >= 3
-    })
+    eventually(
+        Duration::from_secs(10),
+        "three attempts during the outage",
+        || async { rx.received().len() >= 3 },
+    )
     .await;
     rx.status.store(200, Ordering::SeqCst);
-    eventually(Duration::from_secs(10), "delivered after the outage", || async {
-        gw.metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}").await >= 1.0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "delivered after the outage",
+        || async {
+            gw.metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}")
+                .await
+                >= 1.0
+        },
+    )
     .await;
     let n = rx.received().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -259,7 +287,11 @@ async fn a_receiver_outage_is_retried_until_delivered() {
     let ids: std::collections::BTreeSet<&str> =
         events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 1, "one event id across attempts: {ids:?}");
-    assert!(gw.metric("switchboard_webhook_deliveries_total{outcome=\"retry\"}").await >= 3.0);
+    assert!(
+        gw.metric("switchboard_webhook_deliveries_total{outcome=\"retry\"}")
+            .await
+            >= 3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +302,9 @@ async fn a_failed_delivery_is_listed_and_redelivered() {
     let (hook, secret) = register(&gw, "alice", &rx.url(), &["transaction.committed"]).await;
     let alice = gw.token("alice", &["transact"]);
     let op = gw.token("ops", &["operator"]);
-    let r = gw.post("/v1/transactions", &alice, &debit("t-1", "alice-eur", 100)).await;
+    let r = gw
+        .post("/v1/transactions", &alice, &debit("t-1", "alice-eur", 100))
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.json);
     let path = format!("/v1/webhooks/{hook}/failed");
     eventually(Duration::from_secs(10), "the delivery failed", || async {
@@ -285,28 +319,44 @@ async fn a_failed_delivery_is_listed_and_redelivered() {
     assert_eq!(delivery["attempts"], 2);
     assert_eq!(delivery["lastError"], "answered 500");
     assert_eq!(rx.received().len(), 2);
-    assert!(gw.metric("switchboard_webhook_deliveries_total{outcome=\"failed\"}").await >= 1.0);
+    assert!(
+        gw.metric("switchboard_webhook_deliveries_total{outcome=\"failed\"}")
+            .await
+            >= 1.0
+    );
 
     rx.status.store(200, Ordering::SeqCst);
     let id = delivery["deliveryId"].as_str().unwrap();
     let r = gw
-        .post(&format!("/v1/webhooks/deliveries/{id}/redeliver"), &op, &json!({}))
+        .post(
+            &format!("/v1/webhooks/deliveries/{id}/redeliver"),
+            &op,
+            &json!({}),
+        )
         .await;
     assert_eq!(r.status, 202, "{:?}", r.json);
     eventually(Duration::from_secs(10), "redelivered", || async {
         rx.received().len() >= 3
     })
     .await;
-    eventually(Duration::from_secs(10), "no failed delivery left", || async {
-        gw.get(&path, &op).await.json["data"]
-            .as_array()
-            .is_some_and(Vec::is_empty)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "no failed delivery left",
+        || async {
+            gw.get(&path, &op).await.json["data"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        },
+    )
     .await;
     assert_eq!(rx.verified(&secret).len(), 3);
     // Not failed any more: a second redelivery is a 404.
     let r = gw
-        .post(&format!("/v1/webhooks/deliveries/{id}/redeliver"), &op, &json!({}))
+        .post(
+            &format!("/v1/webhooks/deliveries/{id}/redeliver"),
+            &op,
+            &json!({}),
+        )
         .await;
     assert_eq!(r.status, 404);
 }
@@ -320,13 +370,34 @@ async fn registration_checks_its_input_and_hides_the_secret() {
         async move { gw.post("/v1/webhooks", op, &body).await }
     };
     for (body, field) in [
-        (json!({"client": "alice", "url": "http://127.0.0.1:9/h", "events": ALL}), "url"),
-        (json!({"client": "alice", "url": "ftp://example.com/h", "events": ALL}), "url"),
-        (json!({"client": "alice", "url": "not a url", "events": ALL}), "url"),
-        (json!({"client": "alice", "url": "https://example.com/h", "events": []}), "events"),
-        (json!({"client": "alice", "url": "https://example.com/h", "events": ["transaction.nope"]}), "events"),
-        (json!({"client": "", "url": "https://example.com/h", "events": ALL}), "client"),
-        (json!({"url": "https://example.com/h", "events": ALL}), "client"),
+        (
+            json!({"client": "alice", "url": "http://127.0.0.1:9/h", "events": ALL}),
+            "url",
+        ),
+        (
+            json!({"client": "alice", "url": "ftp://example.com/h", "events": ALL}),
+            "url",
+        ),
+        (
+            json!({"client": "alice", "url": "not a url", "events": ALL}),
+            "url",
+        ),
+        (
+            json!({"client": "alice", "url": "https://example.com/h", "events": []}),
+            "events",
+        ),
+        (
+            json!({"client": "alice", "url": "https://example.com/h", "events": ["transaction.nope"]}),
+            "events",
+        ),
+        (
+            json!({"client": "", "url": "https://example.com/h", "events": ALL}),
+            "client",
+        ),
+        (
+            json!({"url": "https://example.com/h", "events": ALL}),
+            "client",
+        ),
     ] {
         let r = post(body.clone()).await;
         assert_eq!(r.status, 400, "{body}: {:?}", r.json);
@@ -347,9 +418,17 @@ async fn registration_checks_its_input_and_hides_the_secret() {
     assert!(data[0].get("secret").is_none(), "the list shows no secret");
     let del = gw.delete(&format!("/v1/webhooks/{id}"), &op).await;
     assert_eq!(del.status, 200, "{:?}", del.json);
-    assert_eq!(gw.delete(&format!("/v1/webhooks/{id}"), &op).await.status, 404);
+    assert_eq!(
+        gw.delete(&format!("/v1/webhooks/{id}"), &op).await.status,
+        404
+    );
     assert_eq!(gw.get("/v1/webhooks", &op).await.json["data"], json!([]));
-    assert_eq!(gw.get(&format!("/v1/webhooks/{id}/failed"), &op).await.status, 404);
+    assert_eq!(
+        gw.get(&format!("/v1/webhooks/{id}/failed"), &op)
+            .await
+            .status,
+        404
+    );
     // Only operators.
     let alice = gw.token("alice", &["transact"]);
     assert_eq!(gw.get("/v1/webhooks", &alice).await.status, 403);
@@ -368,7 +447,11 @@ async fn two_replicas_deliver_each_event_once() {
     for i in 0..n {
         let gw = if i % 2 == 0 { &a } else { &b };
         let r = gw
-            .post("/v1/transactions", &alice, &debit(&format!("t-{i}"), "alice-eur", 10))
+            .post(
+                "/v1/transactions",
+                &alice,
+                &debit(&format!("t-{i}"), "alice-eur", 10),
+            )
             .await;
         assert_eq!(r.status, 201, "{:?}", r.json);
     }
@@ -384,8 +467,12 @@ async fn two_replicas_deliver_each_event_once() {
         .collect();
     assert_eq!(ids.len(), n, "every event");
     assert_eq!(events.len(), n, "each once");
-    let by_a = a.metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}").await;
-    let by_b = b.metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}").await;
+    let by_a = a
+        .metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}")
+        .await;
+    let by_b = b
+        .metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}")
+        .await;
     assert_eq!(by_a + by_b, n as f64, "a: {by_a}, b: {by_b}");
     drop((a, b));
     drop(db);
