@@ -396,6 +396,11 @@ impl Metrics {
             Box::new(m.webhook_backlog.clone()),
             Box::new(build_info),
         ];
+        // Every outcome exported from the start (0), so a rate is defined
+        // before the first delivery.
+        for outcome in ["delivered", "retry", "failed", "lease_lost"] {
+            m.webhook_deliveries.with_label_values(&[outcome]);
+        }
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
         }
