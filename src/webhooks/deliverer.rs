@@ -29,7 +29,13 @@ pub struct Deliverer {
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: Metrics,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// When the backlog was last counted: at most every
+    /// [`BACKLOG_EVERY`], as the count reads every pending row's index entry.
+    counted: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the backlog gauge is refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The event as POSTed: `{"id", "type", "createdAt", "data"}`, `data` the
 /// transaction as `GET /v1/transactions/{id}` shows it.
@@ -82,6 +88,7 @@ impl Deliverer {
             config,
             metrics,
             client,
+            counted: std::sync::Mutex::new(None),
         }
     }
 
@@ -125,9 +132,19 @@ impl Deliverer {
                 }
             })
             .await;
-        match self.ledger.delivery_backlog().await {
-            Ok(backlog) => self.metrics.webhook_backlog.set(backlog),
-            Err(e) => tracing::debug!(error = %e, "could not count the webhook backlog"),
+        let due = {
+            let mut last = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            match self.ledger.delivery_backlog().await {
+                Ok(backlog) => self.metrics.webhook_backlog.set(backlog),
+                Err(e) => tracing::debug!(error = %e, "could not count the webhook backlog"),
+            }
         }
         Ok(n)
     }

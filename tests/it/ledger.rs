@@ -93,6 +93,9 @@ conformance! {
     a_final_state_writes_its_outbox_row_with_it:
         a_final_state_writes_its_outbox_row_with_it_postgres,
         a_final_state_writes_its_outbox_row_with_it_sqlite;
+    an_abandoned_delivery_claim_is_claimed_again:
+        an_abandoned_delivery_claim_is_claimed_again_postgres,
+        an_abandoned_delivery_claim_is_claimed_again_sqlite;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1451,4 +1454,47 @@ async fn r_of(l: &Ledger, client: &str, id: &str) -> GatewayRef {
         .unwrap()
         .expect("stored")
         .gateway_ref
+}
+
+/// A worker that crashed after claiming (it never ends the attempt) loses
+/// nothing: once its lease runs out, another claims the delivery, and the
+/// crashed one's late end is refused.
+async fn an_abandoned_delivery_claim_is_claimed_again(l: &Ledger) {
+    use switchboard::domain::WebhookEvent;
+    use switchboard::ledger::DeliveryEnd;
+    open(l, "alice", "c1", 1000).await;
+    l.create_webhook(
+        &cid("c1"),
+        "https://hooks.example.com/a",
+        &[WebhookEvent::Committed],
+        "whsec_test",
+    )
+    .await
+    .unwrap();
+    let t1 = fresh(l, "c1", debit("t1", "alice", 300)).await;
+    l.commit(&t1.gateway_ref, &sw("sw-a"), "ref-1", render)
+        .await
+        .unwrap();
+    let crashed = LeaseToken::new();
+    let first = l.claim_deliveries(300, 10, &crashed).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let next = LeaseToken::new();
+    assert!(l.claim_deliveries(300, 10, &next).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = l.claim_deliveries(300, 10, &next).await.unwrap();
+    assert_eq!(again.len(), 1, "claimed again after the lease");
+    assert_eq!(again[0].id, first[0].id);
+    assert_eq!(again[0].event_id(), first[0].event_id(), "the same event");
+    assert!(
+        !l.end_delivery(&first[0].id, &crashed, &DeliveryEnd::Delivered)
+            .await
+            .unwrap(),
+        "the first holder's end is fenced"
+    );
+    assert!(
+        l.end_delivery(&again[0].id, &next, &DeliveryEnd::Delivered)
+            .await
+            .unwrap()
+    );
+    assert_eq!(l.delivery_backlog().await.unwrap(), 0);
 }
