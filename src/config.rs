@@ -94,6 +94,8 @@ pub struct Config {
     pub reconciler: ReconcilerConfig,
     pub limits: LimitsConfig,
     pub switches: Vec<SwitchConfig>,
+    /// `[webhooks]` (issue 13).
+    pub webhooks: WebhooksConfig,
     /// `SWITCHBOARD_ENV`, e.g. `production`, `test`.
     pub env_name: Option<String>,
 }
@@ -790,6 +792,48 @@ impl HealthConfig {
     }
 }
 
+// ---- webhooks (issue 13) ----
+
+/// `[webhooks]`: registered endpoints and the delivery worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Accept `http://` endpoint URLs (tests, demo). Off: only `https://`.
+    pub allow_http: bool,
+    /// Time between the worker's claims when nothing was due, ms.
+    pub interval_ms: u64,
+    /// A claimed delivery is leased to one replica for this long, ms. Must
+    /// exceed `timeout_ms`.
+    pub lease_ms: u64,
+    /// Most deliveries claimed (and sent concurrently) at once.
+    pub batch_max: u32,
+    /// One POST to an endpoint (connect, send, answer) times out after this, ms.
+    pub timeout_ms: u64,
+    /// Most bytes of an endpoint's answer read; the rest is not waited for.
+    pub response_bytes_max: usize,
+    /// The first retry waits about this long, ms; each next one twice as long.
+    pub retry_base_ms: u64,
+    /// No wait between two attempts is longer than this, ms.
+    pub retry_max_ms: u64,
+    /// A delivery not done this long after its event is marked failed, ms.
+    pub horizon_ms: u64,
+    /// Most attempts of one delivery; then it is marked failed.
+    pub attempts_max: u32,
+    /// Most entries one list answer (webhooks, failed deliveries) holds.
+    pub list_max: u32,
+    /// Most bytes of a registered URL.
+    pub url_bytes_max: usize,
+}
+
+impl WebhooksConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
 /// `[reconciler]`: finishes transactions left `reserved` or `pending`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -917,7 +961,8 @@ impl Config {
         let mut problems = Vec::new();
 
         // Unknown top-level sections are typos.
-        const SECTIONS: [&str; 10] = [
+        const SECTIONS: [&str; 11] = [
+            "webhooks",
             "limits",
             "server",
             "log",
@@ -963,6 +1008,7 @@ impl Config {
         let health = section::<HealthConfig>(&raw, "health", &mut problems);
         let reconciler = section::<ReconcilerConfig>(&raw, "reconciler", &mut problems);
         let limits = section::<LimitsConfig>(&raw, "limits", &mut problems);
+        let webhooks = section::<WebhooksConfig>(&raw, "webhooks", &mut problems);
         let switches = match raw.get::<Vec<SwitchConfig>>("switches") {
             Ok(v) => Some(v),
             Err(config::ConfigError::NotFound(_)) => Some(Vec::new()),
@@ -983,8 +1029,10 @@ impl Config {
             Some(reconciler),
             Some(limits),
             Some(switches),
+            Some(webhooks),
         ) = (
             server, log, database, auth, ledger, forwarding, health, reconciler, limits, switches,
+            webhooks,
         )
         else {
             return Err(ConfigError { problems });
@@ -1000,6 +1048,7 @@ impl Config {
             reconciler,
             limits,
             switches,
+            webhooks,
             env_name,
         };
         problems.extend(config.problems());
@@ -1067,6 +1116,18 @@ impl Config {
         positive("reconciler.batch_max", r.batch_max as u64);
         positive("reconciler.requery_timeout_ms", r.requery_timeout_ms);
         positive("auth.token_ttl_s", self.auth.token_ttl_s);
+        let w = &self.webhooks;
+        positive("webhooks.interval_ms", w.interval_ms);
+        positive("webhooks.lease_ms", w.lease_ms);
+        positive("webhooks.batch_max", u64::from(w.batch_max));
+        positive("webhooks.timeout_ms", w.timeout_ms);
+        positive("webhooks.response_bytes_max", w.response_bytes_max as u64);
+        positive("webhooks.retry_base_ms", w.retry_base_ms);
+        positive("webhooks.retry_max_ms", w.retry_max_ms);
+        positive("webhooks.horizon_ms", w.horizon_ms);
+        positive("webhooks.attempts_max", u64::from(w.attempts_max));
+        positive("webhooks.list_max", u64::from(w.list_max));
+        positive("webhooks.url_bytes_max", w.url_bytes_max as u64);
         if !(10..=3600).contains(&s.status_trend_s) {
             p.push("server.status_trend_s: must be 10 to 3600".into());
         }
@@ -1190,6 +1251,11 @@ impl Config {
                 "forwarding.connect_timeout_ms: must be less than forwarding.attempt_timeout_ms"
                     .into(),
             );
+        }
+        // A delivery's lease outlives its POST, so no other replica sends it
+        // while one still waits for the answer.
+        if self.webhooks.lease_ms <= self.webhooks.timeout_ms.saturating_mul(2) {
+            p.push("webhooks.lease_ms: must exceed 2 * webhooks.timeout_ms".into());
         }
         // The reconciler must never take a transaction a live request still
         // works on: a request may run to its deadline plus one attempt, after

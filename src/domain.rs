@@ -774,3 +774,46 @@ mod tests {
         );
     }
 }
+
+// ---- webhooks (issue 13) ----
+
+/// An event a webhook subscribes to: a transaction reaching one final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[schema(as = WebhookEvent)]
+pub enum WebhookEvent {
+    #[serde(rename = "transaction.committed")]
+    Committed,
+    #[serde(rename = "transaction.declined")]
+    Declined,
+    #[serde(rename = "transaction.failed")]
+    Failed,
+}
+
+impl WebhookEvent {
+    pub const ALL: [WebhookEvent; 3] = [
+        WebhookEvent::Committed,
+        WebhookEvent::Declined,
+        WebhookEvent::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::Committed => "transaction.committed",
+            WebhookEvent::Declined => "transaction.declined",
+            WebhookEvent::Failed => "transaction.failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == raw)
+    }
+
+    /// The final status that raises it.
+    pub fn status(self) -> TxStatus {
+        match self {
+            WebhookEvent::Committed => TxStatus::Committed,
+            WebhookEvent::Declined => TxStatus::Declined,
+            WebhookEvent::Failed => TxStatus::Failed,
+        }
+    }
+}

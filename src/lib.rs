@@ -14,3 +14,4 @@ pub mod metrics;
 mod ops;
 pub mod switches;
 pub mod transactions;
+pub mod webhooks;

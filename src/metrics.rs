@@ -98,6 +98,11 @@ pub struct Metrics {
     pub redis_checks: IntCounterVec,
     pub redis_duration: Histogram,
     pub rate_limit_fallbacks: IntCounterVec,
+    // ---- webhooks (issue 13) ----
+    /// Delivery attempts by outcome (delivered, retry, failed, lease_lost).
+    pub webhook_deliveries: IntCounterVec,
+    /// Deliveries waiting to be sent, as of the worker's last look.
+    pub webhook_backlog: IntGauge,
 }
 
 impl Metrics {
@@ -270,6 +275,19 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
+            webhook_deliveries: IntCounterVec::new(
+                Opts::new(
+                    "webhook_deliveries_total",
+                    "Webhook delivery attempts, by outcome (delivered, retry, failed, lease_lost).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            webhook_backlog: IntGauge::new(
+                "webhook_backlog",
+                "Webhook deliveries waiting to be sent (pending), as of the delivery worker's last look.",
+            )
+            .expect("valid metric"),
             config_reloads: IntCounterVec::new(
                 Opts::new("config_reloads_total", "Configuration reloads, by result (ok, rejected)."),
                 &["result"],
@@ -374,8 +392,15 @@ impl Metrics {
             Box::new(m.redis_checks.clone()),
             Box::new(m.redis_duration.clone()),
             Box::new(m.rate_limit_fallbacks.clone()),
+            Box::new(m.webhook_deliveries.clone()),
+            Box::new(m.webhook_backlog.clone()),
             Box::new(build_info),
         ];
+        // Every outcome exported from the start (0), so a rate is defined
+        // before the first delivery.
+        for outcome in ["delivered", "retry", "failed", "lease_lost"] {
+            m.webhook_deliveries.with_label_values(&[outcome]);
+        }
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
         }

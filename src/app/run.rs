@@ -19,6 +19,7 @@ use crate::edge::{self, Api, AppState, ConnLimits, Linger, RENDER};
 use crate::ops::{Ops, Trends, sample_trends};
 use crate::switches::HealthMonitor;
 use crate::transactions::Reconciler;
+use crate::webhooks::Deliverer;
 
 /// Most connections the ops listener keeps open.
 const OPS_CONNECTIONS_MAX: usize = 64;
@@ -95,6 +96,13 @@ impl Application {
         };
         tracker.spawn(reconciler.run(shutdown.clone()));
         tracker.spawn(housekeeping(state.clone(), shutdown.clone()));
+        // Webhooks (issue 13): this replica's delivery worker.
+        let deliverer = Deliverer::new(
+            state.ledger.clone(),
+            state.config.clone(),
+            state.metrics.clone(),
+        );
+        tracker.spawn(deliverer.run(shutdown.clone()));
         if let Some(sources) = self.sources.clone() {
             let reloader = Reloader {
                 sources,

@@ -24,6 +24,7 @@ use crate::edge::routes::{Endpoint, find_route, route_label};
 use crate::edge::server::{ConnInfo, Handler};
 use crate::edge::shared_limits::SharedRefusal;
 use crate::edge::state::AppState;
+use crate::edge::webhooks;
 
 /// Counts a request in flight until dropped, even if hyper drops the
 /// request's future because the client went away.
@@ -202,6 +203,12 @@ async fn route_request(
         Endpoint::PatchAccount => handlers::patch_account(state, req, id, deadline).await,
         Endpoint::GetPostings => handlers::get_postings(state, &who, id, req.uri().query()).await,
         Endpoint::GetSwitches => Ok(handlers::get_switches(state)),
+        // ---- webhooks (issue 13) ----
+        Endpoint::PostWebhook => webhooks::post_webhook(state, req, deadline).await,
+        Endpoint::GetWebhooks => webhooks::get_webhooks(state).await,
+        Endpoint::DeleteWebhook => webhooks::delete_webhook(state, id).await,
+        Endpoint::GetFailedDeliveries => webhooks::get_failed(state, id).await,
+        Endpoint::PostRedelivery => webhooks::post_redeliver(state, id).await,
     }
 }
 

@@ -20,6 +20,7 @@ mod server;
 mod shared_limits;
 mod state;
 pub mod tls;
+mod webhooks;
 
 pub use answer::RENDER;
 pub use auth::{AuthError, Authenticator, Principal};

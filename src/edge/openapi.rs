@@ -38,6 +38,7 @@ use crate::edge::body::{AccountBody, AccountPatchBody, TransactionBody};
 use crate::edge::error::{ApiError, ErrorBody, Unauthenticated};
 use crate::edge::handlers::{AccountView, SwitchesView};
 use crate::edge::routes::{Endpoint, ROUTES, Route};
+use crate::edge::webhooks::{DeliveriesView, DeliveryView, WebhookBody, WebhookView, WebhooksView};
 use crate::transactions::{PendingView, TransactionView};
 
 /// The document, built once.
@@ -74,6 +75,12 @@ pub fn document() -> OpenApi {
     collect::<AccountPatchBody>(&mut schemas);
     collect::<AccountView>(&mut schemas);
     collect::<SwitchesView>(&mut schemas);
+    // ---- webhooks (issue 13) ----
+    collect::<WebhookBody>(&mut schemas);
+    collect::<WebhookView>(&mut schemas);
+    collect::<WebhooksView>(&mut schemas);
+    collect::<DeliveryView>(&mut schemas);
+    collect::<DeliveriesView>(&mut schemas);
     let mut components = ComponentsBuilder::new()
         .schemas_from_iter(schemas)
         .security_scheme(
@@ -104,7 +111,8 @@ pub fn document() -> OpenApi {
             .build()]))
         .security(Some([bearer()]))
         .tags(Some(
-            ["transactions", "accounts", "switches"].map(|t| TagBuilder::new().name(t).build()),
+            ["transactions", "accounts", "switches", "webhooks"]
+                .map(|t| TagBuilder::new().name(t).build()),
         ))
         .paths(paths)
         .components(Some(components.build()))
@@ -302,6 +310,91 @@ fn endpoint_doc(endpoint: Endpoint) -> Doc {
                 ok::<SwitchesView>("Every configured switch.", switches_example(), &[]),
             )],
         },
+        // ---- webhooks (issue 13) ----
+        Endpoint::PostWebhook => Doc {
+            id: "webhooks_create",
+            tag: "webhooks",
+            summary: "Register a webhook",
+            description: "Registers an endpoint for one client's events: every transaction of `client` that reaches a final state named in `events` is POSTed to `url` as `{\"id\": \"evt_…\", \"type\", \"createdAt\", \"data\": <the transaction as GET /v1/transactions/{id} shows it>}`, signed in `Switchboard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + \".\" + raw body)>`. At least once: deduplicate by the event `id`. The answer holds the signing `secret`, shown only here. `url` must be `https://` (`http://` only when `webhooks.allow_http` is on).",
+            path_id: None,
+            query: vec![],
+            request: Some(request::<WebhookBody>(&[(
+                "webhook",
+                "Alice's committed and declined transactions",
+                json!({"client": "alice", "url": "https://hooks.example.com/switchboard", "events": ["transaction.committed", "transaction.declined"]}),
+            )])),
+            responses: [
+                vec![
+                    (201, ok::<WebhookView>("Registered; `secret` is shown this once.", webhook_example(true), &[])),
+                    (500, shared("Internal")),
+                    (503, shared("LedgerUnavailable")),
+                ],
+                body_errors(),
+            ]
+            .concat(),
+        },
+        Endpoint::GetWebhooks => Doc {
+            id: "webhooks_list",
+            tag: "webhooks",
+            summary: "List the webhooks",
+            description: "The live webhooks, oldest first, at most `webhooks.list_max`; without their secrets.",
+            path_id: None,
+            query: vec![],
+            request: None,
+            responses: vec![
+                (200, ok::<WebhooksView>("The webhooks.", json!({"data": [webhook_example(false)]}), &[])),
+                (500, shared("Internal")),
+                (503, shared("LedgerUnavailable")),
+            ],
+        },
+        Endpoint::DeleteWebhook => Doc {
+            id: "webhooks_delete",
+            tag: "webhooks",
+            summary: "Delete a webhook",
+            description: "No event is queued for it from now on; deliveries still queued end as failed. Answers the webhook as it was.",
+            path_id: Some(WEBHOOK_ID_PATH),
+            query: vec![],
+            request: None,
+            responses: vec![
+                (200, ok::<WebhookView>("Deleted.", webhook_example(false), &[])),
+                (404, shared("NotFound")),
+                (500, shared("Internal")),
+                (503, shared("LedgerUnavailable")),
+            ],
+        },
+        Endpoint::GetFailedDeliveries => Doc {
+            id: "webhooks_failed",
+            tag: "webhooks",
+            summary: "List a webhook's failed deliveries",
+            description: "Deliveries that ran out of retries (`webhooks.attempts_max`, or `webhooks.horizon_ms` after the event), newest first, at most `webhooks.list_max`.",
+            path_id: Some(WEBHOOK_ID_PATH),
+            query: vec![],
+            request: None,
+            responses: vec![
+                (200, ok::<DeliveriesView>("The failed deliveries.", json!({"data": [delivery_example("failed")]}), &[])),
+                (404, shared("NotFound")),
+                (500, shared("Internal")),
+                (503, shared("LedgerUnavailable")),
+            ],
+        },
+        Endpoint::PostRedelivery => Doc {
+            id: "webhooks_redeliver",
+            tag: "webhooks",
+            summary: "Redeliver a failed delivery",
+            description: "Queues a failed delivery again, due now, with its attempts and retry horizon counted afresh. The event keeps its id.",
+            path_id: Some((
+                "The `deliveryId` of a failed delivery. Any other answers 404.",
+                "wh_0123456789abcdef01234567.3f2a9c0d1e8b4a5f6c7d8e9fa0b1c2d3",
+            )),
+            query: vec![],
+            request: None,
+            responses: vec![
+                (202, ok::<DeliveryView>("Queued again.", delivery_example("pending"), &[])),
+                (404, shared("NotFound")),
+                (500, shared("Internal")),
+                (503, shared("LedgerUnavailable")),
+            ],
+        },
     }
 }
 
@@ -454,6 +547,44 @@ fn get_postings() -> Doc {
             (503, shared("LedgerUnavailable")),
         ],
     }
+}
+
+// ---- webhooks (issue 13) ----
+
+const WEBHOOK_ID_PATH: (&str, &str) = (
+    "The `webhookId`. An unknown or deleted one answers 404.",
+    "wh_0123456789abcdef01234567",
+);
+
+fn webhook_example(with_secret: bool) -> Value {
+    let mut v = json!({
+        "webhookId": "wh_0123456789abcdef01234567",
+        "client": "alice",
+        "url": "https://hooks.example.com/switchboard",
+        "events": ["transaction.committed", "transaction.declined"],
+        "createdAt": "2024-05-01T12:00:00.000Z",
+    });
+    if with_secret {
+        v["secret"] = json!("whsec_5f0c6d2b8e7a4c1d9b3e2f1a0c9d8e7f");
+    }
+    v
+}
+
+fn delivery_example(status: &str) -> Value {
+    let mut v = json!({
+        "deliveryId": "wh_0123456789abcdef01234567.3f2a9c0d1e8b4a5f6c7d8e9fa0b1c2d3",
+        "webhookId": "wh_0123456789abcdef01234567",
+        "eventId": "evt_3f2a9c0d1e8b4a5f6c7d8e9fa0b1c2d3",
+        "type": "transaction.committed",
+        "gatewayRef": "3f2a9c0d1e8b4a5f6c7d8e9fa0b1c2d3",
+        "status": status,
+        "attempts": if status == "failed" { 30 } else { 0 },
+        "createdAt": "2024-05-01T12:00:00.000Z",
+    });
+    if status == "failed" {
+        v["lastError"] = json!("answered 503");
+    }
+    v
 }
 
 const ACCOUNT_ID_PATH: (&str, &str) = (

@@ -26,6 +26,12 @@ pub enum Endpoint {
     PatchAccount,
     GetPostings,
     GetSwitches,
+    // ---- webhooks (issue 13) ----
+    PostWebhook,
+    GetWebhooks,
+    DeleteWebhook,
+    GetFailedDeliveries,
+    PostRedelivery,
 }
 
 /// **The** table of who may call what. Routing, authorization, the OpenAPI
@@ -78,6 +84,37 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/switches",
         roles: &[Role::Operator],
         endpoint: Endpoint::GetSwitches,
+    },
+    // ---- webhooks (issue 13) ----
+    Route {
+        method: Method::POST,
+        path: "/v1/webhooks",
+        roles: &[Role::Operator],
+        endpoint: Endpoint::PostWebhook,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/webhooks",
+        roles: &[Role::Operator],
+        endpoint: Endpoint::GetWebhooks,
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/webhooks/{id}",
+        roles: &[Role::Operator],
+        endpoint: Endpoint::DeleteWebhook,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/webhooks/{id}/failed",
+        roles: &[Role::Operator],
+        endpoint: Endpoint::GetFailedDeliveries,
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/webhooks/deliveries/{id}/redeliver",
+        roles: &[Role::Operator],
+        endpoint: Endpoint::PostRedelivery,
     },
 ];
 

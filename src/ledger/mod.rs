@@ -38,6 +38,7 @@ mod history;
 mod postgres;
 mod sql;
 mod sqlite;
+mod webhooks;
 
 use std::fmt;
 use std::sync::Arc;
@@ -49,11 +50,13 @@ pub use history::{
 };
 use sql::SqlBackend as _;
 pub use sql::UNFINISHED_AGE_BOUNDS_MS;
+use webhooks::WebhookSql as _;
+pub use webhooks::{Delivery, DeliveryEnd, DeliveryStatus, Webhook};
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
     AccountId, Amount, ClientId, Currency, GatewayRef, ReleaseReason, Spenders, SwitchName,
-    TransactionId, TransactionRequest, TxKind, TxStatus,
+    TransactionId, TransactionRequest, TxKind, TxStatus, WebhookEvent,
 };
 
 /// What the ledger can refuse or fail with. The HTTP layer maps each variant to
@@ -613,5 +616,82 @@ impl Ledger {
         error: &str,
     ) -> Result<TransactionRecord, LedgerError> {
         dispatch!(self, l => l.note_requery(gateway_ref, error).await)
+    }
+
+    // ---- webhooks (issue 13) ----
+
+    /// Registers a webhook of `client` for `events` (in one transaction
+    /// with its subscriptions): from the next batch on, every transaction
+    /// of the client reaching one of those states gets a delivery row.
+    pub async fn create_webhook(
+        &self,
+        client: &ClientId,
+        url: &str,
+        events: &[WebhookEvent],
+        secret: &str,
+    ) -> Result<Webhook, LedgerError> {
+        dispatch!(self, l => l.create_webhook(client, url, events, secret).await)
+    }
+
+    /// The live webhooks, oldest first, at most `limit`.
+    pub async fn webhooks(&self, limit: u32) -> Result<Vec<Webhook>, LedgerError> {
+        dispatch!(self, l => l.webhooks(limit).await)
+    }
+
+    /// A webhook by id, deleted ones included.
+    pub async fn webhook(&self, id: &str) -> Result<Option<Webhook>, LedgerError> {
+        dispatch!(self, l => l.webhook(id).await)
+    }
+
+    /// Deletes a live webhook; `false` when there is none with that id.
+    pub async fn delete_webhook(&self, id: &str) -> Result<bool, LedgerError> {
+        dispatch!(self, l => l.delete_webhook(id).await)
+    }
+
+    /// Delivery worker: claims up to `limit` due deliveries for `lease_ms`
+    /// under `token` (replicas never share a row while its lease runs).
+    pub async fn claim_deliveries(
+        &self,
+        lease_ms: i64,
+        limit: u32,
+        token: &LeaseToken,
+    ) -> Result<Vec<Delivery>, LedgerError> {
+        dispatch!(self, l => l.claim_deliveries(lease_ms, limit, token).await)
+    }
+
+    /// Delivery worker: how an attempt ended; `false` (nothing written)
+    /// when the lease is no longer `token`'s.
+    pub async fn end_delivery(
+        &self,
+        id: &str,
+        token: &LeaseToken,
+        end: &DeliveryEnd,
+    ) -> Result<bool, LedgerError> {
+        dispatch!(self, l => l.end_delivery(id, token, end).await)
+    }
+
+    /// A webhook's failed deliveries, newest first, at most `limit`.
+    pub async fn failed_deliveries(
+        &self,
+        webhook_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, LedgerError> {
+        dispatch!(self, l => l.failed_deliveries(webhook_id, limit).await)
+    }
+
+    /// A failed delivery queued again, due now; `None` if no failed one.
+    pub async fn redeliver(&self, id: &str) -> Result<Option<Delivery>, LedgerError> {
+        dispatch!(self, l => l.redeliver(id).await)
+    }
+
+    /// The ledger's clock (the database's), unix ms: what delivery times
+    /// are compared with.
+    pub fn now_ms(&self) -> i64 {
+        sql::now_ms()
+    }
+
+    /// Deliveries waiting to be sent, for the backlog gauge.
+    pub async fn delivery_backlog(&self) -> Result<i64, LedgerError> {
+        dispatch!(self, l => l.delivery_backlog().await)
     }
 }

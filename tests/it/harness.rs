@@ -35,6 +35,8 @@ pub enum Db {
     Postgres,
     /// A fresh SQLite file in a temporary directory.
     Sqlite,
+    /// This database, owned by the test (several replicas on one ledger).
+    Shared(String),
 }
 
 pub struct Options {
@@ -87,6 +89,7 @@ pub async fn spawn_gateway_with(opts: Options) -> TestGateway {
             let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
             (url, Some(dir), None)
         }
+        Db::Shared(url) => (url, None, None),
     };
     let mut toml = base_toml(&url);
     toml.push_str(&switches_toml(&opts.switches));
@@ -263,6 +266,17 @@ impl TestGateway {
             .send()
             .await
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        read(resp).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        let resp = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"));
         read(resp).await
     }
 

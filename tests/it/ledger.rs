@@ -105,6 +105,13 @@ conformance! {
     statement_pages_list_an_accounts_postings_newest_first:
         statement_pages_list_an_accounts_postings_newest_first_postgres,
         statement_pages_list_an_accounts_postings_newest_first_sqlite;
+    // ---- webhooks (issue 13) ----
+    a_final_state_writes_its_outbox_row_with_it:
+        a_final_state_writes_its_outbox_row_with_it_postgres,
+        a_final_state_writes_its_outbox_row_with_it_sqlite;
+    an_abandoned_delivery_claim_is_claimed_again:
+        an_abandoned_delivery_claim_is_claimed_again_postgres,
+        an_abandoned_delivery_claim_is_claimed_again_sqlite;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1798,4 +1805,176 @@ async fn twins_on_two_replicas_never_fail_a_batch_postgres() {
     assert_eq!(fresh_n, N, "one reservation per id");
     b.close().await;
     a.close().await;
+}
+
+// ---- webhooks (issue 13) ----
+
+/// The outbox: a transaction of a client with webhooks that becomes final
+/// (in a finish batch, or declined in its reserve batch) has a delivery per
+/// subscribed webhook, written with the final state; one in flight, of a
+/// client without webhooks, or in a state nobody subscribed to has none.
+async fn a_final_state_writes_its_outbox_row_with_it(l: &Ledger) {
+    use switchboard::domain::WebhookEvent;
+    use switchboard::ledger::{DeliveryEnd, DeliveryStatus};
+    open(l, "alice", "c1", 1000).await;
+    open(l, "bob", "c2", 1000).await;
+    let hook = l
+        .create_webhook(
+            &cid("c1"),
+            "https://hooks.example.com/a",
+            &[WebhookEvent::Committed, WebhookEvent::Declined],
+            "whsec_test",
+        )
+        .await
+        .unwrap();
+    let token = LeaseToken::new();
+    let claim = || l.claim_deliveries(60_000, 100, &token);
+
+    let t1 = fresh(l, "c1", debit("t1", "alice", 300)).await;
+    fresh(l, "c2", debit("t1", "bob", 300)).await;
+    assert!(claim().await.unwrap().is_empty(), "nothing final yet");
+
+    let committed = l
+        .commit(&t1.gateway_ref, &sw("sw-a"), "ref-1", render)
+        .await
+        .unwrap();
+    l.commit(&r_of(l, "c2", "t1").await, &sw("sw-a"), "ref-2", render)
+        .await
+        .unwrap();
+    let declined = match l
+        .reserve(&cid("c1"), &debit("t2", "alice", 5000), render)
+        .await
+        .unwrap()
+    {
+        Reserved::InsufficientFunds(row) => row,
+        other => panic!("expected insufficient funds, got {other:?}"),
+    };
+    assert_eq!(declined.status, TxStatus::Declined);
+    // Released as failed: alice's webhook does not take transaction.failed.
+    let t3 = fresh(l, "c1", debit("t3", "alice", 10)).await;
+    l.release(&t3.gateway_ref, ReleaseReason::NoSwitchAvailable, render)
+        .await
+        .unwrap();
+
+    let mut got = claim().await.unwrap();
+    got.sort_by_key(|d| d.event);
+    let seen: Vec<(WebhookEvent, GatewayRef)> = got
+        .iter()
+        .map(|d| (d.event, d.gateway_ref.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (WebhookEvent::Committed, committed.gateway_ref.clone()),
+            (WebhookEvent::Declined, declined.gateway_ref.clone()),
+        ]
+    );
+    for d in &got {
+        assert_eq!(d.webhook_id, hook.id);
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.event_id(), format!("evt_{}", d.gateway_ref.as_str()));
+        // Written with the final state: the row it names is final.
+        let row = l.transaction_by_ref(&d.gateway_ref).await.unwrap().unwrap();
+        assert_eq!(row.status, d.event.status());
+        assert_eq!(d.created_at_ms, row.updated_at_ms);
+    }
+    // Leased: another claimer gets nothing; the holder's end is fenced.
+    let other = LeaseToken::new();
+    assert!(
+        l.claim_deliveries(60_000, 100, &other)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !l.end_delivery(&got[0].id, &other, &DeliveryEnd::Delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        l.end_delivery(&got[0].id, &token, &DeliveryEnd::Delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        l.end_delivery(
+            &got[1].id,
+            &token,
+            &DeliveryEnd::Failed { error: "x".into() }
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(l.delivery_backlog().await.unwrap(), 0);
+    let failed = l.failed_deliveries(&hook.id, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(l.redeliver(&failed[0].id).await.unwrap().is_some());
+    assert!(
+        l.redeliver(&got[0].id).await.unwrap().is_none(),
+        "delivered stays delivered"
+    );
+    assert_eq!(l.delivery_backlog().await.unwrap(), 1);
+
+    // A deleted webhook gets nothing new.
+    assert!(l.delete_webhook(&hook.id).await.unwrap());
+    assert!(!l.delete_webhook(&hook.id).await.unwrap());
+    let t4 = fresh(l, "c1", debit("t4", "alice", 10)).await;
+    l.commit(&t4.gateway_ref, &sw("sw-a"), "ref-4", render)
+        .await
+        .unwrap();
+    assert_eq!(l.delivery_backlog().await.unwrap(), 1);
+    assert!(l.webhooks(10).await.unwrap().is_empty());
+    assert!(l.webhook(&hook.id).await.unwrap().unwrap().deleted);
+}
+
+/// The reference of `client`'s transaction `id`.
+async fn r_of(l: &Ledger, client: &str, id: &str) -> GatewayRef {
+    l.transaction(&cid(client), &tid(id))
+        .await
+        .unwrap()
+        .expect("stored")
+        .gateway_ref
+}
+
+/// A worker that crashed after claiming (it never ends the attempt) loses
+/// nothing: once its lease runs out, another claims the delivery, and the
+/// crashed one's late end is refused.
+async fn an_abandoned_delivery_claim_is_claimed_again(l: &Ledger) {
+    use switchboard::domain::WebhookEvent;
+    use switchboard::ledger::DeliveryEnd;
+    open(l, "alice", "c1", 1000).await;
+    l.create_webhook(
+        &cid("c1"),
+        "https://hooks.example.com/a",
+        &[WebhookEvent::Committed],
+        "whsec_test",
+    )
+    .await
+    .unwrap();
+    let t1 = fresh(l, "c1", debit("t1", "alice", 300)).await;
+    l.commit(&t1.gateway_ref, &sw("sw-a"), "ref-1", render)
+        .await
+        .unwrap();
+    let crashed = LeaseToken::new();
+    let first = l.claim_deliveries(300, 10, &crashed).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let next = LeaseToken::new();
+    assert!(l.claim_deliveries(300, 10, &next).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = l.claim_deliveries(300, 10, &next).await.unwrap();
+    assert_eq!(again.len(), 1, "claimed again after the lease");
+    assert_eq!(again[0].id, first[0].id);
+    assert_eq!(again[0].event_id(), first[0].event_id(), "the same event");
+    assert!(
+        !l.end_delivery(&first[0].id, &crashed, &DeliveryEnd::Delivered)
+            .await
+            .unwrap(),
+        "the first holder's end is fenced"
+    );
+    assert!(
+        l.end_delivery(&again[0].id, &next, &DeliveryEnd::Delivered)
+            .await
+            .unwrap()
+    );
+    assert_eq!(l.delivery_backlog().await.unwrap(), 0);
 }

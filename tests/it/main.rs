@@ -30,3 +30,4 @@ mod sim;
 mod status_page;
 mod test_sh;
 mod transactions;
+mod webhooks;

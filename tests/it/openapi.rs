@@ -211,6 +211,18 @@ fn errors_of(endpoint: Endpoint) -> Vec<&'static str> {
             "internal",
         ][..],
         Endpoint::GetSwitches => &[][..],
+        // ---- webhooks (issue 13) ----
+        Endpoint::PostWebhook => &[
+            "payload_too_large",
+            "request_timeout",
+            "unsupported_media_type",
+            "ledger_unavailable",
+            "internal",
+        ][..],
+        Endpoint::GetWebhooks => &["ledger_unavailable", "internal"][..],
+        Endpoint::DeleteWebhook | Endpoint::GetFailedDeliveries | Endpoint::PostRedelivery => {
+            &["not_found", "ledger_unavailable", "internal"][..]
+        }
     });
     codes
 }
@@ -226,6 +238,10 @@ fn successes_of(endpoint: Endpoint) -> &'static [u16] {
         | Endpoint::GetAccount
         | Endpoint::PatchAccount
         | Endpoint::GetSwitches => &[200],
+        // ---- webhooks (issue 13) ----
+        Endpoint::PostWebhook => &[201],
+        Endpoint::GetWebhooks | Endpoint::DeleteWebhook | Endpoint::GetFailedDeliveries => &[200],
+        Endpoint::PostRedelivery => &[202],
     }
 }
 
@@ -448,7 +464,7 @@ fn every_operation_declares_bearer_security_roles_and_its_statuses() {
         }
         if matches!(
             route.endpoint,
-            Endpoint::PostTransaction | Endpoint::PostAccount
+            Endpoint::PostTransaction | Endpoint::PostAccount | Endpoint::PostWebhook
         ) {
             let body = &op["requestBody"];
             assert_eq!(body["required"], true, "{label}: requestBody.required");

@@ -245,6 +245,28 @@ tests:
         exp_samples:
           - labels: 'ALERTS{alertname="SwitchboardLedgerSlow",alertstate="firing",severity="warning",job="sb",instance="gw-1"}'
             value: 1
+
+  # Webhooks (issue 13): a backlog above the threshold and rising on two
+  # replicas (one ledger-wide count), and deliveries running out of retries.
+  - interval: 15s
+    input_series:
+      - series: 'switchboard_webhook_backlog{job="sb",instance="gw-1"}'
+        values: '1100+5x200'
+      - series: 'switchboard_webhook_backlog{job="sb",instance="gw-2"}'
+        values: '1100+5x200'
+      - series: 'switchboard_webhook_deliveries_total{job="sb",instance="gw-1",outcome="failed"}'
+        values: '0+1x200'
+    promql_expr_test:
+      - expr: ALERTS{alertstate="firing"}
+        eval_time: 35m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SwitchboardWebhookBacklogGrowing",alertstate="firing",severity="warning",job="sb"}'
+            value: 1
+          - labels: 'ALERTS{alertname="SwitchboardWebhookDeliveriesFailing",alertstate="firing",severity="warning",job="sb"}'
+            value: 1
+      - expr: ALERTS{alertstate="firing"}
+        eval_time: 3m
+        exp_samples: []
 "#;
 
 #[test]

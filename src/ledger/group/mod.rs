@@ -945,6 +945,7 @@ impl Store {
                 let plan = plan_reserves(ops, &existing, &accounts, now);
                 sqlite::take(tx.conn(), &plan.taken).await?;
                 sqlite::insert_transactions(tx.conn(), &plan.inserts).await?;
+                sqlite::queue_deliveries(tx.conn(), &plan.inserts).await?;
                 sqlite::insert_first_attempts(tx.conn(), &plan.first_attempts, now).await?;
                 tx.commit().await?;
                 Ok(plan.answers)
@@ -997,6 +998,7 @@ impl Store {
                 let plan = plan_finishes(ops, rows, &accounts, now);
                 sqlite::add(tx.conn(), &plan.deltas).await?;
                 sqlite::store_finals(tx.conn(), &plan.finals).await?;
+                sqlite::queue_deliveries(tx.conn(), &plan.finals).await?;
                 sqlite::insert_postings(tx.conn(), &plan.postings, now).await?;
                 sqlite::end_attempts(tx.conn(), &plan.attempt_ends, now).await?;
                 tx.commit().await?;

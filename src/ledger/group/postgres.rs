@@ -110,7 +110,9 @@ pub(super) enum ReserveWrite {
 /// amounts off their source accounts (one guarded update per account), insert
 /// the new rows (in `(id, client)` order, the unique index's, like every lock:
 /// two batches inserting the same new keys wait for each other instead of
-/// deadlocking) and the first attempts of the rows actually inserted.
+/// deadlocking) and the first attempts of the rows actually inserted; and
+/// the webhook outbox rows of inserted rows that are final already
+/// (`declined` for insufficient funds), as in [`write_finishes`].
 ///
 /// The plan is wrong when a client's id it does not know to exist does:
 /// among the keys it inserts, the insert says so (`ON CONFLICT DO NOTHING`
@@ -174,7 +176,16 @@ pub(super) async fn write_reserves(
                       fingerprint, status, reason, switch, attempts, response_status, \
                       response_body, created, gateway_ref) \
              ON CONFLICT (id, client) DO NOTHING \
-             RETURNING gateway_ref), \
+             RETURNING gateway_ref, client, status, created_at_ms), \
+         hooks AS ( \
+             INSERT INTO webhook_deliveries (id, webhook_id, gateway_ref, event_type, \
+                 next_attempt_at_ms, created_at_ms) \
+             SELECT s.webhook_id || '.' || i.gateway_ref, s.webhook_id, i.gateway_ref, \
+                 'transaction.' || i.status, i.created_at_ms, i.created_at_ms \
+             FROM ins AS i JOIN webhook_subscriptions AS s \
+                 ON s.client = i.client AND s.status = i.status \
+             WHERE i.status IN ('committed', 'declined', 'failed') \
+             RETURNING 1), \
          att AS ( \
              INSERT INTO attempts (gateway_ref, attempt_no, switch, started_at_ms) \
              SELECT d.t, 1, d.s, $21 FROM UNNEST($19::text[], $20::text[]) AS d(t, s) \
@@ -330,7 +341,10 @@ pub(super) async fn create_settlements(
 
 /// The whole write of a finish batch, in one statement: the credits per
 /// account (all locked already), the final rows with their responses (each
-/// must still be in flight), the postings and the attempts' outcomes.
+/// must still be in flight), the postings and the attempts' outcomes, and
+/// the webhook outbox: a delivery per final row and subscribed webhook of
+/// its client (`hooks`; a client without webhooks costs one probe of
+/// `webhook_subscriptions`' primary key).
 ///
 /// "Still in flight" is written `NOT IN` the final statuses (the same rows,
 /// by the status check): `IN ('reserved', 'pending')` is the predicate of
@@ -385,6 +399,14 @@ pub(super) async fn write_finishes(
                       updated) \
              WHERE t.gateway_ref = ANY($3) AND t.gateway_ref = d.id \
                  AND t.status NOT IN ('committed', 'declined', 'failed') \
+             RETURNING t.gateway_ref, t.client, t.status, t.updated_at_ms), \
+         hooks AS ( \
+             INSERT INTO webhook_deliveries (id, webhook_id, gateway_ref, event_type, \
+                 next_attempt_at_ms, created_at_ms) \
+             SELECT s.webhook_id || '.' || f.gateway_ref, s.webhook_id, f.gateway_ref, \
+                 'transaction.' || f.status, f.updated_at_ms, f.updated_at_ms \
+             FROM finals AS f JOIN webhook_subscriptions AS s \
+                 ON s.client = f.client AND s.status = f.status \
              RETURNING 1), \
          posted AS ( \
              INSERT INTO postings (gateway_ref, account_id, amount, created_at_ms) \

@@ -272,3 +272,27 @@ pub(super) async fn end_attempts(
     }
     Ok(())
 }
+
+/// The webhook outbox of rows just made final (in the batch's transaction):
+/// one delivery per subscribed webhook of the row's client; one probe of
+/// `webhook_subscriptions`' primary key for a client without webhooks.
+pub(super) async fn queue_deliveries<'r>(
+    conn: &mut SqliteConnection,
+    rows: impl IntoIterator<Item = &'r TransactionRecord>,
+) -> Result<(), Fail> {
+    for r in rows.into_iter().filter(|r| r.status.is_final()) {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, webhook_id, gateway_ref, event_type, \
+                 next_attempt_at_ms, created_at_ms) \
+             SELECT webhook_id || '.' || $1, webhook_id, $1, 'transaction.' || $3, $4, $4 \
+             FROM webhook_subscriptions WHERE client = $2 AND status = $3",
+        )
+        .bind(r.gateway_ref.as_str())
+        .bind(r.client.as_str())
+        .bind(r.status.as_str())
+        .bind(r.updated_at_ms)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
