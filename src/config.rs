@@ -821,6 +821,9 @@ pub struct WebhooksConfig {
     pub attempts_max: u32,
     /// Most entries one list answer (webhooks, failed deliveries) holds.
     pub list_max: u32,
+    /// Most live webhooks of one client: each final transaction of the
+    /// client writes one outbox row per webhook subscribed to its state.
+    pub per_client_max: u32,
     /// Most bytes of a registered URL.
     pub url_bytes_max: usize,
 }
@@ -1127,6 +1130,7 @@ impl Config {
         positive("webhooks.horizon_ms", w.horizon_ms);
         positive("webhooks.attempts_max", u64::from(w.attempts_max));
         positive("webhooks.list_max", u64::from(w.list_max));
+        positive("webhooks.per_client_max", u64::from(w.per_client_max));
         positive("webhooks.url_bytes_max", w.url_bytes_max as u64);
         if !(10..=3600).contains(&s.status_trend_s) {
             p.push("server.status_trend_s: must be 10 to 3600".into());

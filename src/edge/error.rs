@@ -286,6 +286,7 @@ impl From<LedgerError> for ApiError {
                 tracing::error!(%reason, "ledger refused a state change");
                 ApiError::Internal
             }
+            LedgerError::LimitReached(why) => ApiError::InvalidRequest(why),
             // Only the reconciler fences its writes; never a request's answer.
             LedgerError::LeaseLost => {
                 tracing::error!("a lease lost reached the HTTP layer");

@@ -192,7 +192,13 @@ pub(super) async fn post_webhook(
     }
     let hook = state
         .ledger
-        .create_webhook(&client, &url, &events, &new_secret())
+        .create_webhook(
+            &client,
+            &url,
+            &events,
+            &new_secret(),
+            config.webhooks.per_client_max,
+        )
         .await?;
     Ok(json_response(
         StatusCode::CREATED,

@@ -82,6 +82,10 @@ pub enum LedgerError {
     /// e.g. commit of a transaction already declined: a bug or a race lost, never client input
     #[error("invalid transaction state: {0}")]
     InvalidState(String),
+    /// A bound of the ledger's was reached (the message names it): the
+    /// caller's request, refused whole.
+    #[error("{0}")]
+    LimitReached(String),
     /// A fenced commit or release by a reconciler whose lease was claimed by
     /// another since: the row is the other holder's; nothing was written.
     #[error("the reconciler lease was lost to another holder")]
@@ -629,8 +633,9 @@ impl Ledger {
         url: &str,
         events: &[WebhookEvent],
         secret: &str,
+        per_client_max: u32,
     ) -> Result<Webhook, LedgerError> {
-        dispatch!(self, l => l.create_webhook(client, url, events, secret).await)
+        dispatch!(self, l => l.create_webhook(client, url, events, secret, per_client_max).await)
     }
 
     /// The live webhooks, oldest first, at most `limit`.

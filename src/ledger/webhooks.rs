@@ -201,6 +201,7 @@ where
         url: &str,
         events: &[WebhookEvent],
         secret: &str,
+        per_client_max: u32,
     ) -> Result<Webhook, LedgerError> {
         let id = format!("wh_{:024x}", rand::random::<u128>() >> 32);
         let joined = events
@@ -216,6 +217,22 @@ where
             move || async move {
                 let now = now_ms();
                 let mut tx = self.begin_write().await?;
+                // Counted in the registration's own transaction (SQLite:
+                // serialized; Postgres: two registrations of one client at
+                // the same instant may pass it by one).
+                let (live,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM webhooks WHERE client = $1 AND deleted_at_ms IS NULL",
+                )
+                .bind(client.as_str())
+                .fetch_one(tx.conn())
+                .await?;
+                if live >= i64::from(per_client_max) {
+                    return Err(LedgerError::LimitReached(format!(
+                        "client: already has {live} webhooks, the most one client may have \
+                         (webhooks.per_client_max); delete one first"
+                    ))
+                    .into());
+                }
                 sqlx::query(
                     "INSERT INTO webhooks (id, client, url, events, secret, created_at_ms) \
                      VALUES ($1, $2, $3, $4, $5, $6)",

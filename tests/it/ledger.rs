@@ -1824,6 +1824,7 @@ async fn a_final_state_writes_its_outbox_row_with_it(l: &Ledger) {
             "https://hooks.example.com/a",
             &[WebhookEvent::Committed, WebhookEvent::Declined],
             "whsec_test",
+            10,
         )
         .await
         .unwrap();
@@ -1948,6 +1949,7 @@ async fn an_abandoned_delivery_claim_is_claimed_again(l: &Ledger) {
         "https://hooks.example.com/a",
         &[WebhookEvent::Committed],
         "whsec_test",
+        10,
     )
     .await
     .unwrap();

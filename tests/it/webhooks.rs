@@ -366,7 +366,11 @@ async fn a_failed_delivery_is_listed_and_redelivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_checks_its_input_and_hides_the_secret() {
-    let (gw, _sims) = gateway(Db::Postgres, "[webhooks]\nallow_http = false\n").await;
+    let (gw, _sims) = gateway(
+        Db::Postgres,
+        "[webhooks]\nallow_http = false\nper_client_max = 2\n",
+    )
+    .await;
     let op = gw.token("ops", &["operator"]);
     let post = |body: Value| {
         let (gw, op) = (&gw, &op);
@@ -432,6 +436,18 @@ async fn registration_checks_its_input_and_hides_the_secret() {
             .status,
         404
     );
+    // At most `webhooks.per_client_max` live webhooks per client (deleted
+    // ones do not count); another client has its own.
+    let hook = json!({"client": "alice", "url": "https://example.com/h", "events": ALL});
+    for _ in 0..2 {
+        assert_eq!(post(hook.clone()).await.status, 201);
+    }
+    let third = post(hook).await;
+    assert_eq!((third.status, third.code()), (400, "invalid_request"));
+    let message = third.json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("per_client_max"), "{message}");
+    let bob = json!({"client": "bob", "url": "https://example.com/h", "events": ALL});
+    assert_eq!(post(bob).await.status, 201);
     // Only operators.
     let alice = gw.token("alice", &["transact"]);
     assert_eq!(gw.get("/v1/webhooks", &alice).await.status, 403);
