@@ -293,16 +293,28 @@ fn render(
         "reason",
         &counts(&m.denied, REASONS),
     );
+    count_table(
+        &mut out,
+        "Webhook deliveries by outcome (failed ones: GET /v1/webhooks/{id}/failed, then redeliver)",
+        "webhook-deliveries",
+        "outcome",
+        &counts(
+            &m.webhook_deliveries,
+            &["delivered", "retry", "failed", "lease_lost"],
+        ),
+    );
     let _ = write!(
         out,
         "<section><h2>Now</h2><table id=\"now-table\">\
          <tr><td>unfinished transactions (reserved or pending)</td><td class=\"n\" id=\"unfinished\">{}</td></tr>\
          <tr><td>transactions in flight</td><td class=\"n\" id=\"transactions-in-flight\">{}</td></tr>\
          <tr><td>client connections open</td><td class=\"n\" id=\"connections-open\">{}</td></tr>\
+         <tr><td>webhook deliveries not yet done (the outbox)</td><td class=\"n\" id=\"webhook-backlog\">{}</td></tr>\
          </table></section></div></body></html>",
         m.pending.get(),
         m.transactions_in_flight.get(),
         m.connections_open.get(),
+        m.webhook_backlog.get(),
     );
     out
 }

@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, WebhooksConfig};
 use crate::domain::rfc3339_ms;
-use crate::ledger::{Delivery, DeliveryEnd, LeaseToken, Ledger, LedgerError, TransactionRecord};
+use crate::ledger::{
+    AttemptRecord, Delivery, DeliveryEnd, LeaseToken, Ledger, LedgerError, TransactionRecord,
+};
 use crate::metrics::Metrics;
-use crate::transactions::transaction_json;
+use crate::transactions::TransactionView;
 use crate::webhooks::signature;
 
 /// The header every event is signed in.
@@ -38,13 +40,13 @@ pub struct Deliverer {
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The event as POSTed: `{"id", "type", "createdAt", "data"}`, `data` the
-/// transaction as `GET /v1/transactions/{id}` shows it.
-pub fn event_body(d: &Delivery, record: &TransactionRecord) -> Vec<u8> {
+/// transaction as `GET /v1/transactions/{id}` shows it (with its attempts).
+pub fn event_body(d: &Delivery, record: &TransactionRecord, attempts: &[AttemptRecord]) -> Vec<u8> {
     let event = serde_json::json!({
         "id": d.event_id(),
         "type": d.event.as_str(),
         "createdAt": rfc3339_ms(d.created_at_ms),
-        "data": transaction_json(record),
+        "data": TransactionView::with_attempts(record, attempts),
     });
     // A map of strings and a JSON value: serializing cannot fail.
     serde_json::to_vec(&event).unwrap_or_default()
@@ -219,7 +221,12 @@ impl Deliverer {
         else {
             return Err(Attempt::Final("the transaction does not exist".into()));
         };
-        let body = event_body(d, &record);
+        let attempts = self
+            .ledger
+            .attempts(&record.gateway_ref)
+            .await
+            .map_err(ledger)?;
+        let body = event_body(d, &record, &attempts);
         let t = self.ledger.now_ms() / 1000;
         let request = http::Request::post(hook.url.as_str())
             .header(http::header::CONTENT_TYPE, "application/json")

@@ -226,15 +226,13 @@ async fn committed_and_declined_arrive_signed(db: Db) {
             ("transaction.declined".to_owned(), "big-1".to_owned()),
         ]
     );
-    // The event's data is the transaction as GET shows it (without the
-    // attempt log, which only GET by id reads).
+    // The event's data is the transaction as GET shows it, attempts included.
     let committed = events
         .iter()
         .find(|e| e["type"] == "transaction.committed")
         .unwrap();
-    let mut read = gw.get("/v1/transactions/ok-1", &alice).await.json;
+    let read = gw.get("/v1/transactions/ok-1", &alice).await.json;
     assert!(read["attemptLog"].is_array());
-    read.as_object_mut().unwrap().remove("attemptLog");
     assert_eq!(committed["data"], read);
     assert!(
         gw.metric("switchboard_webhook_deliveries_total{outcome=\"delivered\"}")
@@ -327,6 +325,20 @@ async fn a_failed_delivery_is_listed_and_redelivered() {
             .await
             >= 1.0
     );
+    // The status page shows it too, and where to list and redeliver.
+    let (status, page) = gw.ops_get("/").await;
+    assert_eq!(status, 200);
+    let table = page
+        .split("id=\"webhook-deliveries\"")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .expect("a webhook deliveries table");
+    assert!(
+        table.contains("<td class=\"n\" data-outcome=\"failed\">1</td>"),
+        "{table}"
+    );
+    assert!(page.contains("/v1/webhooks/{id}/failed"));
+    assert!(page.contains("id=\"webhook-backlog\""));
 
     rx.status.store(200, Ordering::SeqCst);
     let id = delivery["deliveryId"].as_str().unwrap();
