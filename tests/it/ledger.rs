@@ -1771,8 +1771,15 @@ async fn rows_from_before_per_client_ids_migrate_sqlite() {
 /// rerun the batch, not fail it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twins_on_two_replicas_never_fail_a_batch_postgres() {
-    let (a, db) = db::ledger_pg().await;
-    let b = db::connected(db.url()).await;
+    let db = db::fresh_postgres().await;
+    // The collision is a conflict the batch reruns (as in production, where
+    // `database.conflict_retries_max` is 8); the tests' other ledgers allow
+    // no retries, and this one fails without them (seen under load).
+    let mut cfg = db::database_config(db.url());
+    cfg.conflict_retries_max = 8;
+    let a = Ledger::connect(&cfg).await.expect("connect");
+    a.migrate().await.expect("migrate");
+    let b = Ledger::connect(&cfg).await.expect("connect");
     const N: usize = 300;
     for i in 0..N {
         open(&a, &format!("ta-{i}"), "twin", 100).await;
