@@ -108,28 +108,14 @@ pub(super) async fn get_transaction(
 
 /// The optional `clientId` query parameter; any other parameter is refused.
 fn client_param(query: Option<&str>) -> Result<Option<ClientId>, ApiError> {
-    let mut client = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match key.as_ref() {
-            "clientId" if client.is_none() => {
-                client =
-                    Some(ClientId::parse(&value).map_err(|e| {
-                        ApiError::InvalidRequest(format!("clientId: {}", e.message))
-                    })?);
-            }
-            "clientId" => {
-                return Err(ApiError::InvalidRequest(
-                    "clientId: given more than once".into(),
-                ));
-            }
-            other => {
-                return Err(ApiError::InvalidRequest(format!(
-                    "{other}: not a parameter of this endpoint (only clientId)"
-                )));
-            }
-        }
-    }
-    Ok(client)
+    let params = super::query::params(query, &["clientId"])?;
+    params
+        .first()
+        .map(|(_, value)| {
+            ClientId::parse(value)
+                .map_err(|e| ApiError::InvalidRequest(format!("clientId: {}", e.message)))
+        })
+        .transpose()
 }
 
 pub(super) async fn post_account(

@@ -15,6 +15,7 @@ mod handlers;
 mod history;
 mod limits;
 mod openapi;
+mod query;
 mod routes;
 mod server;
 mod shared_limits;
