@@ -523,7 +523,6 @@ type Rows = HashMap<String, TransactionRecord>;
 struct Existing {
     /// By the client's id, then one row per client that used it.
     by_id: HashMap<String, Vec<TransactionRecord>>,
-    len: usize,
 }
 
 impl Existing {
@@ -535,7 +534,6 @@ impl Existing {
     }
 
     fn insert(&mut self, record: TransactionRecord) {
-        self.len += 1;
         self.by_id
             .entry(record.id.as_str().to_owned())
             .or_default()
@@ -544,7 +542,7 @@ impl Existing {
 
     /// How many rows were found.
     fn len(&self) -> usize {
-        self.len
+        self.by_id.values().map(Vec::len).sum()
     }
 }
 
