@@ -13,9 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use switchboard::devtools::sim::{self, SimHandle, SimOptions};
 use switchboard::domain::GatewayRef;
 use switchboard::ledger::AttemptOutcome;
@@ -47,55 +45,41 @@ struct Stray404 {
 
 impl Stray404 {
     async fn spawn() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let (posts, requeries) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (p, q) = (posts.clone(), requeries.clone());
         let answered = Arc::new(AtomicU64::new(0));
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (p, q, answered) = (p.clone(), q.clone(), answered.clone());
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let (p, q, answered) = (p.clone(), q.clone(), answered.clone());
-                    async move {
-                        let path = req.uri().path().to_owned();
-                        let resp = match (req.method(), path.as_str()) {
-                            (&Method::GET, "/health") => Response::new(Full::new(Bytes::new())),
-                            (method, path) => {
-                                if method == Method::POST && path == "/transactions" {
-                                    p.fetch_add(1, Ordering::SeqCst);
-                                } else if method == Method::GET
-                                    && path.starts_with("/transactions/")
-                                {
-                                    q.fetch_add(1, Ordering::SeqCst);
-                                }
-                                let (kind, body) = match answered.fetch_add(1, Ordering::SeqCst) % 3
-                                {
-                                    0 => ("text/plain", ""),
-                                    1 => (
-                                        "text/html",
-                                        "<html><body><h1>404 Not Found</h1></body></html>",
-                                    ),
-                                    _ => ("application/json", r#"{"error":"not found"}"#),
-                                };
-                                let mut resp = Response::new(Full::new(Bytes::from(body)));
-                                *resp.status_mut() = StatusCode::NOT_FOUND;
-                                resp.headers_mut().insert(
-                                    hyper::header::CONTENT_TYPE,
-                                    hyper::header::HeaderValue::from_static(kind),
-                                );
-                                resp
-                            }
+        let (addr, _task) = harness::serve_http(move |req: Request<Incoming>| {
+            let (p, q, answered) = (p.clone(), q.clone(), answered.clone());
+            async move {
+                let path = req.uri().path().to_owned();
+                match (req.method(), path.as_str()) {
+                    (&Method::GET, "/health") => Response::new(Full::new(Bytes::new())),
+                    (method, path) => {
+                        if method == Method::POST && path == "/transactions" {
+                            p.fetch_add(1, Ordering::SeqCst);
+                        } else if method == Method::GET && path.starts_with("/transactions/") {
+                            q.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let (kind, body) = match answered.fetch_add(1, Ordering::SeqCst) % 3 {
+                            0 => ("text/plain", ""),
+                            1 => (
+                                "text/html",
+                                "<html><body><h1>404 Not Found</h1></body></html>",
+                            ),
+                            _ => ("application/json", r#"{"error":"not found"}"#),
                         };
-                        Ok::<_, std::convert::Infallible>(resp)
+                        let mut resp = Response::new(Full::new(Bytes::from(body)));
+                        *resp.status_mut() = StatusCode::NOT_FOUND;
+                        resp.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static(kind),
+                        );
+                        resp
                     }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service),
-                );
+                }
             }
-        });
+        })
+        .await;
         Self {
             addr,
             posts,

@@ -680,3 +680,33 @@ pub fn with_metadata(mut body: Value, metadata: Value) -> Value {
 pub fn account_body(id: &str, owner: &str, currency: &str, opening_balance: i64) -> Value {
     serde_json::json!({"accountId": id, "owner": owner, "currency": currency, "openingBalance": opening_balance})
 }
+
+/// A plain HTTP/1.1 server on a free loopback port, answering every request
+/// with `answer` (in place of a switch, a proxy or a webhook receiver); it
+/// stops when the returned task is aborted or the test's runtime ends.
+pub async fn serve_http<F, Fut>(answer: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a test HTTP server");
+    let addr = listener.local_addr().expect("its address");
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let answer = answer.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let answer = answer.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (addr, task)
+}

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use switchboard::webhooks::verify;
 
@@ -42,48 +41,31 @@ struct Receiver {
 
 impl Receiver {
     async fn spawn(status: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().expect("receiver addr");
         let got = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(status));
         let (g, s) = (got.clone(), status.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let (g, s) = (g.clone(), s.clone());
-                let service =
-                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (g, s) = (g.clone(), s.clone());
-                        async move {
-                            let signature = req
-                                .headers()
-                                .get("switchboard-signature")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_owned();
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes().to_vec())
-                                .unwrap_or_default();
-                            g.lock().unwrap().push(Received { signature, body });
-                            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-                            *resp.status_mut() =
-                                hyper::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service),
-                );
+        let (addr, task) = harness::serve_http(move |req: Request<hyper::body::Incoming>| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                let signature = req
+                    .headers()
+                    .get("switchboard-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().to_vec())
+                    .unwrap_or_default();
+                g.lock().unwrap().push(Received { signature, body });
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                *resp.status_mut() = hyper::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
+                resp
             }
-        });
+        })
+        .await;
         Self {
             addr,
             got,
