@@ -172,20 +172,11 @@ impl SqlBackend for PgLedger {
 
     /// Serialization failure (40001: also CockroachDB's "restart transaction")
     /// and deadlock (40P01) abort the whole transaction, which is safe to rerun.
-    /// Serialization failures and deadlocks; and a unique violation of the
-    /// transactions' primary key: twins of one client's id (a reference is
-    /// derived from client and id) inserted by two batches at once meet on
-    /// it as well as on `(id, client)`, the one index `ON CONFLICT DO
-    /// NOTHING` covers. Rerun, the batch sees the winner's row.
     fn is_conflict(e: &sqlx::Error) -> bool {
-        let Some(d) = e.as_database_error() else {
-            return false;
-        };
-        match d.code().as_deref() {
-            Some("40001" | "40P01") => true,
-            Some("23505") => d.constraint() == Some("transactions_pkey"),
-            _ => false,
-        }
+        matches!(
+            e.as_database_error().and_then(|d| d.code()).as_deref(),
+            Some("40001" | "40P01")
+        )
     }
 
     fn rows_affected(done: &PgQueryResult) -> u64 {

@@ -1766,15 +1766,16 @@ async fn rows_from_before_per_client_ids_migrate_sqlite() {
 /// client's id at once, with different payloads on different accounts (no
 /// account lock orders them): one reservation wins, the other is answered
 /// with the winner's row, and no batch fails. The reference is derived from
-/// client and id, so the twins also meet on the primary key, which the
-/// insert's `ON CONFLICT (id, client)` does not cover: that collision must
-/// rerun the batch, not fail it.
+/// client and id, so the twins meet on the primary key as well as on
+/// `(id, client)`: the insert's `ON CONFLICT DO NOTHING` covers both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twins_on_two_replicas_never_fail_a_batch_postgres() {
     let db = db::fresh_postgres().await;
-    // The collision is a conflict the batch reruns (as in production, where
-    // `database.conflict_retries_max` is 8); the tests' other ledgers allow
-    // no retries, and this one fails without them (seen under load).
+    // Twins racing still make a batch rerun now and then (a conflict the
+    // database reports, or an insert that found a twin its plan did not
+    // know of), as production allows (`database.conflict_retries_max` is 8);
+    // the suite's other ledgers allow no retries, and this one fails
+    // without them (seen under load).
     let mut cfg = db::database_config(db.url());
     cfg.conflict_retries_max = 8;
     let a = Ledger::connect(&cfg).await.expect("connect");

@@ -175,7 +175,7 @@ pub(super) async fn write_reserves(
                  AS r(id, client, kind, source, destination, amount, currency, metadata, \
                       fingerprint, status, reason, switch, attempts, response_status, \
                       response_body, created, gateway_ref) \
-             ON CONFLICT (id, client) DO NOTHING \
+             ON CONFLICT DO NOTHING \
              RETURNING gateway_ref, client, status, created_at_ms), \
          hooks AS ( \
              INSERT INTO webhook_deliveries (id, webhook_id, gateway_ref, event_type, \

@@ -134,7 +134,7 @@ pub(super) async fn insert_transactions(
                  response_status, response_body, created_at_ms, updated_at_ms, gateway_ref) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $15, $16, $16, \
                  $17) \
-             ON CONFLICT (id, client) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(r.id.as_str())
         .bind(r.client.as_str())
